@@ -1,0 +1,203 @@
+"""``file`` backend: a local or shared folder (NFS, SMB, a mounted bucket).
+
+Every object is written to a temp file beside its final name, hashed while it
+is copied, fsynced, then renamed: a reader (another node on NFS included) sees
+the whole object or nothing. Blocking file I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from artisync.protocol import fsync_dir
+
+from .base import (
+    AccessDenied,
+    IntegrityError,
+    NotFound,
+    ObjectInfo,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+    check_key,
+    parse_uri,
+    register,
+)
+
+CHUNK = 1024 * 1024
+T = TypeVar("T")
+
+
+class FileStorage:
+    scheme: ClassVar[str] = "file"
+    atomic_put = True
+
+    def __init__(self, root: Path | str, *, max_concurrency: int = 8,
+                 fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+        self.max_concurrency = max_concurrency
+        self.fsync = fsync
+
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        path = self.root / key
+        # belt and braces: a key can never resolve outside the root
+        if os.path.commonpath([os.path.normpath(path), os.path.normpath(self.root)]) != \
+                os.path.normpath(self.root):
+            raise PermanentStorageError(f"key {key!r} escapes the storage root", key=key)
+        return path
+
+    async def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except StorageError:
+            raise
+        except FileNotFoundError as exc:
+            raise NotFound(f"no such object: {exc.strerror}", op=op, key=key,
+                           backend=self.uri) from exc
+        except PermissionError as exc:
+            raise AccessDenied(f"permission denied: {exc.strerror}", op=op, key=key,
+                               backend=self.uri, hint="check the folder's owner and mode") from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise PermanentStorageError(f"{exc.strerror}", op=op, key=key, backend=self.uri,
+                                            hint="free space or fix the mount") from exc
+            # ESTALE, EIO, ETIMEDOUT on network filesystems: may heal
+            raise TransientStorageError(f"{exc.strerror or exc}", op=op, key=key,
+                                        backend=self.uri) from exc
+
+    def _write_atomic(self, path: Path, fill: Callable[[Any], str]) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(tmp, "xb") as out:
+                digest = fill(out)
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            fsync_dir(path.parent)
+        return digest
+
+    async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
+        path = self._path(key)
+
+        def copy(out: Any) -> str:
+            h = hashlib.sha256()
+            n = 0
+            with open(src, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    n += len(chunk)
+            digest = h.hexdigest()
+            if digest != sha256 or n != size:
+                raise IntegrityError(f"source does not match: sha256 {digest}, size {n}",
+                                     op="put", key=key, backend=self.uri)
+            return digest
+
+        await self._run("put", key, lambda: self._write_atomic(path, copy))
+        return ObjectInfo(key, size, sha256)
+
+    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._path(key)
+
+        def write(out: Any) -> str:
+            out.write(data)
+            return hashlib.sha256(data).hexdigest()
+
+        digest = await self._run("put", key, lambda: self._write_atomic(path, write))
+        return ObjectInfo(key, len(data), digest)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+
+        def stat() -> ObjectInfo | None:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            return ObjectInfo(key, st.st_size, None, st.st_mtime)
+
+        return await self._run("head", key, stat)
+
+    async def get(self, key: str, dest: Path) -> ObjectInfo:
+        path = self._path(key)
+
+        def copy() -> ObjectInfo:
+            h = hashlib.sha256()
+            n = 0
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                with open(path, "rb") as f, open(tmp, "xb") as out:
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                        out.write(chunk)
+                        n += len(chunk)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return ObjectInfo(key, n, h.hexdigest())
+
+        return await self._run("get", key, copy)
+
+    async def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        return await self._run("get", key, path.read_bytes)
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        # The prefix may end inside a name ("projects/a" matches "projects/ab/..."):
+        # walk from its directory part and filter.
+        base_dir, _, _ = prefix.rpartition("/")
+        start = self._path(base_dir) if base_dir else self.root
+
+        def walk() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames.sort()
+                rel_dir = os.path.relpath(dirpath, self.root)
+                for name in filenames:
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        continue  # someone's write in progress
+                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    if key.startswith(prefix):
+                        try:
+                            st = os.stat(os.path.join(dirpath, name))
+                        except FileNotFoundError:
+                            continue
+                        found.append(ObjectInfo(key, st.st_size, None, st.st_mtime))
+            found.sort(key=lambda o: o.key)
+            return found
+
+        for info in await self._run("list", prefix, walk):
+            yield info
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await self._run("delete", key, lambda: path.unlink(missing_ok=True))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _factory(uri: str, options: Mapping[str, Any]) -> FileStorage:
+    _, root, _ = parse_uri(uri)
+    return FileStorage(root, max_concurrency=int(options.get("concurrency", 8)),
+                       fsync=bool(options.get("fsync", True)))
+
+
+register("file", _factory)

@@ -1,0 +1,84 @@
+"""Remote layout and safe names.
+
+Every user-supplied name becomes exactly one path component: NFC-normalised,
+then percent-encoded with nothing left unescaped but ``A-Za-z0-9_-~.``, so a
+name can never contain ``/`` or climb out of its prefix, on any backend.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from urllib.parse import quote, unquote
+
+MAX_NAME_BYTES = 180  # encoded; leaves room under the common 255-byte component limit
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return the NFC form of ``name``; raise ValueError if it cannot be stored."""
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string, not {type(name).__name__}")
+    norm = unicodedata.normalize("NFC", name)
+    if not norm.strip():
+        raise ValueError(f"{what} must not be empty")
+    if "\x00" in norm:
+        raise ValueError(f"{what} must not contain NUL")
+    if norm in (".", ".."):
+        raise ValueError(f"{what} must not be '.' or '..'")
+    if any(unicodedata.category(c) == "Cc" for c in norm):
+        raise ValueError(f"{what} must not contain control characters")
+    if len(encode_name(norm)) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is too long once encoded (limit {MAX_NAME_BYTES} bytes)")
+    return norm
+
+
+def encode_name(name: str) -> str:
+    norm = unicodedata.normalize("NFC", name)
+    enc = quote(norm, safe="")
+    if enc.startswith("."):  # no hidden files, no '..'
+        enc = "%2E" + enc[1:]
+    return enc
+
+
+def decode_name(component: str) -> str:
+    return unquote(component)
+
+
+def object_key(sha256: str) -> str:
+    return f"objects/sha256/{sha256[:2]}/{sha256}"
+
+
+def task_key(task_id: str) -> str:
+    return f"tasks/{task_id}/task.json"
+
+
+def artifact_prefix(task_id: str, name: str | None = None) -> str:
+    base = f"tasks/{task_id}/artifacts/"
+    return base if name is None else f"{base}{encode_name(name)}/"
+
+
+def artifact_version_key(task_id: str, name: str, created: float, record_id: str) -> str:
+    """Immutable key of one artifact version; sortable by time, unique per record."""
+    return f"{artifact_prefix(task_id, name)}{int(created * 1e6):017d}-{record_id}.json"
+
+
+def project_prefix(project: str | None = None, task_name: str | None = None) -> str:
+    if project is None:
+        return "projects/"
+    if task_name is None:
+        return f"projects/{encode_name(project)}/"
+    return f"projects/{encode_name(project)}/{encode_name(task_name)}/"
+
+
+def index_key(project: str, task_name: str, started: float, task_id: str) -> str:
+    return f"{project_prefix(project, task_name)}{int(started * 1e6):017d}-{task_id}"
+
+
+def parse_index_key(key: str) -> tuple[str, str, float, str] | None:
+    """``projects/<p>/<n>/<started>-<id>`` -> (project, name, started, task_id)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "projects":
+        return None
+    stamp, _, task_id = parts[3].partition("-")
+    if not stamp.isdigit() or len(task_id) != 32:
+        return None
+    return decode_name(parts[1]), decode_name(parts[2]), int(stamp) / 1e6, task_id

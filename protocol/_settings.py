@@ -1,0 +1,96 @@
+"""Where things are: resolved the same way by the SDK, the daemon and the CLI.
+
+A TOML file (``ARTISYNC_CONFIG``, else ``~/.config/artisync/config.toml``, else
+``/etc/artisync/config.toml``), overridden by ``ARTISYNC_*`` variables. Only the
+``[artisync]`` table is read here; the daemon reads its own tables from the same
+file (see ``artisync.daemon.config``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    spool: Path
+    socket: Path
+    output_uri: str
+    autostart: bool
+    idle_exit: float  # seconds an autostarted daemon lingers with nothing to do
+    ack_timeout: float  # seconds the SDK waits for an acknowledgement
+    config_path: Path | None
+    raw: Mapping[str, Any]  # the whole parsed TOML file, for the daemon's own tables
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME") or os.path.expanduser("~"))
+
+
+def config_path(env: Mapping[str, str]) -> Path | None:
+    if env.get("ARTISYNC_CONFIG"):
+        return Path(env["ARTISYNC_CONFIG"])
+    xdg = Path(env.get("XDG_CONFIG_HOME") or _home(env) / ".config")
+    for candidate in (xdg / "artisync" / "config.toml", Path("/etc/artisync/config.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist (ARTISYNC_CONFIG)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def default_socket(env: Mapping[str, str]) -> Path:
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "artisync" / "artisyncd.sock"
+    return Path(f"/tmp/artisync-{os.getuid()}") / "artisyncd.sock"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings; raise ValueError with a clear message on bad values."""
+    env = os.environ if env is None else env
+    path = config_path(env)
+    raw = load_toml(path)
+    table = raw.get("artisync", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [artisync] must be a table")
+    state = Path(env.get("XDG_STATE_HOME") or _home(env) / ".local" / "state")
+    data = Path(env.get("XDG_DATA_HOME") or _home(env) / ".local" / "share")
+
+    def pick(var: str, key: str, default: Any) -> Any:
+        if env.get(var):
+            return env[var]
+        return table.get(key, default)
+
+    spool = Path(pick("ARTISYNC_SPOOL", "spool", state / "artisync" / "spool")).expanduser()
+    sock = Path(pick("ARTISYNC_SOCKET", "socket", default_socket(env))).expanduser()
+    output = str(pick("ARTISYNC_OUTPUT_URI", "output_uri", str(data / "artisync" / "storage")))
+    auto = pick("ARTISYNC_AUTOSTART", "autostart", True)
+    if isinstance(auto, str):
+        auto = auto.strip().lower() not in _FALSE
+    try:
+        idle = float(pick("ARTISYNC_IDLE_EXIT", "idle_exit", 300.0))
+        ack = float(pick("ARTISYNC_ACK_TIMEOUT", "ack_timeout", 10.0))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad number in artisync settings: {exc}") from None
+    if len(os.fsencode(str(sock))) > 100:
+        raise ValueError(f"socket path {sock} is too long for a Unix socket (limit ~100 bytes)")
+    return Settings(spool=spool, socket=sock, output_uri=output, autostart=bool(auto),
+                    idle_exit=idle, ack_timeout=ack, config_path=path, raw=raw)
