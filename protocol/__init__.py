@@ -20,7 +20,7 @@ from ._errors import (
     StorageError,
     TransientStorageError,
 )
-from ._frames import DEFAULT_MAX_FRAME, FrameDecoder, encode, unpack_body
+from ._frames import DEFAULT_MAX_FRAME, MAGIC, FrameDecoder, encode, unpack_body
 from ._messages import (
     PROTOCOL_VERSION,
     TASK_STATUSES,
@@ -34,6 +34,7 @@ from ._spool import Spool, atomic_write_bytes, copy_file_fast, fsync_dir, hash_f
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MAGIC",
     "PROTOCOL_VERSION",
     "TASK_STATUSES",
     "AccessDenied",

@@ -26,6 +26,7 @@ class Settings:
     autostart: bool
     idle_exit: float  # seconds an autostarted daemon lingers with nothing to do
     ack_timeout: float  # seconds the SDK waits for an acknowledgement
+    wait_timeout: float  # default limit of wait_on_upload / flush(wait_for_uploads=True)
     config_path: Path | None
     raw: Mapping[str, Any]  # the whole parsed TOML file, for the daemon's own tables
 
@@ -88,9 +89,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     try:
         idle = float(pick("ARTISYNC_IDLE_EXIT", "idle_exit", 300.0))
         ack = float(pick("ARTISYNC_ACK_TIMEOUT", "ack_timeout", 10.0))
+        wait = float(pick("ARTISYNC_WAIT_TIMEOUT", "wait_timeout", 300.0))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
     if len(os.fsencode(str(sock))) > 100:
         raise ValueError(f"socket path {sock} is too long for a Unix socket (limit ~100 bytes)")
     return Settings(spool=spool, socket=sock, output_uri=output, autostart=bool(auto),
-                    idle_exit=idle, ack_timeout=ack, config_path=path, raw=raw)
+                    idle_exit=idle, ack_timeout=ack, wait_timeout=wait, config_path=path, raw=raw)

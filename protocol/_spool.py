@@ -147,10 +147,9 @@ class Spool:
         try:
             with f:
                 f.write(data)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return self.commit_temp(tmp, sha)
+            return self.commit_temp(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)  # gone already once renamed
 
     def write_outbox(self, record: dict[str, Any]) -> Path:
         """Persist a record for the daemon to ingest later (offline first)."""

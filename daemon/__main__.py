@@ -1,0 +1,3 @@
+from .cli import daemon_main
+
+raise SystemExit(daemon_main())

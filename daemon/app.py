@@ -1,0 +1,260 @@
+"""The daemon: one asyncio TaskGroup owning every long-lived task.
+
+Start: lock the spool (one daemon per spool), open the journal, clean up,
+listen, ingest the outbox, then serve. SIGTERM/SIGINT drain: stop taking
+records, let uploads in flight finish within ``drain_timeout``, then stop;
+whatever is left stays in the spool and resumes at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from artisync.protocol import Spool
+
+from .config import DaemonConfig
+from .destinations import Destinations
+from .ingest import (
+    OutboxWatcher,
+    clean_temps,
+    housekeeping_loop,
+    outbox_loop,
+)
+from .journal import Journal
+from .server import Committer, Server
+from .uploader import Uploader
+
+log = logging.getLogger("artisync.daemon")
+
+
+class SpoolLocked(RuntimeError):
+    """Another daemon already serves this spool."""
+
+
+class _ShutdownRequested(Exception):
+    pass
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness and state; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        with contextlib.suppress(OSError):
+            s.sendto(message.encode(), addr)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        settings = config.settings
+        self.group_mode = config.group is not None
+        self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
+        self.journal = Journal(self.spool.journal_path)
+        self.dests = Destinations(config)
+        self.uploader = Uploader(self.journal, self.spool, self.dests, config.concurrency,
+                                 config.offline_max_backoff)
+        self.committer = Committer(self.journal, self.uploader.poke)
+        self.server = Server(self)
+        self.accepting = True
+        self.started = time.time()
+        self.stop_event = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._signals = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _lock_spool(self) -> None:
+        mode = 0o2770 if self.group_mode else 0o700
+        self.spool.ensure(mode)
+        if self.group_mode:
+            gid = self.config.gid
+            for d in (self.spool.root, self.spool.blobs, self.spool.tmp, self.spool.outbox):
+                os.chown(d, -1, gid if gid is not None else -1)
+                os.chmod(d, mode)
+        fd = os.open(self.spool.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SpoolLocked(f"another artisync daemon (pid {other}) already serves "
+                              f"spool {self.spool.root}; leaving it running") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _listen_socket(self) -> socket.socket:
+        if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
+            return socket.socket(fileno=3)  # systemd socket activation
+        path = self.config.settings.socket
+        path.parent.mkdir(mode=0o750 if self.group_mode else 0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                path.unlink()  # stale: the spool lock proves nobody else serves it
+            else:
+                raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177 if not self.group_mode else 0o117)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        if self.group_mode:
+            os.chown(path, -1, self.config.gid or -1)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
+        sock.listen(512)
+        return sock
+
+    async def run(self) -> int:
+        """Serve until signalled (or idle, when configured). Returns an exit code."""
+        self._lock_spool()
+        try:
+            return await self._run_locked()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    async def _run_locked(self) -> int:
+        reset = await self.journal.open()
+        if reset:
+            log.info("resuming %d uploads interrupted by the last stop", reset)
+        await clean_temps(self)
+        sock = self._listen_socket()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        outbox_event = asyncio.Event()
+        watcher = OutboxWatcher(self.spool.outbox, loop, outbox_event)
+        server = await asyncio.start_unix_server(self.server.handle, sock=sock)
+        try:
+            watcher.start()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.committer.run())
+                tg.create_task(self.uploader.feeder())
+                for _ in range(self.config.concurrency):
+                    tg.create_task(self.uploader.worker())
+                tg.create_task(outbox_loop(self, outbox_event))
+                tg.create_task(housekeeping_loop(self))
+                tg.create_task(self._idle_watch())
+                tg.create_task(self._shutdown(server))
+                log.info("artisyncd %d serving spool %s on %s", os.getpid(), self.spool.root,
+                         self.config.settings.socket)
+                sd_notify("READY=1\nSTATUS=serving")
+        except* _ShutdownRequested:
+            pass
+        finally:
+            watcher.stop()
+            server.close()
+            await self.dests.aclose()
+            await self.journal.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: stopping now; unfinished uploads resume at next start")
+            raise SystemExit(1)  # propagates out of the loop
+        self.stop_event.set()
+
+    async def sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+
+    async def _shutdown(self, server: asyncio.Server) -> None:
+        await self.stop_event.wait()
+        sd_notify("STOPPING=1")
+        log.info("draining (up to %.0f s)", self.config.drain_timeout)
+        self.accepting = False
+        server.close()
+        while not self.committer.queue.empty():  # acknowledge what was received
+            await asyncio.sleep(0.01)
+        await self.uploader.stop_workers(self.config.concurrency)
+        deadline = time.monotonic() + self.config.drain_timeout
+        while self.uploader.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.uploader.in_flight:
+            log.warning("%d uploads still in flight at the drain deadline; they resume at "
+                        "next start", len(self.uploader.in_flight))
+        raise _ShutdownRequested
+
+    async def _idle_watch(self) -> None:
+        idle_since: float | None = None
+        while not self.stop_event.is_set():
+            await self.sleep_unless_stopping(0.2 if self.config.exit_when_idle else 1.0)
+            busy = (self.server.connections > 0 or bool(self.uploader.in_flight)
+                    or not self.committer.queue.empty())
+            if not busy:
+                n, _ = await self.journal.outstanding()
+                outbox = await asyncio.to_thread(lambda: any(True for _ in
+                                                             self.spool.iter_outbox()))
+                busy = n > 0 or outbox
+            if busy:
+                idle_since = None
+                continue
+            if self.config.exit_when_idle:
+                log.info("backlog empty: exiting")
+                self.stop_event.set()
+            elif self.config.idle_exit > 0:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= self.config.idle_exit:
+                    log.info("idle for %.0f s with nothing to upload: exiting",
+                             self.config.idle_exit)
+                    self.stop_event.set()
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self.journal.stats()
+        counts = stats["records"]
+        backlog = [sum(counts[s][0] for s in ("pending", "uploading", "uploaded")),
+                   sum(counts[s][1] for s in ("pending", "uploading", "uploaded"))]
+        dests = self.dests.status()
+        return {
+            "pid": os.getpid(),
+            "spool": str(self.spool.root),
+            "socket": str(self.config.settings.socket),
+            "uptime": time.time() - self.started,
+            "online": all(d["online"] for d in dests),
+            "backlog": {"records": backlog[0], "bytes": backlog[1]},
+            "in_flight": len(self.uploader.in_flight),
+            "bytes_in_flight": self.uploader.bytes_in_flight,
+            "committed": {"records": counts["committed"][0], "bytes": counts["committed"][1]},
+            "uploaded_objects": stats["objects_uploaded"],
+            "uploaded_bytes": stats["bytes_uploaded"],
+            "failed": {"records": counts["failed"][0], "items": stats["failed"]},
+            "retrying": stats["retrying"],
+            "destinations": dests,
+            "connections": self.server.connections,
+            "group_commits": self.committer.batches,
+        }
+
+
+def spool_is_served(spool: Path) -> bool:
+    """True when a daemon holds the spool's lock (used by tests and the CLI)."""
+    lock = Spool(spool).lock_path
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -1,0 +1,128 @@
+"""Daemon configuration: TOML plus ``ARTISYNC_*`` variables, parsed once, at the edge.
+
+```toml
+[artisync]                 # shared with the SDK (see artisync.protocol._settings)
+spool = "/var/spool/artisync"
+socket = "/run/artisync/artisyncd.sock"
+output_uri = "s3://team-artifacts/runs"
+
+[daemon]
+concurrency = 16           # uploads in flight, all destinations together
+drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
+retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
+offline_max_backoff = 300  # cap of the probe interval while offline
+gc_grace = 600             # seconds a committed blob stays in the spool
+group = "artisync"         # system mode: socket and spool shared with this group
+
+[storage.s3]               # defaults for every s3:// destination
+part_size = 8388608
+
+[[storage.override]]       # longest matching prefix wins
+match = "s3://minio-bucket"
+endpoint_url = "http://minio.local:9000"
+access_key_id = "..."      # secrets are never logged or shown in status
+secret_access_key = "..."
+```
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from artisync.protocol import Settings, load_settings
+from artisync.protocol._frames import DEFAULT_MAX_FRAME
+
+from .storage.base import parse_uri
+
+SECRET_KEYS = frozenset({"secret_access_key", "session_token", "account_key", "sas_token",
+                         "connection_string", "access_key_id", "service_file_json"})
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    settings: Settings
+    concurrency: int = 16
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int = 4096
+    drain_timeout: float = 20.0
+    retry_max_elapsed: float = 30.0
+    offline_max_backoff: float = 300.0
+    gc_grace: float = 600.0
+    gc_interval: float = 30.0
+    orphan_grace: float = 86400.0
+    idle_exit: float = 0.0  # 0: serve forever
+    exit_when_idle: bool = False  # exit as soon as the backlog is empty (tests, one-shot sync)
+    group: str | None = None
+    storage_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    storage_overrides: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    @property
+    def gid(self) -> int | None:
+        return None if self.group is None else grp.getgrnam(self.group).gr_gid
+
+    def options_for(self, uri: str) -> dict[str, Any]:
+        scheme, _, _ = parse_uri(uri)
+        opts = dict(self.storage_defaults.get(scheme, {}))
+        for match, extra in sorted(self.storage_overrides, key=lambda o: len(o[0])):
+            if uri.startswith(match):
+                opts.update(extra)
+        return opts
+
+
+def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = None) -> float:
+    raw = os.environ.get(env) if env else None
+    value = raw if raw else table.get(key, default)
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"[daemon] {key} must be a number, not {value!r}") from None
+    if num < 0:
+        raise ValueError(f"[daemon] {key} must not be negative")
+    return num
+
+
+def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonConfig:
+    """Build the daemon's configuration; raise ValueError with a clear message."""
+    settings = settings or load_settings()
+    raw = settings.raw
+    daemon = raw.get("daemon", {})
+    storage = raw.get("storage", {})
+    if not isinstance(daemon, dict) or not isinstance(storage, dict):
+        raise ValueError("[daemon] and [storage] must be tables")
+    defaults = {k: v for k, v in storage.items() if isinstance(v, dict)}
+    overrides_list = []
+    for entry in storage.get("override", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
+            raise ValueError("each [[storage.override]] needs a string 'match' URI prefix")
+        parse_uri(entry["match"])
+        overrides_list.append((entry["match"], {k: v for k, v in entry.items() if k != "match"}))
+    group = os.environ.get("ARTISYNC_GROUP") or daemon.get("group")
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ValueError(f"group {group!r} does not exist") from None
+    values: dict[str, Any] = dict(
+        settings=settings,
+        concurrency=max(1, int(_num(daemon, "concurrency", 16, "ARTISYNC_CONCURRENCY"))),
+        drain_timeout=_num(daemon, "drain_timeout", 20.0),
+        retry_max_elapsed=_num(daemon, "retry_max_elapsed", 30.0, "ARTISYNC_RETRY_MAX_ELAPSED"),
+        offline_max_backoff=_num(daemon, "offline_max_backoff", 300.0,
+                                 "ARTISYNC_OFFLINE_MAX_BACKOFF"),
+        gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
+        gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
+        group=group,
+        storage_defaults=defaults,
+        storage_overrides=tuple(overrides_list),
+    )
+    values.update(overrides)
+    return DaemonConfig(**values)
+
+
+def redact(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options safe to print."""
+    return {k: ("***" if k in SECRET_KEYS else v) for k, v in options.items()}

@@ -1,0 +1,198 @@
+"""Upload workers: move records from ``pending`` to ``committed``.
+
+A feeder claims due records from the journal into a bounded queue; N
+workers upload each record's objects (deduplicated against the journal, a
+HEAD on the destination, and uploads already in flight), then publish the
+record. Transient failures put the record back with a delay and take the
+destination offline; permanent ones mark the record failed with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+from artisync.protocol import Spool
+from artisync.protocol._layout import object_key
+
+from .destinations import Destination, Destinations
+from .journal import Journal, Row
+from .publish import publish_artifact, publish_task
+from .storage.base import PermanentStorageError, TransientStorageError
+
+log = logging.getLogger("artisync.daemon")
+
+_STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
+
+
+class Uploader:
+    def __init__(self, journal: Journal, spool: Spool, dests: Destinations,
+                 concurrency: int, offline_max_backoff: float) -> None:
+        self.journal = journal
+        self.spool = spool
+        self.dests = dests
+        self.concurrency = concurrency
+        self.offline_max_backoff = offline_max_backoff
+        self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=concurrency)
+        self.wakeup = asyncio.Event()
+        self.progress = asyncio.Condition()  # notified whenever a record settles
+        self.in_flight: dict[int, Row] = {}
+        self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self.accepting = True
+        self.bytes_in_flight = 0
+
+    def poke(self) -> None:
+        self.wakeup.set()
+
+    async def feeder(self) -> None:
+        while self.accepting:
+            free = self.concurrency - len(self.in_flight)
+            rows: list[Row] = []
+            if free > 0:
+                rows = await self.journal.claim(free, self.dests.offline(), list(self.in_flight))
+            rows = await self._gate_probes(rows)
+            for row in rows:
+                self.in_flight[row.seq] = row
+                await self.queue.put(row)
+            if not rows or len(self.in_flight) >= self.concurrency:
+                self.wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+    async def _gate_probes(self, rows: list[Row]) -> list[Row]:
+        """Let a single record through to each offline destination whose probe is due."""
+        out, now = [], time.time()
+        for row in rows:
+            try:
+                dest = self.dests.get(row.dest)
+            except PermanentStorageError:
+                out.append(row)  # fails permanently in the worker, with the reason
+                continue
+            if dest.online:
+                out.append(row)
+            elif dest.ready(now):
+                dest.probing = True
+                out.append(row)
+            else:
+                await self._release(row)
+        return out
+
+    async def _release(self, row: Row) -> None:
+        await self.journal.set_state(row.seq, "pending" if row.state != "uploaded" else
+                                     "uploaded", row.reason, time.time() + 1)
+
+    async def worker(self) -> None:
+        while (row := await self.queue.get()) is not _STOP:
+            try:
+                await self._process(row)
+            finally:
+                self.in_flight.pop(row.seq, None)
+                async with self.progress:
+                    self.progress.notify_all()
+                self.poke()
+
+    async def stop_workers(self, n: int) -> None:
+        self.accepting = False
+        for _ in range(n):
+            await self.queue.put(_STOP)
+
+    async def _process(self, row: Row) -> None:
+        try:
+            dest = self.dests.get(row.dest)
+        except PermanentStorageError as exc:
+            await self._fail(row, str(exc))
+            return
+        try:
+            if row.state != "uploaded":
+                for sha, size in await self.journal.refs(row.seq):
+                    await self._ensure_object(dest, sha, size)
+                await self.journal.set_state(row.seq, "uploaded")
+            await self._publish(dest, row)
+        except TransientStorageError as exc:
+            retry_at = dest.failed(exc, self.offline_max_backoff, exc.retry_after)
+            state = "uploaded" if row.state == "uploaded" else "pending"
+            await self.journal.set_state(row.seq, state, str(exc)[:500], retry_at, bump=True)
+            return
+        except PermanentStorageError as exc:
+            dest.probing = False
+            await self._fail(row, str(exc))
+            return
+        dest.succeeded()
+        dest.uploaded += 1
+        await self.journal.set_state(row.seq, "committed")
+        await self._delete_original(row)
+
+    async def _fail(self, row: Row, reason: str) -> None:
+        log.error("record %s failed permanently: %s", row.record_id, reason)
+        await self.journal.set_state(row.seq, "failed", reason[:1000], bump=True)
+
+    async def _publish(self, dest: Destination, row: Row) -> None:
+        if row.kind == "artifact":
+            await publish_artifact(dest.storage, row.body)
+            return
+        latest = await self.journal.latest_task_event(row.task_id) or row.body
+        if latest.get("dest") != row.dest:
+            latest = row.body
+        await publish_task(dest.storage, latest)
+
+    async def _ensure_object(self, dest: Destination, sha: str, size: int) -> None:
+        """Upload one object unless the destination has it; share concurrent uploads."""
+        key = (dest.uri, sha)
+        if await self.journal.has_object(dest.uri, sha):
+            return
+        fut = self._objects.get(key)
+        if fut is not None:
+            await asyncio.shield(fut)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._objects[key] = fut
+        try:
+            await self._upload_object(dest, sha, size)
+            await self.journal.add_object(dest.uri, sha, size)
+            fut.set_result(None)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        finally:
+            del self._objects[key]
+
+    async def _upload_object(self, dest: Destination, sha: str, size: int) -> None:
+        okey = object_key(sha)
+        info = await dest.storage.head(okey)
+        if info is not None and info.size == size:
+            return
+        path = self.spool.blob_path(sha)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise PermanentStorageError("payload missing from the spool", key=sha) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
+        self.bytes_in_flight += size
+        try:
+            await dest.storage.put(okey, path, size=size, sha256=sha)
+        finally:
+            self.bytes_in_flight -= size
+
+    async def _delete_original(self, row: Row) -> None:
+        """``delete_after_upload``: only the submitter's own, unchanged file."""
+        spec: dict[str, Any] | None = row.body.get("delete_after")
+        if not spec or row.peer_uid is None:
+            return
+        path = spec.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return
+        try:
+            st = os.lstat(path)
+            if (stat.S_ISREG(st.st_mode) and st.st_uid == row.peer_uid
+                    and st.st_size == spec.get("size") and st.st_mtime_ns == spec.get("mtime_ns")):
+                os.unlink(path)
+        except OSError as exc:
+            log.info("not deleting %s after upload: %s", path, exc)

@@ -1,0 +1,168 @@
+"""The per-process session: settings, the daemon connection, the background writer.
+
+Serialization, hashing and the socket round trip all happen on one writer
+thread, in submission order, so the training loop only pays for the
+in-memory snapshot. A record the daemon did not acknowledge goes to the
+spool's outbox: acknowledged or on disk, never dropped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from artisync.protocol import Settings, Spool, load_settings
+
+from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
+
+log = logging.getLogger("artisync")
+
+
+class Job:
+    """One unit of background work; ``done`` is set when it reached the spool."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if not self.done.wait(timeout):
+            raise TimeoutError("artifact snapshot not yet written to the spool")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Session:
+    _instance: Session | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = DaemonClient(settings)
+        self._spool: Spool | None = None
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_autostart = 0.0
+        self.errors: list[str] = []
+        self.outboxed = 0
+
+    @classmethod
+    def get(cls) -> Session:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls(load_settings())
+                atexit.register(cls._instance.shutdown)
+            return cls._instance
+
+    @classmethod
+    def reset(cls) -> None:
+        """Forget the session (tests and forked workers re-read the settings)."""
+        with cls._instance_lock:
+            if cls._instance is not None:
+                cls._instance.shutdown()
+                atexit.unregister(cls._instance.shutdown)
+            cls._instance = None
+
+    # -- spool ---------------------------------------------------------------------
+    @property
+    def spool(self) -> Spool:
+        """The daemon's spool when one answers (both must agree), else the configured one."""
+        with self._lock:
+            if self._spool is None:
+                root = self.settings.spool
+                try:
+                    with self.client.lock:
+                        self.client.connect(timeout=1.0)
+                        root = self.client.spool or root
+                except DaemonUnavailable:
+                    pass
+                self._spool = Spool(root).ensure()
+            return self._spool
+
+    # -- background writer ------------------------------------------------------------
+    def run(self, fn: Callable[[], Any]) -> Job:
+        job = Job(fn)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="artisync-writer",
+                                                daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+        return job
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.result = job.fn()
+            except BaseException as exc:  # reported through the job; the thread lives on
+                job.error = exc
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                log.error("artisync: background write failed: %s", exc)
+            finally:
+                job.done.set()
+                self._jobs.task_done()
+        self._jobs.task_done()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job has reached the spool."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._jobs.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def shutdown(self) -> None:
+        from ._task import Task
+
+        Task._close_all_at_exit()
+        self.drain()
+        self.client.close()
+
+    # -- records ------------------------------------------------------------------------
+    def submit(self, record: dict[str, Any]) -> str:
+        """Hand a record to the daemon; fall back to the outbox. Returns where it went."""
+        try:
+            self.client.request({"op": "submit", "record": record},
+                                timeout=self.settings.ack_timeout)
+            return "daemon"
+        except DaemonError as exc:
+            if exc.code == "invalid":
+                raise
+            log.warning("artisync: daemon refused record for now (%s); keeping it in the outbox",
+                        exc)
+        except DaemonUnavailable:
+            self._maybe_autostart()
+        self.spool.write_outbox(record)
+        self.outboxed += 1
+        return "outbox"
+
+    def _maybe_autostart(self) -> None:
+        if not self.settings.autostart or time.monotonic() - self._last_autostart < 10:
+            return
+        self._last_autostart = time.monotonic()
+        try:
+            autostart_daemon(self.settings, self.spool.root)
+        except OSError as exc:
+            log.warning("artisync: could not start a daemon: %s", exc)
+
+    def request(self, msg: dict[str, Any], timeout: float | None = None,
+                on_progress: Any = None) -> dict[str, Any]:
+        return self.client.request(msg, timeout=timeout, on_progress=on_progress)
+
+
+def cache_dir(settings: Settings) -> Path:
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "artisync"

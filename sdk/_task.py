@@ -1,0 +1,475 @@
+"""Task: ClearML's artifact API, backed by the spool and the daemon.
+
+Nothing here waits on the network: ``upload_artifact`` snapshots the object
+in memory (or copies the file kernel-side) and returns; the writer thread
+serializes it into the spool and hands the record to the daemon.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, ClassVar
+
+from artisync.protocol import ArtisyncError, InvalidName
+from artisync.protocol._layout import check_name
+
+from ._artifact import Artifact
+from ._client import DaemonError, DaemonUnavailable
+from ._session import Job, Session
+from ._tracking import Tracked, Tracker, content_hash
+
+log = logging.getLogger("artisync")
+
+
+class UploadTimeout(ArtisyncError, TimeoutError):
+    """Uploads were not committed in time (or no daemon is there to upload them)."""
+
+
+class UploadFailed(ArtisyncError):
+    """The daemon gave up on a record permanently; ``artisync status`` says why."""
+
+
+_HOST = socket.gethostname()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+class Task:
+    """A run that reports artifacts. Create with :meth:`init`; find with :meth:`get_task`."""
+
+    _current: ClassVar[Task | None] = None
+    _local: ClassVar[dict[str, Task]] = {}  # tasks of this process: read-your-writes
+    _tracker: ClassVar[Tracker | None] = None
+    _class_lock: ClassVar[threading.RLock] = threading.RLock()
+    _exit_exc: ClassVar[BaseException | None] = None
+    _hook_installed: ClassVar[bool] = False
+
+    def __init__(self, record: dict[str, Any], artifacts: dict[str, Artifact] | None = None,
+                 *, owned: bool = False) -> None:
+        self._record = record
+        self._artifacts: dict[str, Artifact] = artifacts or {}
+        self._owned = owned  # created by Task.init in this process
+        self._closed = not owned
+        self._lock = threading.RLock()
+
+    # -- creation and lookup ---------------------------------------------------------------
+    @classmethod
+    def init(cls, project_name: str | None = None, task_name: str | None = None,
+             task_type: Any = None, tags: list[str] | None = None,
+             reuse_last_task_id: bool | str = True, continue_last_task: bool | str | int = False,
+             output_uri: str | bool | None = None, auto_connect_arg_parser: Any = True,
+             auto_connect_frameworks: Any = True, auto_resource_monitoring: Any = True,
+             auto_connect_streams: Any = True, deferred_init: bool = False,
+             **kwargs: Any) -> Task:
+        """Start a task and make it current. ClearML's other parameters are accepted
+        and ignored (artisync only handles artifacts)."""
+        with cls._class_lock:
+            if cls._current is not None and not cls._current._closed:
+                return cls._current
+            session = Session.get()
+            project = check_name(project_name or "default", "project_name")
+            name = check_name(task_name or os.path.basename(sys.argv[0] or "") or "task",
+                              "task_name")
+            dest = output_uri if isinstance(output_uri, str) and output_uri else None
+            dest = _resolve_dest(dest or session.settings.output_uri)
+            now = time.time()
+            record = {"kind": "task", "event": "started", "record_id": uuid.uuid4().hex,
+                      "task_id": uuid.uuid4().hex, "created": now, "dest": dest,
+                      "host": _HOST, "user": _user(), "pid": os.getpid(),
+                      "project": project, "name": name, "status": "in_progress",
+                      "started": now, "ended": None, "tags": list(tags or [])}
+            task = cls(record, owned=True)
+            cls._local[task.id] = task
+            cls._current = task
+            cls._install_exit_hook()
+            session.run(lambda: session.submit(dict(record)))
+            return task
+
+    @classmethod
+    def current_task(cls) -> Task | None:
+        return cls._current
+
+    @classmethod
+    def get_task(cls, task_id: str | None = None, project_name: str | None = None,
+                 task_name: str | None = None, tags: Any = None, allow_archived: bool = True,
+                 task_filter: Mapping[str, Any] | None = None,
+                 output_uri: str | None = None) -> Task:
+        """The task with this id, or the newest with this project and name.
+
+        Looks in this process, then the local daemon (acknowledged but not yet
+        uploaded), then storage (``output_uri``, else the configured default).
+        """
+        statuses = list((task_filter or {}).get("status") or []) or None
+        if task_id is None and project_name is None and task_name is None:
+            raise ValueError("get_task needs task_id, or project_name and/or task_name")
+        for finder in (cls._find_local, cls._find_daemon, cls._find_storage):
+            found = finder(task_id, project_name, task_name, statuses, output_uri)
+            if found is not None:
+                return found
+        what = task_id or f"{project_name!r}/{task_name!r}"
+        raise ValueError(f"no task {what} found"
+                         + (f" with status in {statuses}" if statuses else ""))
+
+    @classmethod
+    def _find_local(cls, task_id: str | None, project: str | None, name: str | None,
+                    statuses: list[str] | None, uri: str | None) -> Task | None:
+        with cls._class_lock:
+            matches = [t for t in cls._local.values()
+                       if (task_id is None or t.id == task_id)
+                       and (project is None or t.project == project)
+                       and (name is None or t.name.casefold() == name.casefold())
+                       and (not statuses or t.status in statuses)]
+        matches.sort(key=lambda t: t._record["started"], reverse=True)
+        exact = [t for t in matches if name is None or t.name == name]
+        return (exact or matches or [None])[0]
+
+    @classmethod
+    def _find_daemon(cls, task_id: str | None, project: str | None, name: str | None,
+                     statuses: list[str] | None, uri: str | None) -> Task | None:
+        session = Session.get()
+        try:
+            reply = session.request({"op": "query_task", "task_id": task_id, "project": project,
+                                     "name": name, "statuses": statuses}, timeout=5)
+        except (DaemonUnavailable, DaemonError):
+            return None
+        tasks = reply.get("tasks") or []
+        if name is not None:
+            tasks = [t for t in tasks if t["name"] == name] or tasks
+        if not tasks:
+            return None
+        rec = tasks[0]
+        if reply.get("artifacts") is not None and tasks[0]["task_id"] != rec["task_id"]:
+            return None
+        spool = session.spool
+        arts = {a["name"]: Artifact(a, _locator(a["dest"], spool))
+                for a in reply.get("artifacts", [])}
+        return cls(rec, arts)
+
+    @classmethod
+    def _find_storage(cls, task_id: str | None, project: str | None, name: str | None,
+                      statuses: list[str] | None, uri: str | None) -> Task | None:
+        from . import _reader
+
+        uri = _resolve_dest(uri or Session.get().settings.output_uri)
+        if task_id is not None:
+            rec = _reader.task_record(uri, task_id)
+            if rec is None or (statuses and rec.get("status") not in statuses):
+                return None
+        else:
+            found = _reader.find_tasks(uri, project, name, statuses)
+            if not found:
+                return None
+            rec = found[0]
+        rec.setdefault("dest", rec.get("storage", uri))
+        spool = _local_spool()
+        arts = {a["name"]: Artifact(a, _locator(a["dest"], spool))
+                for a in _reader.artifact_records(uri, rec["task_id"])}
+        return cls(rec, arts)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return str(self._record["task_id"])
+
+    @property
+    def name(self) -> str:
+        return str(self._record["name"])
+
+    @property
+    def project(self) -> str:
+        return str(self._record["project"])
+
+    def get_project_name(self) -> str:
+        return self.project
+
+    @property
+    def status(self) -> str:
+        return str(self._record["status"])
+
+    def get_status(self) -> str:
+        return self.status
+
+    @property
+    def output_uri(self) -> str:
+        return str(self._record["dest"])
+
+    @property
+    def artifacts(self) -> Mapping[str, Artifact]:
+        """Name -> :class:`Artifact` (read-only), newest version of each."""
+        with self._lock:
+            return MappingProxyType(dict(self._artifacts))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.project}/{self.name} {self.id} {self.status}>"
+
+    # -- reporting -------------------------------------------------------------------------------
+    def upload_artifact(self, name: str, artifact_object: Any,
+                        metadata: Mapping[str, Any] | None = None,
+                        delete_after_upload: bool = False, auto_pickle: bool = True,
+                        preview: Any = None, wait_on_upload: bool = False,
+                        extension_name: str | None = None,
+                        serialization_function: Callable[[Any], bytes] | None = None,
+                        retries: int = 0, sort_keys: bool = True) -> bool:
+        """Snapshot ``artifact_object`` now and upload it in the background.
+
+        Returns True once the snapshot is taken: later changes to the object or
+        file do not affect what is stored. With ``wait_on_upload=True``, returns
+        only when the artifact is committed in storage.
+        """
+        from ._serializers import snapshot
+
+        name = _checked_name(name)
+        meta = _checked_metadata(metadata)
+        session = Session.get()
+        spool = session.spool
+        snap = snapshot(artifact_object, spool, auto_pickle=auto_pickle,
+                        extension_name=extension_name,
+                        serialization_function=serialization_function, preview=preview)
+        delete_after = _delete_spec(artifact_object) if delete_after_upload else None
+        self._enqueue(session, name, snap, meta, delete_after)
+        if wait_on_upload:
+            self.flush(wait_for_uploads=True)
+        return True
+
+    def _enqueue(self, session: Session, name: str, snap: Any, meta: dict[str, Any] | None,
+                 delete_after: dict[str, Any] | None) -> Artifact:
+        now = time.time()
+        record: dict[str, Any] = {
+            "kind": "artifact", "record_id": uuid.uuid4().hex, "task_id": self.id,
+            "created": now, "dest": self.output_uri, "host": _HOST, "user": _user(),
+            "pid": os.getpid(), "name": name, "type": snap.type, "format": snap.format,
+            "extension": snap.extension, "metadata": meta or {}, "preview": snap.preview,
+            "delete_after": delete_after,
+        }
+        spool = session.spool
+
+        def store() -> dict[str, Any]:
+            payload = snap.write(spool)
+            record.update(sha256=payload.sha256, size=payload.size,
+                          blobs=[[s, n] for s, n in payload.blobs])
+            session.submit(record)
+            return record
+
+        job: Job = session.run(store)
+        art = Artifact(record, _locator(self.output_uri, spool), pending=job)
+        with self._lock:
+            self._artifacts[name] = art
+        return art
+
+    def register_artifact(self, name: str, artifact: Any, metadata: Mapping[str, Any] | None = None,
+                          uniqueness_columns: Any = True) -> None:
+        """Track a DataFrame: a new version is stored whenever its content changes
+        (checked in the background), and a last one at close or exit."""
+        if not type(artifact).__module__.startswith("pandas") or \
+                type(artifact).__name__ != "DataFrame":
+            raise TypeError("register_artifact() tracks pandas DataFrames; "
+                            f"got {type(artifact).__name__}. Use upload_artifact() instead.")
+        name = _checked_name(name)
+        meta = _checked_metadata(metadata)
+        if uniqueness_columns is not True and uniqueness_columns:
+            missing = [c for c in uniqueness_columns if c not in artifact.columns]
+            if missing:
+                raise ValueError(f"uniqueness_columns not in the DataFrame: {missing}")
+        item = Tracked(self, name, artifact, meta, uniqueness_columns,
+                       content_hash(artifact, uniqueness_columns))
+        self._store_tracked(item)
+        self._tracker_instance().add(item)
+
+    def _store_tracked(self, item: Tracked) -> None:
+        from ._serializers import snapshot
+
+        session = Session.get()
+        snap = snapshot(item.obj, session.spool)
+        self._enqueue(session, item.name, snap, item.metadata, None)._live = item.obj
+
+    def unregister_artifact(self, name: str) -> None:
+        self._tracker_instance().remove(self.id, name)
+
+    def get_registered_artifacts(self) -> dict[str, Any]:
+        """Name -> the live registered object (not a copy)."""
+        return {t.name: t.obj for t in self._tracker_instance().of_task(self.id)}
+
+    @classmethod
+    def _tracker_instance(cls) -> Tracker:
+        with cls._class_lock:
+            if cls._tracker is None:
+                cls._tracker = Tracker()
+            return cls._tracker
+
+    def _final_tracked(self) -> None:
+        tracker = self._tracker_instance()
+        for item in tracker.of_task(self.id):
+            tracker.check(item)
+            tracker.remove(self.id, item.name)
+
+    # -- flush, close, status ----------------------------------------------------------------------
+    def flush(self, wait_for_uploads: bool = False, timeout: float | None = None) -> bool:
+        """Wait until every artifact so far is in the spool and acknowledged; with
+        ``wait_for_uploads``, until it is committed in storage.
+
+        :raises UploadTimeout: not done within ``timeout`` (default: the ``wait_timeout``
+            setting, 300 s), e.g. because no daemon is running.
+        :raises UploadFailed: a record failed permanently.
+        """
+        session = Session.get()
+        if not session.drain(timeout):
+            raise UploadTimeout(f"artifacts not yet written to the spool after {timeout} s")
+        if not wait_for_uploads:
+            return True
+        limit = session.settings.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                reply = session.request({"op": "wait", "task_id": self.id, "timeout": left},
+                                        timeout=left + 5)
+            except DaemonUnavailable as exc:
+                last = exc
+                time.sleep(min(0.2, left))
+                continue
+            except DaemonError as exc:
+                if exc.code == "timeout":
+                    break
+                raise
+            if reply.get("failed"):
+                raise UploadFailed(f"{reply['failed']} records of task {self.id} failed; "
+                                   "see `artisync status`")
+            return True
+        hint = f" (no daemon answered: {last})" if last else ""
+        raise UploadTimeout(f"uploads of task {self.id} not committed after {limit:.0f} s{hint}; "
+                            "they stay in the spool and upload when a daemon runs")
+
+    def mark_completed(self, **kwargs: Any) -> None:
+        self._set_status("completed", "closed")
+
+    def mark_failed(self, ignore_errors: bool = True, status_reason: str | None = None,
+                    **kwargs: Any) -> None:
+        self._set_status("failed", "closed")
+
+    def _set_status(self, status: str, event: str) -> None:
+        session = Session.get()
+        with self._lock:
+            self._record = {**self._record, "status": status, "event": event,
+                            "record_id": uuid.uuid4().hex, "created": time.time(),
+                            "ended": time.time()}
+            rec = dict(self._record)
+        session.run(lambda: session.submit(rec))
+
+    def close(self) -> None:
+        """Store the final state of tracked artifacts, mark the task completed, and
+        return once all of it is in the spool and acknowledged (never waits on the network)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._final_tracked()
+        if self.status == "in_progress":
+            self._set_status("completed", "closed")
+        Session.get().drain()
+        with Task._class_lock:
+            if Task._current is self:
+                Task._current = None
+
+    def __enter__(self) -> Task:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if ev is not None and self.status == "in_progress":
+            self.mark_failed()
+        self.close()
+
+    # -- interpreter exit ----------------------------------------------------------------------------
+    @classmethod
+    def _install_exit_hook(cls) -> None:
+        if cls._hook_installed:
+            return
+        cls._hook_installed = True
+        previous = sys.excepthook
+
+        def hook(et: type[BaseException], ev: BaseException, tb: TracebackType | None) -> None:
+            cls._exit_exc = ev
+            previous(et, ev, tb)
+
+        sys.excepthook = hook
+
+    @classmethod
+    def _close_all_at_exit(cls) -> None:
+        for task in list(cls._local.values()):
+            if task._closed:
+                continue
+            if cls._exit_exc is not None and task.status == "in_progress":
+                task.mark_failed()
+            try:
+                task.close()
+            except Exception as exc:  # at exit, report and go on with the others
+                log.error("artisync: closing task %s at exit failed: %s", task.id, exc)
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return check_name(name, "artifact name")
+    except ValueError as exc:
+        raise InvalidName(str(exc)) from None
+
+
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+    if len(text) > 1_000_000:
+        raise ValueError("metadata is larger than 1 MB once serialised")
+    return json.loads(text)
+
+
+def _delete_spec(obj: Any) -> dict[str, Any] | None:
+    if not isinstance(obj, str | os.PathLike):
+        return None
+    path = os.path.abspath(os.fspath(obj))
+    if not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _resolve_dest(uri: str) -> str:
+    if "://" not in uri:
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri
+
+
+def _local_spool() -> Any:
+    from artisync.protocol import Spool
+
+    root = Session.get().settings.spool
+    return Spool(root) if (root / "blobs").is_dir() else None
+
+
+def _locator(dest: str, spool: Any) -> Callable[[str], Any]:
+    def locate(sha: str) -> Any:
+        from ._reader import locate as _locate
+
+        return _locate(sha, dest, spool)
+
+    return locate

@@ -1,0 +1,224 @@
+"""A loopback TCP proxy that injects network faults in front of a real server.
+
+    with FaultProxy(("127.0.0.1", server_port)) as proxy:
+        client talks to proxy.endpoint
+        proxy.set("503", count=2, retry_after=1)   # the next 2 connections get a 503
+        proxy.set("cut", count=1, cut_after=7 * 2**20)  # drop one connection mid-body
+        proxy.set("refuse")                          # nothing listens; proxy.set("pass")
+
+It runs its own asyncio loop in a thread, so it serves sync and async tests alike.
+Faults apply per *connection*: a faulted connection is answered (or dropped) and
+closed, so the client reconnects; a passed one is spliced through byte for byte.
+``count`` limits a fault to the next N connections, then the proxy passes again.
+After changing the mode, ``drop_connections()`` ends kept-alive connections so the
+new mode applies to the client's next request.
+
+Modes: ``pass``; ``refuse`` (stop listening: connection refused); ``close``
+(accept, then close at once); ``503`` / ``500`` (read the request, answer with
+that status, an S3/Azure-style XML error body and optional ``Retry-After``);
+``delay`` (wait ``delay`` seconds, then pass); ``cut`` (pass, but close both
+sides once ``cut_after`` bytes went upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+MODES = ("pass", "refuse", "close", "503", "500", "delay", "cut")
+_REASONS = {"503": ("Service Unavailable", "SlowDown"), "500": ("Internal Server Error",
+                                                                 "InternalError")}
+
+
+@dataclass
+class _Fault:
+    mode: str = "pass"
+    count: int | None = None  # None: until changed
+    retry_after: float | None = None
+    delay: float = 0.0
+    cut_after: int = 0
+
+
+class FaultProxy:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.target = target
+        self.host, self.port = host, port
+        self._fault = _Fault()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy",
+                                        daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        # statistics, read from the test thread
+        self.connections = 0
+        self.faults = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # -- control (test thread) ------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def set(self, mode: str, *, count: int | None = None, retry_after: float | None = None,
+            delay: float = 0.0, cut_after: int = 0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        with self._lock:
+            self._fault = _Fault(mode, count, retry_after, delay, cut_after)
+        self._call(self._listen() if mode != "refuse" else self._unlisten())
+
+    def drop_connections(self) -> None:
+        self._call(self._close_all())
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.connections = self.faults = self.bytes_up = self.bytes_down = 0
+
+    def _call(self, coro: object) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)  # type: ignore[arg-type]
+
+    # -- the loop thread ------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port,
+                                                      reuse_address=True)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _unlisten(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def _close_all(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _shutdown(self) -> None:
+        await self._close_all()
+        await self._unlisten()
+
+    def _take(self) -> _Fault:
+        with self._lock:
+            self.connections += 1
+            fault = self._fault
+            if fault.mode == "pass":
+                return fault
+            self.faults += 1
+            if fault.count is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self._fault = _Fault()
+            return _Fault(fault.mode, None, fault.retry_after, fault.delay, fault.cut_after)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        fault = self._take()
+        try:
+            if fault.mode in ("close", "refuse"):
+                return
+            if fault.mode in _REASONS:
+                await self._answer(reader, writer, fault)
+                return
+            if fault.mode == "delay":
+                await asyncio.sleep(fault.delay)
+            await self._splice(reader, writer, fault.cut_after if fault.mode == "cut" else 0)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      fault: _Fault) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("expect", "").lower() != "100-continue":
+            await _drain_body(reader, headers)  # unread bytes would turn our close into a RST
+        reason, code = _REASONS[fault.mode]
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f"<Message>injected by faultproxy</Message></Error>").encode()
+        extra = f"Retry-After: {fault.retry_after:g}\r\n" if fault.retry_after is not None else ""
+        writer.write(f"HTTP/1.1 {fault.mode} {reason}\r\nContent-Type: application/xml\r\n"
+                     f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+                     .encode() + body)
+        await writer.drain()
+
+    async def _splice(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      cut_after: int) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.add(up_writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            sent = 0
+            while data := await src.read(65536):
+                if up and cut_after and sent + len(data) >= cut_after:
+                    dst.write(data[:cut_after - sent])
+                    self.bytes_up += cut_after - sent
+                    return  # cut: both sides close below
+                dst.write(data)
+                await dst.drain()
+                sent += len(data)
+                if up:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
+
+        tasks = [asyncio.create_task(pump(reader, up_writer, True)),
+                 asyncio.create_task(pump(up_reader, writer, False))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._writers.discard(up_writer)
+            up_writer.close()
+
+
+async def _drain_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                return
+    length = int(headers.get("content-length") or 0)
+    while length > 0:
+        chunk = await reader.read(min(length, 65536))
+        if not chunk:
+            return
+        length -= len(chunk)

@@ -1,0 +1,251 @@
+"""The SDK against a real daemon process and the file backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from artisync import InvalidName, Task, UploadTimeout
+from artisync.protocol._layout import artifact_prefix
+from tests.harness import DaemonProc, Env, run_py, stored_objects
+
+
+def _versions(env: Env, task: Task, name: str) -> list[dict]:
+    d = env.storage / artifact_prefix(task.id, name)
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+
+
+def _make_samples(root: Path) -> Path:
+    folder = root / "samples"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.bin").write_bytes(os.urandom(5000))
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"img{i}.jpg")
+    return folder
+
+
+def test_every_type_round_trips_in_process_and_from_another(daemon: DaemonProc, env: Env) -> None:
+    folder = _make_samples(env.root)
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}, index=[10, 20, 30])
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    img = Image.new("RGB", (16, 9), (1, 2, 3))
+    task = Task.init(project_name="rt", task_name="types")
+    task.upload_artifact("df", df)
+    task.upload_artifact("dict", {"k": [1, 2], "s": "v"})
+    task.upload_artifact("list", [1, "two", 3.0])
+    task.upload_artifact("arr", arr)
+    task.upload_artifact("img", img)
+    task.upload_artifact("file", str(folder / "a.txt"))
+    task.upload_artifact("folder", str(folder))
+    task.upload_artifact("wild", str(folder / "*.jpg"))
+    task.upload_artifact("text", "just words")
+    task.flush(wait_for_uploads=True, timeout=60)
+    # in this process
+    pd.testing.assert_frame_equal(task.artifacts["df"].get(), df)
+    assert task.artifacts["dict"].get() == {"k": [1, 2], "s": "v"}
+    np.testing.assert_array_equal(task.artifacts["arr"].get(), arr)
+    assert list(task.artifacts["img"].get().getdata()) == list(img.getdata())
+    assert Path(task.artifacts["file"].get()).read_text() == "alpha"
+    task.close()
+    # from a fresh process that has only the storage (no daemon socket, no spool)
+    out = run_py(env, f"""
+        import json
+        from pathlib import Path
+        from artisync import Task
+        t = Task.get_task(project_name="rt", task_name="types")
+        a = t.artifacts
+        res = {{
+            "status": t.status,
+            "df": a["df"].get().to_dict(),
+            "dict": a["dict"].get(),
+            "list": a["list"].get(),
+            "arr": a["arr"].get().tolist(),
+            "img": [a["img"].get().size, a["img"].get().getpixel((0, 0))],
+            "file": Path(a["file"].get()).read_text(),
+            "folder": sorted(str(p.relative_to(a["folder"].get()))
+                             for p in Path(a["folder"].get()).rglob("*") if p.is_file()),
+            "wild": sorted(p.name for p in Path(a["wild"].get()).iterdir()),
+            "text": a["text"].get(),
+            "meta": [a["df"].type, a["df"].size > 0, len(a["df"].hash)],
+        }}
+        print(json.dumps(res))
+    """, ARTISYNC_SPOOL=str(env.root / "other-spool"), ARTISYNC_SOCKET=str(env.root / "none.sock"),
+                 XDG_CACHE_HOME=str(env.root / "other-cache"))
+    res = json.loads(out.stdout)
+    assert res["status"] == "completed"
+    assert res["df"] == {"a": {"10": 1, "20": 2, "30": 3}, "b": {"10": "x", "20": "y", "30": "z"}}
+    assert res["dict"] == {"k": [1, 2], "s": "v"}
+    assert res["list"] == [1, "two", 3.0]
+    assert res["arr"] == arr.tolist()
+    assert res["img"] == [[16, 9], [1, 2, 3]]
+    assert res["file"] == "alpha"
+    assert res["folder"] == sorted(["a.txt", "sub/b.bin", "img0.jpg", "img1.jpg", "img2.jpg"])
+    assert res["wild"] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert res["text"] == "just words"
+    assert res["meta"] == ["pandas", True, 64]
+
+
+def test_snapshot_is_immune_to_later_mutation(daemon: DaemonProc, env: Env) -> None:
+    f = env.root / "data.bin"
+    f.write_bytes(b"original")
+    df = pd.DataFrame({"a": [1, 2]})
+    arr = np.zeros(4)
+    d = {"k": [1]}
+    task = Task.init(project_name="mut", task_name="m")
+    task.upload_artifact("df", df)
+    task.upload_artifact("arr", arr)
+    task.upload_artifact("dict", d)
+    task.upload_artifact("file", str(f))
+    df.loc[0, "a"] = 99
+    arr[:] = 7
+    d["k"].append(2)
+    f.write_bytes(b"changed!")
+    task.flush(wait_for_uploads=True, timeout=60)
+    assert task.artifacts["df"].get()["a"].tolist() == [1, 2]
+    assert task.artifacts["arr"].get().tolist() == [0, 0, 0, 0]
+    assert task.artifacts["dict"].get() == {"k": [1]}
+    assert Path(task.artifacts["file"].get()).read_bytes() == b"original"
+    task.close()
+
+
+def test_registered_dataframe_versions_only_on_change(daemon: DaemonProc, env: Env,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    task = Task.init(project_name="track", task_name="t")
+    changed = pd.DataFrame({"a": range(1000)})
+    still = pd.DataFrame({"b": range(1000)})
+    task.register_artifact("changed", changed, metadata={"m": 1})
+    task.register_artifact("still", still)
+    assert task.get_registered_artifacts()["changed"] is changed
+    tracker = Task._tracker_instance()
+    for item in tracker.of_task(task.id):  # a check with no change stores nothing
+        assert tracker.check(item) is False
+    changed.loc[5, "a"] = -1  # in place
+    item = next(i for i in tracker.of_task(task.id) if i.name == "changed")
+    assert tracker.check(item) is True
+    assert tracker.check(item) is False
+    task.close()  # final check: nothing new
+    task.flush(wait_for_uploads=True, timeout=60)
+    v_changed = _versions(env, task, "changed")
+    v_still = _versions(env, task, "still")
+    assert len(v_changed) == 2 and len(v_still) == 1
+    assert v_changed[0]["metadata"] == {"m": 1}
+    assert v_changed[0]["sha256"] != v_changed[1]["sha256"]
+
+
+def test_background_tracker_picks_up_change(daemon: DaemonProc, env: Env) -> None:
+    out = run_py(env, """
+        import time
+        import pandas as pd
+        from artisync import Task
+        t = Task.init(project_name="track", task_name="bg")
+        df = pd.DataFrame({"a": range(10)})
+        t.register_artifact("df", df)
+        df.loc[3, "a"] = 42
+        time.sleep(1.5)   # tracker interval is 0.3 s here
+        print(Task._tracker_instance().items[(t.id, "df")].versions)
+    """, ARTISYNC_TRACK_INTERVAL="0.3")
+    assert out.stdout.strip() == "2"
+
+
+def test_pickle_refused_by_default(daemon: DaemonProc, env: Env) -> None:
+    task = Task.init(project_name="pk", task_name="p")
+    task.upload_artifact("obj", {1, 2, 3})  # a set: not JSON, pickled (auto_pickle)
+    task.flush(wait_for_uploads=True, timeout=60)
+    with pytest.raises(Exception, match="allow_pickle"):
+        task.artifacts["obj"].get()
+    assert task.artifacts["obj"].get(allow_pickle=True) == {1, 2, 3}
+    task.close()
+
+
+def test_bad_input_is_refused_before_anything_is_written(env: Env) -> None:
+    task = Task.init(project_name="bad", task_name="b")
+    task.flush()
+    before = sorted(p.name for p in (env.spool / "outbox").iterdir())
+    blobs_before = sorted(p.name for p in (env.spool / "blobs").iterdir())
+    with pytest.raises(Exception, match="does not exist"):
+        task.upload_artifact("f", str(env.root / "missing.csv"))
+    with pytest.raises(InvalidName):
+        task.upload_artifact("", 1)
+    with pytest.raises(InvalidName):
+        task.upload_artifact("..", 1)
+    with pytest.raises(InvalidName):
+        task.upload_artifact("a\x00b", 1)
+    with pytest.raises(InvalidName):
+        task.upload_artifact("x" * 500, 1)
+    with pytest.raises(ValueError, match="JSON"):
+        task.upload_artifact("m", 1, metadata={"f": object()})
+    with pytest.raises(ValueError):
+        task.upload_artifact("np", object(), auto_pickle=False)
+    with pytest.raises(TypeError):
+        task.register_artifact("r", [1, 2])
+    task.flush()
+    assert sorted(p.name for p in (env.spool / "outbox").iterdir()) == before
+    assert sorted(p.name for p in (env.spool / "blobs").iterdir()) == blobs_before
+    assert list((env.spool / "tmp").iterdir()) == []
+
+
+def test_wait_without_daemon_raises_clear_error(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTISYNC_WAIT_TIMEOUT", "1")
+    from artisync._session import Session
+
+    Session.reset()
+    task = Task.init(project_name="nod", task_name="n")
+    with pytest.raises(UploadTimeout, match="no daemon"):
+        task.upload_artifact("x", {"a": 1}, wait_on_upload=True)
+    assert task.upload_artifact("y", {"b": 2}) is True  # still works offline
+    task.close()
+    assert len(list((env.spool / "outbox").glob("*.rec"))) == 4
+
+
+def test_delete_after_upload_only_after_commit(env: Env) -> None:
+    f = env.root / "big.bin"
+    f.write_bytes(os.urandom(10_000))
+    task = Task.init(project_name="del", task_name="d")
+    task.upload_artifact("f", str(f), delete_after_upload=True)
+    task.close()
+    assert f.exists()  # no daemon yet: not committed, not deleted
+    d = DaemonProc(env, "--exit-when-idle")
+    assert d.wait_exit(60) == 0, d.output()
+    assert not f.exists()
+    assert len(stored_objects(env.storage)) == 1
+
+
+def test_status_failed_on_uncaught_exception(daemon: DaemonProc, env: Env) -> None:
+    run_py(env, """
+        from artisync import Task
+        t = Task.init(project_name="st", task_name="boom")
+        t.upload_artifact("x", 1)
+        raise RuntimeError("training diverged")
+    """, check=False)
+    run_py(env, """
+        from artisync import Task
+        t = Task.init(project_name="st", task_name="fine")
+    """)
+    out = run_py(env, """
+        from artisync import Task
+        print(Task.get_task(project_name="st", task_name="boom").status,
+              Task.get_task(project_name="st", task_name="fine").status)
+        try:
+            Task.get_task(project_name="st", task_name="boom",
+                          task_filter={"status": ["completed"]})
+        except ValueError as exc:
+            print("none", "completed" in str(exc))
+    """)
+    assert out.stdout.split() == ["failed", "completed", "none", "True"]
+
+
+def test_import_is_cheap() -> None:
+    code = ("import sys, artisync; heavy = [m for m in ('pandas', 'numpy', 'PIL', 'botocore', "
+            "'aiobotocore', 'aiohttp', 'azure', 'gcloud', 'pyarrow', 'artisync.daemon') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,744 @@
+"""Serializers: snapshot -> write -> load, on real files in a real spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from artisync import _serializers
+from artisync._serializers import (
+    SerializationError,
+    Snapshot,
+    StoredPayload,
+    UnpicklingRefused,
+    load,
+    materialize_tree,
+    snapshot,
+)
+from artisync.protocol import ArtisyncError, IntegrityError, Spool, hash_file
+from PIL import Image
+
+
+@dataclass
+class Point:  # module level, so it pickles
+    x: int
+    y: int
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    sp = Spool(tmp_path / "spool").ensure()
+    yield sp
+    assert list(sp.tmp.iterdir()) == [], "temp files left behind"
+
+
+def write(snap: Snapshot, spool: Spool) -> StoredPayload:
+    payload = snap.write(spool)
+    for sha, size in payload.blobs:
+        assert hash_file(spool.blob_path(sha)) == (sha, size)
+    return payload
+
+
+def roundtrip(obj: Any, spool: Spool, *, allow_pickle: bool = False,
+              **kw: Any) -> tuple[Snapshot, StoredPayload, Any]:
+    snap = snapshot(obj, spool, **kw)
+    payload = write(snap, spool)
+    assert payload.blobs == [(payload.sha256, payload.size)]
+    return snap, payload, load(snap.type, snap.format, spool.blob_path(payload.sha256),
+                               allow_pickle=allow_pickle)
+
+
+def fetcher(spool: Spool) -> Any:
+    return lambda sha: spool.blob_path(sha)
+
+
+def make_df() -> pd.DataFrame:
+    return pd.DataFrame({
+        "i": np.arange(6, dtype="int64"),
+        "f": [0.1, 1.5, np.nan, 3.25, -1e300, 5.0],
+        "s": ["a", "b", None, "d", "é", "f"],
+        "b": [True, False, True, True, False, False],
+    })
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- pandas
+
+
+def test_dataframe_default_is_parquet_and_round_trips_index_and_dtypes(spool: Spool) -> None:
+    df = make_df()
+    df["t"] = pd.date_range("2024-01-01", periods=6, freq="h", tz="UTC")
+    df["c"] = pd.Categorical(list("xyxyxz"))
+    df.index = pd.Index([f"r{i}" for i in range(6)], name="row")
+    snap, _, back = roundtrip(df, spool)
+    assert (snap.type, snap.format, snap.extension) == ("pandas", "parquet", ".parquet")
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_dataframe_multiindex_round_trips_through_parquet(spool: Spool) -> None:
+    df = make_df().set_index(["i", "s"])
+    _, _, back = roundtrip(df, spool)
+    pd.testing.assert_frame_equal(back, df)
+
+
+@pytest.mark.parametrize("ext", [".csv.gz", ".csv"])
+def test_dataframe_csv_round_trips_range_index_with_dtypes(spool: Spool, ext: str) -> None:
+    df = make_df()
+    snap, _, back = roundtrip(df, spool, extension_name=ext)
+    assert (snap.format, snap.extension) == (ext[1:], ext)
+    pd.testing.assert_frame_equal(back, df)
+    assert isinstance(back.index, pd.RangeIndex)
+
+
+def test_dataframe_csv_gz_keeps_a_named_index(spool: Spool) -> None:
+    df = make_df().set_index("s")
+    _, _, back = roundtrip(df, spool, extension_name="csv.gz")  # dot optional
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_dataframe_feather_round_trips(spool: Spool) -> None:
+    df = make_df().set_index("i")
+    snap, _, back = roundtrip(df, spool, extension_name=".feather")
+    assert snap.format == "feather"
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_dataframe_pickle_is_refused_unless_allowed(spool: Spool) -> None:
+    df = make_df()
+    snap = snapshot(df, spool, extension_name=".pickle")
+    payload = write(snap, spool)
+    path = spool.blob_path(payload.sha256)
+    assert (snap.type, snap.format) == ("pandas", "pickle")
+    with pytest.raises(UnpicklingRefused, match="allow_pickle=True"):
+        load("pandas", "pickle", path)
+    pd.testing.assert_frame_equal(load("pandas", "pickle", path, allow_pickle=True), df)
+
+
+def test_dataframe_defaults_to_csv_gz_without_pyarrow(spool: Spool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
+    snap, _, back = roundtrip(make_df(), spool)
+    assert (snap.format, snap.extension) == ("csv.gz", ".csv.gz")
+    pd.testing.assert_frame_equal(back, make_df())
+    with pytest.raises(SerializationError, match="needs pyarrow"):
+        snapshot(make_df(), spool, extension_name=".parquet")
+
+
+def test_dataframe_multiindex_without_pyarrow_falls_back_to_pickle(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
+    df = make_df().set_index(["i", "s"])
+    snap, _, back = roundtrip(df, spool, allow_pickle=True)
+    assert (snap.type, snap.format, snap.extension) == ("pandas", "pickle", ".pickle")
+    pd.testing.assert_frame_equal(back, df)
+    with pytest.raises(SerializationError, match="MultiIndex"):
+        snapshot(df, spool, extension_name=".csv.gz")
+    with pytest.raises(SerializationError, match="auto_pickle is off"):
+        snapshot(df, spool, auto_pickle=False)
+
+
+@pytest.mark.parametrize("column", [
+    pd.Series([1, "a", 2.5], dtype=object),
+    pd.Series([1j, 2]),
+    pd.Series(pd.Categorical([1, "a", 1])),
+    pd.Series(pd.arrays.SparseArray([0, 0, 1])),
+], ids=["mixed_object", "complex", "mixed_categorical", "sparse"])
+def test_dataframe_column_arrow_cannot_hold(spool: Spool, column: pd.Series) -> None:
+    df = pd.DataFrame({"mixed": column})
+    with pytest.raises(SerializationError, match=r"cannot be stored as \.parquet.*'mixed'"):
+        snapshot(df, spool, extension_name=".parquet")
+    snap, _, back = roundtrip(df, spool, allow_pickle=True)  # default format: pickled
+    assert snap.format == "pickle"
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_dataframe_duplicate_columns_are_refused_by_csv(spool: Spool) -> None:
+    df = pd.DataFrame([[1, 2]], columns=["a", "a"])
+    with pytest.raises(SerializationError, match="duplicate column names"):
+        snapshot(df, spool, extension_name=".csv.gz")
+
+
+def test_dataframe_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
+    df = make_df()
+    expected = df.copy(deep=True)
+    snap = snapshot(df, spool)
+    df.loc[0, "i"] = 999
+    df["f"] *= 2
+    del df["s"]
+    payload = write(snap, spool)
+    pd.testing.assert_frame_equal(load("pandas", "parquet", spool.blob_path(payload.sha256)),
+                                  expected)
+
+
+@pytest.mark.parametrize("ext", [None, ".csv.gz", ".csv", ".feather"])
+def test_same_dataframe_twice_dedups_to_one_sha(spool: Spool, ext: str | None) -> None:
+    a = write(snapshot(make_df(), spool, extension_name=ext), spool)
+    b = write(snapshot(make_df().copy(), spool, extension_name=ext), spool)
+    assert a.sha256 == b.sha256
+
+
+def test_dataframe_preview_has_shape_and_head(spool: Spool) -> None:
+    df = pd.DataFrame({"alpha": range(1000), "beta": range(1000)})
+    snap = snapshot(df, spool)
+    snap.discard()
+    assert snap.preview.startswith("DataFrame 1000 rows x 2 columns")
+    assert "alpha" in snap.preview and "beta" in snap.preview
+    assert len(snap.preview.splitlines()) == 7  # title, header, 5 rows
+
+
+def test_dataframe_unsupported_extension_lists_the_allowed(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match=r"\.xlsx.*allowed: \.parquet, \.csv\.gz"):
+        snapshot(make_df(), spool, extension_name=".xlsx")
+
+
+# ---------------------------------------------------------------------------- numpy
+
+
+@pytest.mark.parametrize("arr", [
+    np.eye(100, 100),
+    np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+    np.array([True, False]),
+    np.array(3.5),
+    np.array(["ab", "cde"]),
+    np.zeros((0, 3), dtype=np.float32),
+    np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+], ids=["eye", "int3d", "bool", "0d", "str", "empty", "structured"])
+def test_numpy_npz_round_trips(spool: Spool, arr: np.ndarray) -> None:
+    snap, _, back = roundtrip(arr, spool)
+    assert (snap.type, snap.format, snap.extension) == ("numpy", "npz", ".npz")
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("arr", [
+    np.array([1.0, np.nan, np.inf, -0.1, 1 / 3]),
+    np.arange(12, dtype=np.int64).reshape(3, 4) - 5,
+    np.arange(4, dtype=np.float32).reshape(1, 4) / 3,
+    np.arange(4, dtype=np.uint64).reshape(4, 1) + 2**63,
+    np.array([[True, False], [False, True]]),
+    np.zeros((0, 3)),
+], ids=["float1d", "int2d", "one_row", "one_col_uint64", "bool", "empty"])
+def test_numpy_csv_gz_round_trips_shape_and_dtype(spool: Spool, arr: np.ndarray) -> None:
+    snap, _, back = roundtrip(arr, spool, extension_name=".csv.gz")
+    assert (snap.format, snap.extension) == ("csv.gz", ".csv.gz")
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("arr", [np.zeros((2, 2, 2)), np.array([1j])])
+def test_numpy_csv_gz_refuses_what_it_cannot_hold(spool: Spool, arr: np.ndarray) -> None:
+    with pytest.raises(SerializationError, match="use .npz"):
+        snapshot(arr, spool, extension_name=".csv.gz")
+
+
+def test_numpy_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
+    arr = np.zeros((50, 50))
+    snap = snapshot(arr, spool)
+    arr[:] = 7
+    payload = write(snap, spool)
+    np.testing.assert_array_equal(load("numpy", "npz", spool.blob_path(payload.sha256)),
+                                  np.zeros((50, 50)))
+
+
+def test_same_array_twice_dedups_to_one_sha(spool: Spool) -> None:
+    a = write(snapshot(np.eye(10), spool), spool)
+    b = write(snapshot(np.eye(10), spool), spool)
+    assert a.sha256 == b.sha256
+
+
+def test_numpy_object_array_is_pickled(spool: Spool) -> None:
+    arr = np.array([{"a": 1}, None], dtype=object)
+    snap, _, back = roundtrip(arr, spool, allow_pickle=True)
+    assert (snap.type, snap.format) == ("pickle", "pickle")
+    assert list(back) == list(arr)
+    with pytest.raises(SerializationError, match="auto_pickle is off"):
+        snapshot(arr, spool, auto_pickle=False)
+
+
+def test_numpy_preview_has_shape_and_dtype(spool: Spool) -> None:
+    snap = snapshot(np.zeros((1000, 1000), dtype=np.float32), spool)
+    snap.discard()
+    assert "shape=(1000, 1000)" in snap.preview and "float32" in snap.preview
+    assert len(snap.preview) < 2000
+
+
+def test_numpy_bad_extension(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match=r"allowed: \.npz, \.csv\.gz"):
+        snapshot(np.eye(2), spool, extension_name=".npy")
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def make_image(mode: str = "RGB") -> Image.Image:
+    img = Image.new(mode, (32, 24))
+    for x in range(32):
+        for y in range(24):
+            img.putpixel((x, y), (x * 8, y * 10, 100, 255)[:len(mode)] if mode != "L" else x * 8)
+    return img
+
+
+def test_image_default_png_round_trips_pixels(spool: Spool) -> None:
+    img = make_image("RGBA")
+    snap, _, back = roundtrip(img, spool)
+    assert (snap.type, snap.format, snap.extension) == ("image", "png", ".png")
+    assert isinstance(back, Image.Image) and back.format == "PNG"
+    assert (back.mode, back.size, back.tobytes()) == (img.mode, img.size, img.tobytes())
+
+
+@pytest.mark.parametrize("ext,fmt,lossless", [
+    (".png", "png", True), (".jpg", "jpeg", False), (".jpeg", "jpeg", False),
+    (".webp", "webp", False), (".bmp", "bmp", True), (".tif", "tiff", True),
+    (".tiff", "tiff", True), (".gif", "gif", False),
+])
+def test_image_every_extension(spool: Spool, ext: str, fmt: str, lossless: bool) -> None:
+    img = make_image("RGB")
+    snap, _, back = roundtrip(img, spool, extension_name=ext)
+    assert (snap.format, snap.extension) == (fmt, ext)
+    assert back.size == img.size and back.format == fmt.upper()
+    if lossless:
+        assert back.tobytes() == img.tobytes()
+
+
+def test_image_lazily_opened_file_is_captured_at_snapshot(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "pic.png"
+    make_image().save(src)
+    with Image.open(src) as lazy:
+        snap = snapshot(lazy, spool)
+    Image.new("RGB", (5, 5), "blue").save(src)  # file replaced after the snapshot
+    payload = write(snap, spool)
+    back = load("image", "png", spool.blob_path(payload.sha256))
+    assert back.tobytes() == make_image().tobytes()
+
+
+def test_image_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
+    img = make_image()
+    expected = img.tobytes()
+    snap = snapshot(img, spool)
+    img.paste((0, 0, 0), (0, 0, 32, 24))
+    payload = write(snap, spool)
+    assert load("image", "png", spool.blob_path(payload.sha256)).tobytes() == expected
+
+
+def test_image_errors_and_preview(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match=r"\.xyz.*allowed: \.png, \.jpg"):
+        snapshot(make_image(), spool, extension_name=".xyz")
+    with pytest.raises(SerializationError, match="JPEG cannot store this mode RGBA image"):
+        snapshot(make_image("RGBA"), spool, extension_name=".jpg")
+    with pytest.raises(SerializationError, match="PNG cannot store this mode F image"):
+        snapshot(Image.new("F", (4, 4)), spool)
+    snap = snapshot(make_image("L"), spool)
+    snap.discard()
+    assert snap.preview == "PIL Image mode=L size=32x24"
+
+
+# ------------------------------------------------------------------------ dict / list
+
+
+@pytest.mark.parametrize("obj", [
+    {"b": 1, "a": [1.5, None, True], "nested": {"é": "ü", "n": -3}},
+    [1, "two", {"three": 3.0}],
+    {},
+])
+@pytest.mark.parametrize("ext,fmt", [(None, "json"), (".json", "json"), (".yaml", "yaml"),
+                                     (".yml", "yaml")])
+def test_dict_and_list_round_trip(spool: Spool, obj: Any, ext: str | None, fmt: str) -> None:
+    snap, _, back = roundtrip(obj, spool, extension_name=ext)
+    assert (snap.type, snap.format) == (type(obj).__name__, fmt)
+    assert snap.extension == (ext or ".json")
+    assert back == obj
+    if isinstance(obj, dict):
+        assert list(back) == list(obj)  # order kept
+
+
+def test_dict_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
+    d: dict[str, Any] = {"lr": 0.1, "layers": [1, 2]}
+    snap = snapshot(d, spool)
+    d["lr"] = 5
+    d["layers"].append(3)
+    payload = write(snap, spool)
+    assert load("dict", "json", spool.blob_path(payload.sha256)) == {"lr": 0.1, "layers": [1, 2]}
+
+
+@pytest.mark.parametrize("ext", [None, ".yaml"])
+def test_dict_that_is_not_json_is_pickled_when_auto_pickle(spool: Spool, ext: str | None) -> None:
+    d = {"tags": {"a", "b"}, "p": Point(1, 2)}
+    snap, _, back = roundtrip(d, spool, allow_pickle=True, extension_name=ext)
+    assert (snap.type, snap.format, snap.extension) == ("pickle", "pickle", ".pkl")
+    assert back == d
+    with pytest.raises(SerializationError, match="not (JSON|YAML)-serializable.*auto_pickle"):
+        snapshot(d, spool, auto_pickle=False, extension_name=ext)
+
+
+def test_dict_preview_lists_keys(spool: Spool) -> None:
+    snap = snapshot({f"k{i}": i for i in range(100)}, spool)
+    snap.discard()
+    assert snap.preview.startswith("dict, 100 keys: 'k0', 'k1'")
+    assert "..." in snap.preview.splitlines()[0] and len(snap.preview) <= 2000
+
+
+def test_dict_bad_extension_and_pkl(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match=r"allowed: \.json, \.yaml"):
+        snapshot({"a": 1}, spool, extension_name=".csv")
+    snap, _, back = roundtrip({"a": 1}, spool, allow_pickle=True, extension_name=".pkl")
+    assert (snap.type, back) == ("pickle", {"a": 1})
+
+
+# ------------------------------------------------------------- pickle, text, bytes, custom
+
+
+def test_arbitrary_object_is_pickled_and_refused_by_default(spool: Spool) -> None:
+    snap = snapshot(Point(3, 4), spool)
+    payload = write(snap, spool)
+    path = spool.blob_path(payload.sha256)
+    assert (snap.type, snap.format, snap.extension) == ("pickle", "pickle", ".pkl")
+    assert "Point" in snap.preview
+    with pytest.raises(UnpicklingRefused) as info:
+        load("pickle", "pickle", path)
+    assert isinstance(info.value, ArtisyncError) and isinstance(info.value, PermissionError)
+    assert "allow_pickle = true" in str(info.value)
+    assert load("pickle", "pickle", path, allow_pickle=True) == Point(3, 4)
+
+
+def test_arbitrary_object_without_auto_pickle_is_an_error(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match="Point objects .* auto_pickle is off"):
+        snapshot(Point(1, 1), spool, auto_pickle=False)
+    with pytest.raises(SerializationError, match="cannot pickle"):
+        snapshot(lambda: 1, spool)
+
+
+def test_text_round_trips_with_short_preview(spool: Spool) -> None:
+    text = "training finished; " * 50 + "ünïcode"
+    snap, _, back = roundtrip(text, spool)
+    assert (snap.type, snap.format, snap.extension) == ("str", "text", ".txt")
+    assert back == text and snap.preview == text[:200]
+
+
+@pytest.mark.parametrize("text", ["why?", "train/val loss: 0.3", "s3://bucket/key.csv",
+                                  "e.g. this", "v1.0", "[1,2]", "", "line\nwith/slash.csv"])
+def test_strings_that_are_text(spool: Spool, text: str) -> None:
+    snap, _, back = roundtrip(text, spool)
+    assert snap.type == "str" and back == text
+
+
+@pytest.mark.parametrize("text", ["results.csv", "runs/a.csv", "/nonexistent/file",
+                                  "./data", "~/surely-not-here-artisync"])
+def test_strings_that_look_like_missing_paths_are_errors(spool: Spool, text: str,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SerializationError, match="does not exist"):
+        snapshot(text, spool)
+    with pytest.raises(SerializationError, match="does not exist"):
+        snapshot(Path(text), spool)
+
+
+@pytest.mark.parametrize("data", [b"\x00\x01raw", bytearray(b"abc"), memoryview(b"xyz")])
+def test_bytes_round_trip(spool: Spool, data: Any) -> None:
+    snap, _, back = roundtrip(data, spool)
+    assert (snap.type, snap.format, snap.extension) == ("bytes", "bytes", ".bin")
+    assert back == bytes(data) and "bytes" in snap.preview
+
+
+def test_custom_serialization_function(spool: Spool) -> None:
+    obj = Point(5, 6)
+    snap = snapshot(obj, spool, serialization_function=lambda p: f"{p.x},{p.y}".encode(),
+                    extension_name=".txt")
+    payload = write(snap, spool)
+    path = spool.blob_path(payload.sha256)
+    assert (snap.type, snap.format, snap.extension) == ("custom", "bytes", ".txt")
+    assert load("custom", "bytes", path) == b"5,6"
+    assert load("custom", "bytes", path,
+                deserialization_function=lambda b: Point(*map(int, b.split(b",")))) == obj
+
+
+def test_custom_serialization_function_errors(spool: Spool) -> None:
+    with pytest.raises(SerializationError, match="must return bytes, not str"):
+        snapshot(1, spool, serialization_function=str)  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="raised ZeroDivisionError"):
+        snapshot(1, spool, serialization_function=lambda x: bytes(x // 0))
+
+
+def test_user_preview_wins_and_is_bounded(spool: Spool) -> None:
+    snap = snapshot({"a": 1}, spool, preview="x" * 5000)
+    snap.discard()
+    assert snap.preview == "x" * 2000
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_file_round_trips_as_a_path_to_its_bytes(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "data.csv"
+    src.write_bytes(b"a,b\n1,2\n")
+    for obj in (str(src), src):
+        snap, payload, back = roundtrip(obj, spool)
+        assert (snap.type, snap.format, snap.extension) == ("file", "file", ".csv")
+        assert snap.filename == "data.csv" and snap.preview == "data.csv - 8 B"
+        assert back == str(spool.blob_path(payload.sha256))
+        assert Path(back).read_bytes() == b"a,b\n1,2\n"
+
+
+def test_file_rewritten_after_snapshot_stores_the_snapshot(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"v1" * 1000)
+    snap = snapshot(str(src), spool)
+    src.write_bytes(b"v2")
+    payload = write(snap, spool)
+    assert spool.blob_path(payload.sha256).read_bytes() == b"v1" * 1000
+    assert payload.size == 2000
+
+
+def test_file_extension_rules(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "archive.tar.gz"
+    src.write_bytes(b"x")
+    snap = snapshot(src, spool, extension_name=".tar.gz")
+    snap.discard()
+    assert snap.extension == ".tar.gz"
+    with pytest.raises(SerializationError, match="does not match"):
+        snapshot(src, spool, extension_name=".json")
+
+
+def test_existing_file_wins_over_text(spool: Spool, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("notes").write_text("hello")
+    snap = snapshot("notes", spool)
+    snap.discard()
+    assert snap.type == "file"
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def make_folder(root: Path) -> Path:
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "a.txt").write_text("alpha")
+    (root / "b.jpg").write_bytes(b"\xff\xd8jpeg")
+    (root / ".hidden").write_text("h")
+    (root / "sub" / "c.jpg").write_bytes(b"\xff\xd8other")
+    (root / "sub" / "deep" / "d.txt").write_text("alpha")  # same content as a.txt
+    return root
+
+
+def test_folder_round_trips_through_materialize_tree(spool: Spool, tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "data_samples")
+    snap = snapshot(str(src), spool)
+    assert (snap.type, snap.format, snap.extension, snap.filename) == (
+        "folder", "tree", "", "data_samples")
+    payload = write(snap, spool)
+    listing = json.loads(spool.blob_path(payload.sha256).read_bytes())
+    assert listing["version"] == 1
+    paths = [f["path"] for f in listing["files"]]
+    assert paths == sorted(paths) == [".hidden", "a.txt", "b.jpg", "sub/c.jpg", "sub/deep/d.txt"]
+    assert payload.size == sum(len(b) for b in tree(src).values())
+    assert payload.blobs[0][0] == payload.sha256
+    assert len(payload.blobs) == 1 + 4  # listing + unique file contents
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "out")
+    assert out == tmp_path / "out"
+    assert tree(out) == tree(src)
+
+
+def test_folder_changed_after_snapshot_stores_the_snapshot(spool: Spool, tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "d")
+    before = tree(src)
+    snap = snapshot(src, spool)
+    (src / "a.txt").write_text("CHANGED")
+    (src / "sub" / "c.jpg").unlink()
+    (src / "new.txt").write_text("new")
+    payload = write(snap, spool)
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "out")
+    assert tree(out) == before
+
+
+def test_folder_preview_counts_files_and_bytes(spool: Spool, tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02}.bin").write_bytes(b"x" * 100)
+    os.symlink(src / "missing", src / "dangling")
+    snap = snapshot(src, spool)
+    snap.discard()
+    first = snap.preview.splitlines()[0]
+    assert first == "folder many: 30 files, 2.9 KB (1 non-regular entries skipped)"
+    assert "f00.bin - 100 B" in snap.preview and "... and 10 more" in snap.preview
+
+
+def test_empty_folder_is_an_empty_tree(spool: Spool, tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    payload = write(snapshot(tmp_path / "e", spool), spool)
+    assert payload.size == 0 and len(payload.blobs) == 1
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "out")
+    assert list(out.iterdir()) == []
+
+
+def test_wildcard_stores_matches_relative_to_the_base(spool: Spool, tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "data")
+    snap = snapshot(f"{src}/*.jpg", spool)
+    assert (snap.type, snap.format, snap.filename) == ("wildcard", "tree", None)
+    assert "1 files" in snap.preview and "b.jpg" in snap.preview
+    payload = write(snap, spool)
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "o1")
+    assert tree(out) == {"b.jpg": b"\xff\xd8jpeg"}
+
+
+def test_wildcard_recursive_and_relative_to_cwd(spool: Spool, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    make_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    payload = write(snapshot("data/**/*.jpg", spool), spool)
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "o2")
+    assert tree(out) == {"b.jpg": b"\xff\xd8jpeg", "sub/c.jpg": b"\xff\xd8other"}
+    payload = write(snapshot("data/s*", spool), spool)  # a matched folder brings its files
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "o3")
+    assert sorted(tree(out)) == ["sub/c.jpg", "sub/deep/d.txt"]
+    payload = write(snapshot(Path("data/?.txt"), spool), spool)  # a Path pattern too
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "o4")
+    assert tree(out) == {"a.txt": b"alpha"}
+
+
+def test_wildcard_matching_nothing_is_an_error(spool: Spool, tmp_path: Path) -> None:
+    make_folder(tmp_path / "data")
+    with pytest.raises(SerializationError, match="matches no files"):
+        snapshot(f"{tmp_path}/data/*.png", spool)
+    with pytest.raises(SerializationError, match="matches no files"):
+        snapshot(f"{tmp_path}/data/empty/*", spool)
+
+
+def test_folder_refuses_extension_name(spool: Spool, tmp_path: Path) -> None:
+    with pytest.raises(SerializationError, match="extension_name does not apply"):
+        snapshot(make_folder(tmp_path / "d"), spool, extension_name=".zip")
+
+
+def test_materialize_tree_can_hard_link(spool: Spool, tmp_path: Path) -> None:
+    payload = write(snapshot(make_folder(tmp_path / "d"), spool), spool)
+    listing = spool.blob_path(payload.sha256)
+    out = materialize_tree(listing, fetcher(spool), tmp_path / "linked", link=True)
+    sha = json.loads(listing.read_bytes())["files"][0]["sha256"]
+    assert (out / ".hidden").stat().st_ino == spool.blob_path(sha).stat().st_ino
+    copied = materialize_tree(listing, fetcher(spool), tmp_path / "copied")
+    assert (copied / ".hidden").stat().st_ino != spool.blob_path(sha).stat().st_ino
+
+
+def write_listing(path: Path, files: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps({"version": 1, "files": files}))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "a/../../b", "a//b", "./a", ""])
+def test_materialize_tree_refuses_unsafe_paths(spool: Spool, tmp_path: Path, bad: str) -> None:
+    sha, size = spool.write_blob_bytes(b"evil")
+    listing = write_listing(tmp_path / "l.json", [{"path": bad, "sha256": sha, "size": size}])
+    with pytest.raises(IntegrityError, match="unsafe path"):
+        materialize_tree(listing, fetcher(spool), tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
+
+
+def test_materialize_tree_refuses_symlink_escape(spool: Spool, tmp_path: Path) -> None:
+    sha, size = spool.write_blob_bytes(b"evil")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", dest / "link")
+    listing = write_listing(tmp_path / "l.json",
+                            [{"path": "link/x", "sha256": sha, "size": size}])
+    with pytest.raises(IntegrityError, match="leaves the destination"):
+        materialize_tree(listing, fetcher(spool), dest)
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_materialize_tree_checks_listing_and_sizes(spool: Spool, tmp_path: Path) -> None:
+    sha, size = spool.write_blob_bytes(b"four")
+    bad_sha = write_listing(tmp_path / "a.json", [{"path": "x", "sha256": "zz", "size": 1}])
+    with pytest.raises(IntegrityError, match="bad sha256"):
+        materialize_tree(bad_sha, fetcher(spool), tmp_path / "o")
+    dup = write_listing(tmp_path / "b.json", [{"path": "x", "sha256": sha, "size": size}] * 2)
+    with pytest.raises(IntegrityError, match="duplicate"):
+        materialize_tree(dup, fetcher(spool), tmp_path / "o")
+    wrong = write_listing(tmp_path / "c.json", [{"path": "x", "sha256": sha, "size": 99}])
+    with pytest.raises(IntegrityError, match="listing says 99"):
+        materialize_tree(wrong, fetcher(spool), tmp_path / "o")
+    assert list((tmp_path / "o").iterdir()) == []  # no half-placed file
+    (tmp_path / "v.json").write_text(json.dumps({"version": 2, "files": []}))
+    with pytest.raises(IntegrityError, match="version 1"):
+        materialize_tree(tmp_path / "v.json", fetcher(spool), tmp_path / "o")
+
+
+def test_load_refuses_trees_and_unknown_formats(tmp_path: Path) -> None:
+    with pytest.raises(SerializationError, match="materialize_tree"):
+        load("folder", "tree", tmp_path / "x")
+    with pytest.raises(SerializationError, match="unknown"):
+        load("pandas", "xlsx", tmp_path / "x")
+
+
+# ---------------------------------------------------------------- lifecycle and temps
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "dict"])
+def test_discard_frees_temps_and_write_then_refuses(spool: Spool, tmp_path: Path,
+                                                    kind: str) -> None:
+    src = make_folder(tmp_path / "d")
+    obj = {"file": src / "a.txt", "folder": src, "dataframe": make_df(), "dict": {"a": 1}}[kind]
+    snap = snapshot(obj, spool)
+    if kind in ("file", "folder"):
+        assert list(spool.tmp.iterdir())  # copied at snapshot time
+    snap.discard()
+    assert list(spool.tmp.iterdir()) == []
+    snap.discard()  # idempotent
+    with pytest.raises(RuntimeError, match="discarded"):
+        snap.write(spool)
+
+
+def test_write_twice_is_refused(spool: Spool) -> None:
+    snap = snapshot([1, 2], spool)
+    write(snap, spool)
+    with pytest.raises(RuntimeError, match="written"):
+        snap.write(spool)
+    snap.discard()  # no-op after write
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "image", "dict"])
+def test_failed_write_leaves_no_temp_files(spool: Spool, tmp_path: Path, kind: str) -> None:
+    src = make_folder(tmp_path / "d")
+    obj = {"file": src / "a.txt", "folder": src, "dataframe": make_df(),
+           "image": make_image(), "dict": {"a": 1}}[kind]
+    snap = snapshot(obj, spool)
+    spool.blobs.rename(tmp_path / "blobs-away")  # commit cannot rename into blobs/
+    with pytest.raises(OSError):
+        snap.write(spool)
+    assert list(spool.tmp.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux procfs")
+def test_snapshot_of_folder_with_unreadable_file_leaves_no_temps(spool: Spool,
+                                                                tmp_path: Path) -> None:
+    """/proc/self/mem is a regular file whose first page fails to read (EIO), for root too."""
+    src = make_folder(tmp_path / "d")
+    os.symlink("/proc/self/mem", src / "zz-unreadable")  # sorted last: copied after the rest
+    with pytest.raises(SerializationError, match="cannot copy .*zz-unreadable"):
+        snapshot(src, spool)
+    with pytest.raises(SerializationError, match="cannot copy"):
+        snapshot(src / "zz-unreadable", spool)
+
+
+def test_importing_serializers_loads_no_heavy_module() -> None:
+    code = ("import sys, artisync._serializers, artisync._trees; "
+            "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'pyarrow', 'yaml') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
