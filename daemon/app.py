@@ -65,8 +65,9 @@ class Daemon:
         self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
         self.journal = Journal(self.spool.journal_path)
         self.dests = Destinations(config)
-        self.uploader = Uploader(self.journal, self.spool, self.dests, config.concurrency,
-                                 config.offline_max_backoff)
+        self.uploader = Uploader(
+            self.journal, self.spool, self.dests, config.concurrency, config.offline_max_backoff
+        )
         self.committer = Committer(self.journal, self.uploader.poke)
         self.server = Server(self)
         self.accepting = True
@@ -90,8 +91,10 @@ class Daemon:
         except BlockingIOError:
             other = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise SpoolLocked(f"another artisync daemon (pid {other}) already serves "
-                              f"spool {self.spool.root}; leaving it running") from None
+            raise SpoolLocked(
+                f"another artisync daemon (pid {other}) already serves "
+                f"spool {self.spool.root}; leaving it running"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -152,8 +155,12 @@ class Daemon:
                 tg.create_task(housekeeping_loop(self))
                 tg.create_task(self._idle_watch())
                 tg.create_task(self._shutdown(server))
-                log.info("artisyncd %d serving spool %s on %s", os.getpid(), self.spool.root,
-                         self.config.settings.socket)
+                log.info(
+                    "artisyncd %d serving spool %s on %s",
+                    os.getpid(),
+                    self.spool.root,
+                    self.config.settings.socket,
+                )
                 sd_notify("READY=1\nSTATUS=serving")
         except* _ShutdownRequested:
             pass
@@ -183,27 +190,32 @@ class Daemon:
         log.info("draining (up to %.0f s)", self.config.drain_timeout)
         self.accepting = False
         server.close()
-        while not self.committer.queue.empty():  # acknowledge what was received
-            await asyncio.sleep(0.01)
+        await self.committer.queue.join()  # acknowledge what was received
         await self.uploader.stop_workers(self.config.concurrency)
-        deadline = time.monotonic() + self.config.drain_timeout
-        while self.uploader.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.uploader.in_flight:
-            log.warning("%d uploads still in flight at the drain deadline; they resume at "
-                        "next start", len(self.uploader.in_flight))
+        try:
+            async with asyncio.timeout(self.config.drain_timeout), self.uploader.progress:
+                await self.uploader.progress.wait_for(lambda: not self.uploader.in_flight)
+        except TimeoutError:
+            log.warning(
+                "%d uploads still in flight at the drain deadline; they resume at next start",
+                len(self.uploader.in_flight),
+            )
         raise _ShutdownRequested
 
     async def _idle_watch(self) -> None:
         idle_since: float | None = None
         while not self.stop_event.is_set():
             await self.sleep_unless_stopping(0.2 if self.config.exit_when_idle else 1.0)
-            busy = (self.server.connections > 0 or bool(self.uploader.in_flight)
-                    or not self.committer.queue.empty())
+            busy = (
+                self.server.connections > 0
+                or bool(self.uploader.in_flight)
+                or not self.committer.queue.empty()
+            )
             if not busy:
                 n, _ = await self.journal.outstanding()
-                outbox = await asyncio.to_thread(lambda: any(True for _ in
-                                                             self.spool.iter_outbox()))
+                outbox = await asyncio.to_thread(
+                    lambda: any(True for _ in self.spool.iter_outbox())
+                )
                 busy = n > 0 or outbox
             if busy:
                 idle_since = None
@@ -214,15 +226,18 @@ class Daemon:
             elif self.config.idle_exit > 0:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= self.config.idle_exit:
-                    log.info("idle for %.0f s with nothing to upload: exiting",
-                             self.config.idle_exit)
+                    log.info(
+                        "idle for %.0f s with nothing to upload: exiting", self.config.idle_exit
+                    )
                     self.stop_event.set()
 
     async def status(self) -> dict[str, Any]:
         stats = await self.journal.stats()
         counts = stats["records"]
-        backlog = [sum(counts[s][0] for s in ("pending", "uploading", "uploaded")),
-                   sum(counts[s][1] for s in ("pending", "uploading", "uploaded"))]
+        backlog = [
+            sum(counts[s][0] for s in ("pending", "uploading", "uploaded")),
+            sum(counts[s][1] for s in ("pending", "uploading", "uploaded")),
+        ]
         dests = self.dests.status()
         return {
             "pid": os.getpid(),

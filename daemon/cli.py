@@ -36,8 +36,10 @@ def _run_loop(coro: Any) -> Any:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("watchdog", "botocore", "aiobotocore", "urllib3", "azure", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -83,8 +85,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps({"running": False, "outbox": waiting, "error": str(exc)}))
         else:
-            print(f"daemon: not running ({settings.socket})\noutbox: {waiting} records waiting "
-                  f"in {settings.spool}")
+            print(
+                f"daemon: not running ({settings.socket})\noutbox: {waiting} records waiting "
+                f"in {settings.spool}"
+            )
         return 3
     if args.json:
         print(json.dumps({"running": True, **st}, indent=2))
@@ -106,12 +110,15 @@ def _format_status(st: dict[str, Any]) -> str:
         f"failed: {st['failed']['records']} records",
     ]
     for item in st["failed"]["items"]:
-        lines.append(f"  {item['kind']} {item['record_id'][:12]} -> {item['dest']}: "
-                     f"{item['reason']}")
+        lines.append(
+            f"  {item['kind']} {item['record_id'][:12]} -> {item['dest']}: {item['reason']}"
+        )
     for d in st["destinations"]:
         if not d["online"]:
-            lines.append(f"  offline {d['uri']}: {d['last_error']} (next probe in "
-                         f"{d['next_probe_in']:.0f} s)")
+            lines.append(
+                f"  offline {d['uri']}: {d['last_error']} (next probe in "
+                f"{d['next_probe_in']:.0f} s)"
+            )
     if st["failed"]["records"]:
         lines.append("fix the cause, then run `artisync retry`")
     return "\n".join(lines)
@@ -124,14 +131,18 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 
     def progress(p: dict[str, Any]) -> None:
         off = f", offline: {', '.join(p['offline'])}" if p.get("offline") else ""
-        sys.stderr.write(f"\rwaiting: {p['remaining']} records, {_human(p['bytes'])} "
-                         f"left ({time.monotonic() - start:.0f} s){off}   ")
+        sys.stderr.write(
+            f"\rwaiting: {p['remaining']} records, {_human(p['bytes'])} "
+            f"left ({time.monotonic() - start:.0f} s){off}   "
+        )
         sys.stderr.flush()
 
     try:
         reply = _client(settings).request(
             {"op": "wait", "task_id": args.task, "timeout": args.timeout, "progress": True},
-            timeout=None if args.timeout is None else args.timeout + 10, on_progress=progress)
+            timeout=None if args.timeout is None else args.timeout + 10,
+            on_progress=progress,
+        )
     except DaemonUnavailable as exc:
         print(f"\nartisync wait: {exc}", file=sys.stderr)
         return 3
@@ -152,8 +163,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     try:
         n = _client(settings).request({"op": "retry"}, timeout=10)["retried"]
     except DaemonUnavailable as exc:
-        print(f"artisync retry: {exc} (failed records are retried when it starts)",
-              file=sys.stderr)
+        print(f"artisync retry: {exc} (failed records are retried when it starts)", file=sys.stderr)
         return 3
     print(f"{n} failed records queued again")
     return 0
@@ -176,8 +186,13 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
     if not project or not task or not artifact:
         print("artisync get: expected PROJECT/TASK/ARTIFACT", file=sys.stderr)
         return 2
-    out = fetch_to(args.uri or settings.output_uri, project, task, artifact,
-                   Path(args.output) if args.output else None)
+    out = fetch_to(
+        args.uri or settings.output_uri,
+        project,
+        task,
+        artifact,
+        Path(args.output) if args.output else None,
+    )
     print(out)
     return 0
 
@@ -217,10 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _daemon_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--idle-exit", type=float, default=None,
-                   help="exit after this many idle seconds with nothing to upload")
-    p.add_argument("--exit-when-idle", action="store_true",
-                   help="exit as soon as the outbox and backlog are empty")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        help="exit after this many idle seconds with nothing to upload",
+    )
+    p.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit as soon as the outbox and backlog are empty",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -233,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"artisync: configuration error: {exc}", file=sys.stderr)
         return 2
-    handler = {"status": cmd_status, "wait": cmd_wait, "retry": cmd_retry, "ls": cmd_ls,
-               "get": cmd_get, "doctor": cmd_doctor}[args.command]
+    handler = {
+        "status": cmd_status,
+        "wait": cmd_wait,
+        "retry": cmd_retry,
+        "ls": cmd_ls,
+        "get": cmd_get,
+        "doctor": cmd_doctor,
+    }[args.command]
     try:
         return int(handler(args, settings))
     except (ArtisyncError, ValueError, KeyError) as exc:

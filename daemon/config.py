@@ -38,8 +38,17 @@ from artisync.protocol._frames import DEFAULT_MAX_FRAME
 
 from .storage.base import parse_uri
 
-SECRET_KEYS = frozenset({"secret_access_key", "session_token", "account_key", "sas_token",
-                         "connection_string", "access_key_id", "service_file_json"})
+SECRET_KEYS = frozenset(
+    {
+        "secret_access_key",
+        "session_token",
+        "account_key",
+        "sas_token",
+        "connection_string",
+        "access_key_id",
+        "service_file_json",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,9 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         concurrency=max(1, int(_num(daemon, "concurrency", 16, "ARTISYNC_CONCURRENCY"))),
         drain_timeout=_num(daemon, "drain_timeout", 20.0),
         retry_max_elapsed=_num(daemon, "retry_max_elapsed", 30.0, "ARTISYNC_RETRY_MAX_ELAPSED"),
-        offline_max_backoff=_num(daemon, "offline_max_backoff", 300.0,
-                                 "ARTISYNC_OFFLINE_MAX_BACKOFF"),
+        offline_max_backoff=_num(
+            daemon, "offline_max_backoff", 300.0, "ARTISYNC_OFFLINE_MAX_BACKOFF"
+        ),
         gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
         group=group,

@@ -36,8 +36,9 @@ class Destination:
 
     def succeeded(self) -> None:
         if not self.online:
-            log.info("destination back online: %s (after %d failed probes)", self.uri,
-                     self.failures)
+            log.info(
+                "destination back online: %s (after %d failed probes)", self.uri, self.failures
+            )
         self.online, self.failures, self.probing, self.last_error = True, 0, False, None
 
     def failed(self, err: Exception, max_backoff: float, retry_after: float | None) -> float:
@@ -55,9 +56,13 @@ class Destination:
         return self.retry_at
 
     def status(self) -> dict[str, Any]:
-        return {"uri": self.uri, "online": self.online, "failures": self.failures,
-                "last_error": self.last_error,
-                "next_probe_in": max(0.0, self.retry_at - time.time()) if not self.online else 0}
+        return {
+            "uri": self.uri,
+            "online": self.online,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "next_probe_in": max(0.0, self.retry_at - time.time()) if not self.online else 0,
+        }
 
 
 class Destinations:
@@ -72,8 +77,7 @@ class Destinations:
             try:
                 inner = open_storage(uri, self.config.options_for(uri))
             except (ValueError, ImportError) as exc:
-                raise PermanentStorageError(f"cannot open destination: {exc}",
-                                            backend=uri) from exc
+                raise PermanentStorageError(f"cannot open destination: {exc}", backend=uri) from exc
             storage = RetryingStorage(inner, max_elapsed=self.config.retry_max_elapsed)
             dest = self._by_uri[uri] = Destination(uri, storage)
         return dest

@@ -60,6 +60,8 @@ def explain(exc: BaseException) -> str:
         if isinstance(exc, NotFound):
             return f"not found: {message}{hint}"
         if isinstance(exc, TransientStorageError):
+            if message.startswith("cannot connect"):
+                return f"{message}{hint}"
             return f"temporary failure (network, timeout or server error): {message}{hint}"
         if isinstance(exc, PermanentStorageError):
             return f"failed: {message}{hint}"
@@ -76,7 +78,9 @@ async def _step(coro: Awaitable[T], step_timeout: float) -> T:
         raise _Failed(explain(exc)) from exc
 
 
-async def doctor(uri: str, options: Mapping[str, Any], *, step_timeout: float = 20.0) -> list[Check]:
+async def doctor(
+    uri: str, options: Mapping[str, Any], *, step_timeout: float = 20.0
+) -> list[Check]:
     """Run the checks against ``uri``; every check is reported, failed or not.
 
     Steps after a failed write are reported as skipped (``ok=False``).
@@ -126,10 +130,12 @@ async def _probe(storage: Storage, step_timeout: float) -> list[Check]:
     async def listing() -> str:
         async def collect() -> list[str]:
             return [info.key async for info in storage.list(f"{PROBE_DIR}/")]
+
         keys = await _step(collect(), step_timeout)
         if key not in keys:
-            raise _Failed(f"the probe is missing from the listing of {PROBE_DIR}/ "
-                          f"({len(keys)} other objects)")
+            raise _Failed(
+                f"the probe is missing from the listing of {PROBE_DIR}/ ({len(keys)} other objects)"
+            )
         return f"listing of {PROBE_DIR}/ shows the probe"
 
     async def delete() -> str:
@@ -156,6 +162,9 @@ def format_checks(checks: Sequence[Check]) -> str:
     width = max((len(c.name) for c in checks), default=0)
     lines = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}" for c in checks]
     failed = [c.name for c in checks if not c.ok]
-    lines.append("all checks passed" if not failed else
-                 f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
+    lines.append(
+        "all checks passed"
+        if not failed
+        else f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}"
+    )
     return "\n".join(lines)

@@ -52,7 +52,7 @@ class OutboxWatcher:
 
 async def ingest_outbox(app: Any) -> int:
     """Journal every record in the outbox, then remove its file. Returns how many."""
-    paths = await asyncio.to_thread(lambda: sorted(app.spool.iter_outbox()))
+    paths = await asyncio.to_thread(_oldest_first, app.spool)
     done = 0
     for path in paths:
         if not app.accepting:
@@ -82,6 +82,16 @@ async def _ingest_one(app: Any, path: Path) -> int:
     await app.committer.submit(Incoming(rec, owner, None))
     await asyncio.to_thread(path.unlink, True)
     return 1
+
+
+def _oldest_first(spool: Any) -> list[Path]:
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    return sorted(spool.iter_outbox(), key=mtime)
 
 
 def _read(path: Path) -> tuple[bytes, int]:
@@ -138,11 +148,10 @@ async def collect_blobs(app: Any) -> int:
     cands = await asyncio.to_thread(candidates)
     if not cands:
         return 0
-    shas = [s for s, _ in cands]
-    unneeded = set(await app.journal.unneeded_blobs(shas))
-    known = await app.journal.referenced(shas)
-    doomed = [s for s, mtime in cands if s in unneeded
-              and (s in known or now - mtime > cfg.orphan_grace)]
+    if await asyncio.to_thread(lambda: any(True for _ in app.spool.iter_outbox())):
+        return 0  # records waiting in the outbox may name these blobs
+    orphans = [s for s, mtime in cands if now - mtime > cfg.orphan_grace]
+    doomed = await app.journal.collectable([s for s, _ in cands], orphans)
 
     def remove() -> None:
         for sha in doomed:

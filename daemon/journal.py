@@ -84,8 +84,19 @@ _COLS = "seq, record_id, kind, task_id, dest, body, size, state, reason, attempt
 
 
 def _row(t: Sequence[Any]) -> Row:
-    return Row(t[0], t[1], t[2], t[3], t[4], msgpack.unpackb(t[5], raw=False), t[6], t[7],
-               t[8], t[9], t[10])
+    return Row(
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        t[4],
+        msgpack.unpackb(t[5], raw=False),
+        t[6],
+        t[7],
+        t[8],
+        t[9],
+        t[10],
+    )
 
 
 class Journal:
@@ -111,8 +122,10 @@ class Journal:
         """Create the schema; put uploads interrupted by a crash back to pending."""
 
         def reset(db: sqlite3.Connection) -> int:
-            cur = db.execute("UPDATE records SET state='pending', updated=? "
-                             "WHERE state='uploading'", (time.time(),))
+            cur = db.execute(
+                "UPDATE records SET state='pending', updated=? WHERE state='uploading'",
+                (time.time(),),
+            )
             return cur.rowcount
 
         return await self._run(reset)
@@ -146,83 +159,112 @@ class Journal:
 
     async def has_object(self, dest: str, sha256: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
-            return db.execute("SELECT 1 FROM objects WHERE dest=? AND sha256=?",
-                              (dest, sha256)).fetchone() is not None
+            return (
+                db.execute(
+                    "SELECT 1 FROM objects WHERE dest=? AND sha256=?", (dest, sha256)
+                ).fetchone()
+                is not None
+            )
 
         return await self._run(q)
 
     async def add_object(self, dest: str, sha256: str, size: int) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)", (dest, sha256, size, time.time())))
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)", (dest, sha256, size, time.time())
+            )
+        )
 
-    async def claim(self, limit: int, skip_dests: Sequence[str], exclude: Sequence[int]) -> list[Row]:
+    async def claim(
+        self, limit: int, skip_dests: Sequence[str], exclude: Sequence[int]
+    ) -> list[Row]:
         """Move up to ``limit`` due pending records to ``uploading`` and return them."""
 
         def q(db: sqlite3.Connection) -> list[Row]:
             now = time.time()
             rows = db.execute(
                 f"SELECT {_COLS} FROM records WHERE state IN ('pending','uploaded') "
-                "AND next_try<=? ORDER BY seq LIMIT ?", (now, limit + len(exclude) + 64)
+                "AND next_try<=? ORDER BY seq LIMIT ?",
+                (now, limit + len(exclude) + 64),
             ).fetchall()
             picked = [r for r in rows if r[4] not in skip_dests and r[0] not in exclude][:limit]
             db.execute("BEGIN")
             for r in picked:
                 if r[7] == "pending":
-                    db.execute("UPDATE records SET state='uploading', updated=? WHERE seq=?",
-                               (now, r[0]))
+                    db.execute(
+                        "UPDATE records SET state='uploading', updated=? WHERE seq=?", (now, r[0])
+                    )
             db.execute("COMMIT")
             return [_row(r) for r in picked]
 
         return await self._run(q)
 
-    async def set_state(self, seq: int, state: str, reason: str | None = None,
-                        next_try: float = 0.0, bump: bool = False) -> None:
-        await self._run(lambda db: db.execute(
-            "UPDATE records SET state=?, reason=?, next_try=?, attempts=attempts+?, updated=? "
-            "WHERE seq=?", (state, reason, next_try, int(bump), time.time(), seq)))
+    async def set_state(
+        self,
+        seq: int,
+        state: str,
+        reason: str | None = None,
+        next_try: float = 0.0,
+        bump: bool = False,
+    ) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE records SET state=?, reason=?, next_try=?, attempts=attempts+?, updated=? "
+                "WHERE seq=?",
+                (state, reason, next_try, int(bump), time.time(), seq),
+            )
+        )
 
     async def refs(self, seq: int) -> list[tuple[str, int]]:
-        return await self._run(lambda db: db.execute(
-            "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256", (seq,)).fetchall())
+        return await self._run(
+            lambda db: db.execute(
+                "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256", (seq,)
+            ).fetchall()
+        )
 
     async def latest_task_event(self, task_id: str) -> dict[str, Any] | None:
+        """The task's newest event by its creation time (outbox files arrive in any order)."""
+
         def q(db: sqlite3.Connection) -> dict[str, Any] | None:
-            r = db.execute("SELECT body FROM records WHERE task_id=? AND kind='task' "
-                           "ORDER BY seq DESC LIMIT 1",
-                           (task_id,)).fetchone()
-            return None if r is None else msgpack.unpackb(r[0], raw=False)
+            return _newest_event(db, task_id)
 
         return await self._run(q)
 
-    async def unneeded_blobs(self, shas: Sequence[str]) -> list[str]:
-        """Of ``shas``, those no outstanding or failed record still needs."""
+    async def collectable(self, shas: Sequence[str], orphans: Sequence[str]) -> list[str]:
+        """Of ``shas``, those that only committed records reference; plus the ``orphans``
+        (old enough to be abandoned) that no record references at all. One snapshot."""
 
         def q(db: sqlite3.Connection) -> list[str]:
             out = []
-            for sha in shas:
-                row = db.execute(
-                    "SELECT 1 FROM refs JOIN records USING(seq) WHERE refs.sha256=? "
-                    "AND records.state!='committed' LIMIT 1", (sha,)).fetchone()
-                if row is None:
-                    out.append(sha)
+            db.execute("BEGIN")
+            try:
+                for sha in shas:
+                    states = {
+                        r[0]
+                        for r in db.execute(
+                            "SELECT records.state FROM refs JOIN records USING(seq) "
+                            "WHERE refs.sha256=?",
+                            (sha,),
+                        )
+                    }
+                    if states == {"committed"} or (not states and sha in orphans):
+                        out.append(sha)
+            finally:
+                db.execute("COMMIT")
             return out
 
         return await self._run(q)
 
-    async def referenced(self, shas: Sequence[str]) -> set[str]:
-        def q(db: sqlite3.Connection) -> set[str]:
-            return {s for s in shas if db.execute(
-                "SELECT 1 FROM refs WHERE sha256=? LIMIT 1", (s,)).fetchone()}
-
-        return await self._run(q)
-
-    async def outstanding(self, task_id: str | None = None, max_seq: int | None = None
-                          ) -> tuple[int, int]:
+    async def outstanding(
+        self, task_id: str | None = None, max_seq: int | None = None
+    ) -> tuple[int, int]:
         """(records, bytes) acknowledged but not yet committed."""
 
         def q(db: sqlite3.Connection) -> tuple[int, int]:
-            sql = ("SELECT count(*), coalesce(sum(size),0) FROM records "
-                   "WHERE state IN ('pending','uploading','uploaded')")
+            sql = (
+                "SELECT count(*), coalesce(sum(size),0) FROM records "
+                "WHERE state IN ('pending','uploading','uploaded')"
+            )
             args: list[Any] = []
             if task_id is not None:
                 sql += " AND task_id=?"
@@ -250,43 +292,69 @@ class Journal:
         return await self._run(q)
 
     async def max_seq(self) -> int:
-        return await self._run(lambda db: int(
-            db.execute("SELECT coalesce(max(seq),0) FROM records").fetchone()[0]))
+        return await self._run(
+            lambda db: int(db.execute("SELECT coalesce(max(seq),0) FROM records").fetchone()[0])
+        )
 
     async def stats(self) -> dict[str, Any]:
         def q(db: sqlite3.Connection) -> dict[str, Any]:
             counts = {s: [0, 0] for s in (*OUTSTANDING, "committed", "failed")}
             for state, n, b in db.execute(
-                    "SELECT state, count(*), coalesce(sum(size),0) FROM records GROUP BY state"):
+                "SELECT state, count(*), coalesce(sum(size),0) FROM records GROUP BY state"
+            ):
                 counts[state] = [n, b]
             failed = [
                 {"record_id": r[0], "task_id": r[1], "kind": r[2], "dest": r[3], "reason": r[4]}
-                for r in db.execute("SELECT record_id, task_id, kind, dest, reason FROM records "
-                                    "WHERE state='failed' ORDER BY seq LIMIT 20")]
+                for r in db.execute(
+                    "SELECT record_id, task_id, kind, dest, reason FROM records "
+                    "WHERE state='failed' ORDER BY seq LIMIT 20"
+                )
+            ]
             retrying = [
                 {"record_id": r[0], "dest": r[1], "reason": r[2], "attempts": r[3]}
-                for r in db.execute("SELECT record_id, dest, reason, attempts FROM records "
-                                    "WHERE state='pending' AND reason IS NOT NULL "
-                                    "ORDER BY seq LIMIT 5")]
+                for r in db.execute(
+                    "SELECT record_id, dest, reason, attempts FROM records "
+                    "WHERE state='pending' AND reason IS NOT NULL "
+                    "ORDER BY seq LIMIT 5"
+                )
+            ]
             objects = db.execute("SELECT count(*), coalesce(sum(size),0) FROM objects").fetchone()
-            return {"records": counts, "failed": failed, "retrying": retrying,
-                    "objects_uploaded": objects[0], "bytes_uploaded": objects[1]}
+            return {
+                "records": counts,
+                "failed": failed,
+                "retrying": retrying,
+                "objects_uploaded": objects[0],
+                "bytes_uploaded": objects[1],
+            }
 
         return await self._run(q)
 
     async def retry_failed(self) -> int:
-        return await self._run(lambda db: db.execute(
-            "UPDATE records SET state='pending', reason=NULL, next_try=0, updated=? "
-            "WHERE state='failed'", (time.time(),)).rowcount)
+        return await self._run(
+            lambda db: (
+                db.execute(
+                    "UPDATE records SET state='pending', reason=NULL, next_try=0, updated=? "
+                    "WHERE state='failed'",
+                    (time.time(),),
+                ).rowcount
+            )
+        )
 
-    async def find_task(self, task_id: str | None, project: str | None, name: str | None,
-                        statuses: Sequence[str] | None) -> list[dict[str, Any]]:
+    async def find_task(
+        self,
+        task_id: str | None,
+        project: str | None,
+        name: str | None,
+        statuses: Sequence[str] | None,
+    ) -> list[dict[str, Any]]:
         """Task events (newest first) matching the query, for read-your-writes."""
 
         def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
             if task_id:
-                rows = db.execute("SELECT task_id FROM records WHERE kind='task' AND task_id=? "
-                                  "LIMIT 1", (task_id,)).fetchall()
+                rows = db.execute(
+                    "SELECT task_id FROM records WHERE kind='task' AND task_id=? LIMIT 1",
+                    (task_id,),
+                ).fetchall()
             else:
                 sql = "SELECT DISTINCT task_id FROM records WHERE kind='task'"
                 args: list[Any] = []
@@ -299,9 +367,9 @@ class Journal:
                 rows = db.execute(sql + " ORDER BY seq DESC LIMIT 200", args).fetchall()
             out = []
             for (tid,) in rows:
-                latest = db.execute("SELECT body FROM records WHERE kind='task' AND task_id=? "
-                                    "ORDER BY seq DESC LIMIT 1", (tid,)).fetchone()
-                body = msgpack.unpackb(latest[0], raw=False)
+                body = _newest_event(db, tid)
+                if body is None:
+                    continue
                 if statuses and body.get("status") not in statuses:
                     continue
                 out.append(body)
@@ -315,13 +383,28 @@ class Journal:
 
         def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
             latest: dict[str, dict[str, Any]] = {}
-            for (body,) in db.execute("SELECT body FROM records WHERE kind='artifact' AND "
-                                      "task_id=? ORDER BY seq", (task_id,)):
+            for (body,) in db.execute(
+                "SELECT body FROM records WHERE kind='artifact' AND task_id=? ORDER BY seq",
+                (task_id,),
+            ):
                 rec = msgpack.unpackb(body, raw=False)
                 latest[rec["name"]] = rec
             return list(latest.values())
 
         return await self._run(q)
+
+
+def _newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
+    events = [
+        msgpack.unpackb(r[0], raw=False)
+        for r in db.execute(
+            "SELECT body FROM records WHERE task_id=? AND kind='task' ORDER BY seq", (task_id,)
+        )
+    ]
+    if not events:
+        return None
+    # a closing event wins over a start that arrived later; then the newest
+    return max(events, key=lambda e: (e.get("event") != "started", e.get("created", 0)))
 
 
 def _insert_one(db: sqlite3.Connection, inc: Incoming, now: float) -> bool:
@@ -331,12 +414,25 @@ def _insert_one(db: sqlite3.Connection, inc: Incoming, now: float) -> bool:
     cur = db.execute(
         "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
         " peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (rec["record_id"], rec["kind"], rec["task_id"], rec.get("project"),
-         rec.get("name") if rec["kind"] == "task" else None, rec["dest"],
-         msgpack.packb(rec, use_bin_type=True), size, inc.peer_uid, inc.peer_pid, now, now))
+        (
+            rec["record_id"],
+            rec["kind"],
+            rec["task_id"],
+            rec.get("project"),
+            rec.get("name") if rec["kind"] == "task" else None,
+            rec["dest"],
+            msgpack.packb(rec, use_bin_type=True),
+            size,
+            inc.peer_uid,
+            inc.peer_pid,
+            now,
+            now,
+        ),
+    )
     if cur.rowcount == 0:
         return False
     seq = cur.lastrowid
-    db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?,?)",
-                   [(seq, b[0], int(b[1])) for b in blobs])
+    db.executemany(
+        "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
+    )
     return True

@@ -47,8 +47,7 @@ class Peer:
 def peer_credentials(sock: socket.socket | None) -> Peer:
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
         return Peer(None, None, None)
-    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                 _CRED.size))
+    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
     return Peer(pid, uid, gid)
 
 
@@ -79,12 +78,15 @@ class Committer:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
+                    self.queue.task_done()
                 continue
             self.batches += 1
             for (_, fut), new in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(new)
             self.on_commit()
+            for _ in batch:
+                self.queue.task_done()
 
 
 class Server:
@@ -121,8 +123,9 @@ class Server:
         except (ConnectionError, OSError):
             pass
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: Peer) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
         decoder = FrameDecoder(self.app.config.max_frame)
         greeted = False
         while data := await reader.read(256 * 1024):
@@ -131,24 +134,35 @@ class Server:
                     req = validate_request(msg)
                 except InvalidMessage as exc:
                     rid = msg.get("id") if isinstance(msg, dict) else None
-                    await self._send(writer, error(rid if isinstance(rid, int) else None,
-                                                   "invalid", str(exc)[:500]))
+                    await self._send(
+                        writer,
+                        error(rid if isinstance(rid, int) else None, "invalid", str(exc)[:500]),
+                    )
                     continue
                 if not greeted:
                     if req["op"] != "hello":
                         await self._send(writer, error(req["id"], "hello", "say hello first"))
                         return
                     if req["version"] != PROTOCOL_VERSION:
-                        await self._send(writer, error(req["id"], "version", (
-                            f"protocol version {req['version']} not supported; "
-                            f"this daemon speaks {PROTOCOL_VERSION}")))
+                        await self._send(
+                            writer,
+                            error(
+                                req["id"],
+                                "version",
+                                (
+                                    f"protocol version {req['version']} not supported; "
+                                    f"this daemon speaks {PROTOCOL_VERSION}"
+                                ),
+                            ),
+                        )
                         return
                     greeted = True
                 reply = await self._dispatch(req, peer, writer)
                 await self._send(writer, reply)
 
-    async def _dispatch(self, req: dict[str, Any], peer: Peer,
-                        writer: asyncio.StreamWriter) -> dict[str, Any]:
+    async def _dispatch(
+        self, req: dict[str, Any], peer: Peer, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
         op, rid = req["op"], req["id"]
         app = self.app
         if op == "hello":
@@ -162,8 +176,9 @@ class Server:
             app.uploader.poke()
             return ok(rid, retried=n)
         if op == "query_task":
-            tasks = await app.journal.find_task(req.get("task_id"), req.get("project"),
-                                                req.get("name"), req.get("statuses"))
+            tasks = await app.journal.find_task(
+                req.get("task_id"), req.get("project"), req.get("name"), req.get("statuses")
+            )
             arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
             return ok(rid, tasks=tasks[:20], artifacts=arts)
         return await self._wait(rid, req, writer)
@@ -185,8 +200,9 @@ class Server:
             return error(rid, "journal", f"could not persist the record: {exc}")
         return ok(rid, duplicate=not new)
 
-    async def _wait(self, rid: int, req: dict[str, Any],
-                    writer: asyncio.StreamWriter) -> dict[str, Any]:
+    async def _wait(
+        self, rid: int, req: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
         app = self.app
         task_id, timeout = req.get("task_id"), req.get("timeout")
         upto = await app.journal.max_seq()
@@ -199,8 +215,17 @@ class Server:
             if deadline is not None and time.monotonic() >= deadline:
                 return error(rid, "timeout", f"{n} records ({nbytes} bytes) still outstanding")
             if req.get("progress"):
-                await self._send(writer, {"id": rid, "progress": {
-                    "remaining": n, "bytes": nbytes, "offline": app.dests.offline()}})
+                await self._send(
+                    writer,
+                    {
+                        "id": rid,
+                        "progress": {
+                            "remaining": n,
+                            "bytes": nbytes,
+                            "offline": app.dests.offline(),
+                        },
+                    },
+                )
             async with app.uploader.progress:
                 try:
                     await asyncio.wait_for(app.uploader.progress.wait(), 0.5)
@@ -225,7 +250,9 @@ async def check_blobs(spool: Spool, journal: Journal, rec: dict[str, Any]) -> st
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
             if st.st_size != size:
-                raise InvalidMessage(f"payload {sha[:12]} has {st.st_size} bytes, record says {size}")
+                raise InvalidMessage(
+                    f"payload {sha[:12]} has {st.st_size} bytes, record says {size}"
+                )
         return missing
 
     try:

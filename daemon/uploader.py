@@ -30,8 +30,14 @@ _STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
 
 
 class Uploader:
-    def __init__(self, journal: Journal, spool: Spool, dests: Destinations,
-                 concurrency: int, offline_max_backoff: float) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        spool: Spool,
+        dests: Destinations,
+        concurrency: int,
+        offline_max_backoff: float,
+    ) -> None:
         self.journal = journal
         self.spool = spool
         self.dests = dests
@@ -42,6 +48,7 @@ class Uploader:
         self.progress = asyncio.Condition()  # notified whenever a record settles
         self.in_flight: dict[int, Row] = {}
         self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._task_locks: dict[str, asyncio.Lock] = {}
         self.accepting = True
         self.bytes_in_flight = 0
 
@@ -84,8 +91,12 @@ class Uploader:
         return out
 
     async def _release(self, row: Row) -> None:
-        await self.journal.set_state(row.seq, "pending" if row.state != "uploaded" else
-                                     "uploaded", row.reason, time.time() + 1)
+        await self.journal.set_state(
+            row.seq,
+            "pending" if row.state != "uploaded" else "uploaded",
+            row.reason,
+            time.time() + 1,
+        )
 
     async def worker(self) -> None:
         while (row := await self.queue.get()) is not _STOP:
@@ -136,10 +147,16 @@ class Uploader:
         if row.kind == "artifact":
             await publish_artifact(dest.storage, row.body)
             return
-        latest = await self.journal.latest_task_event(row.task_id) or row.body
-        if latest.get("dest") != row.dest:
-            latest = row.body
-        await publish_task(dest.storage, latest)
+        # one writer per task at a time, reading the newest event under the lock, so
+        # an older state can never land after a newer one
+        lock = self._task_locks.setdefault(row.task_id, asyncio.Lock())
+        async with lock:
+            latest = await self.journal.latest_task_event(row.task_id) or row.body
+            if latest.get("dest") != row.dest:
+                latest = row.body
+            await publish_task(dest.storage, latest)
+        if not lock.locked():
+            self._task_locks.pop(row.task_id, None)
 
     async def _ensure_object(self, dest: Destination, sha: str, size: int) -> None:
         """Upload one object unless the destination has it; share concurrent uploads."""
@@ -191,8 +208,12 @@ class Uploader:
             return
         try:
             st = os.lstat(path)
-            if (stat.S_ISREG(st.st_mode) and st.st_uid == row.peer_uid
-                    and st.st_size == spec.get("size") and st.st_mtime_ns == spec.get("mtime_ns")):
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_uid == row.peer_uid
+                and st.st_size == spec.get("size")
+                and st.st_mtime_ns == spec.get("mtime_ns")
+            ):
                 os.unlink(path)
         except OSError as exc:
             log.info("not deleting %s after upload: %s", path, exc)

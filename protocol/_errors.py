@@ -34,8 +34,9 @@ class InvalidName(ArtisyncError, ValueError):
 class StorageError(ArtisyncError):
     """A storage operation failed."""
 
-    def __init__(self, message: str, *, op: str = "", key: str = "", backend: str = "",
-                 hint: str = "") -> None:
+    def __init__(
+        self, message: str, *, op: str = "", key: str = "", backend: str = "", hint: str = ""
+    ) -> None:
         super().__init__(message)
         self.op = op
         self.key = key

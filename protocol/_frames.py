@@ -37,8 +37,13 @@ def unpack_body(body: bytes) -> Any:
             max_map_len=len(body) // 2,
             max_ext_len=0,
         )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise ProtocolError(f"undecodable frame body: {exc.__class__.__name__}") from exc
     except RecursionError as exc:  # pragma: no cover - depth guarded by StackError
         raise ProtocolError("frame body nested too deeply") from exc
@@ -68,7 +73,7 @@ class FrameDecoder:
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
-            body = bytes(self._buf[HEADER.size:end])
+            body = bytes(self._buf[HEADER.size : end])
             del self._buf[:end]
             out.append(unpack_body(body))
         return out

@@ -62,11 +62,18 @@ _ARTIFACT: _Spec = {
 _REQUESTS: dict[str, _Spec] = {
     "hello": {"version": (int, True), "client": (str, False)},
     "submit": {"record": (dict, True)},
-    "wait": {"task_id": ((str, type(None)), False), "timeout": ((float, int, type(None)), False),
-             "progress": (bool, False)},
+    "wait": {
+        "task_id": ((str, type(None)), False),
+        "timeout": ((float, int, type(None)), False),
+        "progress": (bool, False),
+    },
     "status": {},
-    "query_task": {"task_id": ((str, type(None)), False), "project": ((str, type(None)), False),
-                   "name": ((str, type(None)), False), "statuses": ((list, type(None)), False)},
+    "query_task": {
+        "task_id": ((str, type(None)), False),
+        "project": ((str, type(None)), False),
+        "name": ((str, type(None)), False),
+        "statuses": ((list, type(None)), False),
+    },
     "retry": {},
 }
 
@@ -78,11 +85,12 @@ def _check_fields(obj: dict[str, Any], spec: _Spec, what: str) -> None:
                 raise InvalidMessage(f"{what}: missing field {field!r}")
             continue
         value = obj[field]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        if isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
             raise InvalidMessage(f"{what}: field {field!r} must not be a boolean")
         if not isinstance(value, types):
-            raise InvalidMessage(
-                f"{what}: field {field!r} has type {type(value).__name__}")
+            raise InvalidMessage(f"{what}: field {field!r} has type {type(value).__name__}")
 
 
 def validate_request(msg: Any) -> dict[str, Any]:
@@ -144,9 +152,15 @@ def _check_blobs(rec: dict[str, Any]) -> None:
     if not blobs or len(blobs) > MAX_BLOBS:
         raise InvalidMessage("artifact record: blobs must list 1..200000 entries")
     for entry in blobs:
-        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
-                or not _HEX64.match(entry[0]) or not isinstance(entry[1], int)
-                or isinstance(entry[1], bool) or entry[1] < 0):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not _HEX64.match(entry[0])
+            or not isinstance(entry[1], int)
+            or isinstance(entry[1], bool)
+            or entry[1] < 0
+        ):
             raise InvalidMessage("artifact record: each blob must be [sha256, size]")
     if not any(b[0] == rec["sha256"] for b in blobs):
         raise InvalidMessage("artifact record: its sha256 is not among its blobs")

@@ -94,5 +94,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
     if len(os.fsencode(str(sock))) > 100:
         raise ValueError(f"socket path {sock} is too long for a Unix socket (limit ~100 bytes)")
-    return Settings(spool=spool, socket=sock, output_uri=output, autostart=bool(auto),
-                    idle_exit=idle, ack_timeout=ack, wait_timeout=wait, config_path=path, raw=raw)
+    return Settings(
+        spool=spool,
+        socket=sock,
+        output_uri=output,
+        autostart=bool(auto),
+        idle_exit=idle,
+        ack_timeout=ack,
+        wait_timeout=wait,
+        config_path=path,
+        raw=raw,
+    )

@@ -22,8 +22,9 @@ class Artifact:
     in a process with no daemon and no spool, reading from storage.
     """
 
-    def __init__(self, record: dict[str, Any], locator: Locator,
-                 pending: Any = None, live: Any = None) -> None:
+    def __init__(
+        self, record: dict[str, Any], locator: Locator, pending: Any = None, live: Any = None
+    ) -> None:
         self._record = record
         self._locator = locator
         self._pending = pending  # the writer job, until the payload is in the spool
@@ -82,8 +83,12 @@ class Artifact:
         return f"<Artifact {self.name!r} {self.type}/{self.format}>"
 
     # -- retrieval -----------------------------------------------------------------------
-    def get_local_copy(self, extract_archive: bool = True, raise_on_error: bool = False,
-                       force_download: bool = False) -> str | None:
+    def get_local_copy(
+        self,
+        extract_archive: bool = True,
+        raise_on_error: bool = False,
+        force_download: bool = False,
+    ) -> str | None:
         """A local path with the artifact's bytes (a folder for folders and wildcards).
 
         ``extract_archive=False`` on a folder returns a zip of it, as ClearML does.
@@ -125,9 +130,12 @@ class Artifact:
             Path(made).rename(archive)
         return archive
 
-    def get(self, allow_pickle: bool | None = None,
-            deserialization_function: Callable[[bytes], Any] | None = None,
-            force_download: bool = False) -> Any:
+    def get(
+        self,
+        allow_pickle: bool | None = None,
+        deserialization_function: Callable[[bytes], Any] | None = None,
+        force_download: bool = False,
+    ) -> Any:
         """The artifact as an object: DataFrame, dict, ndarray, Image, a local path...
 
         Pickled artifacts are refused unless ``allow_pickle=True`` (or the config
@@ -141,13 +149,19 @@ class Artifact:
         if allow_pickle is None:
             from ._session import Session
 
-            allow_pickle = bool(Session.get().settings.raw.get("artisync", {})
-                                .get("allow_pickle", False))
+            allow_pickle = bool(
+                Session.get().settings.raw.get("artisync", {}).get("allow_pickle", False)
+            )
         path = self._locator(rec["sha256"])
         if rec["type"] == "file":
             return str(self._local_copy(True))
-        return load(rec["type"], rec["format"], path, allow_pickle=allow_pickle,
-                    deserialization_function=deserialization_function)
+        return load(
+            rec["type"],
+            rec["format"],
+            path,
+            allow_pickle=allow_pickle,
+            deserialization_function=deserialization_function,
+        )
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

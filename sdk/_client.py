@@ -68,13 +68,20 @@ class DaemonClient:
             raise DaemonUnavailable(f"no daemon at {self.settings.socket}: {exc}") from exc
         self._sock = s
         self._decoder = FrameDecoder()
-        reply = self._roundtrip({"op": "hello", "version": PROTOCOL_VERSION,
-                                 "client": f"artisync-sdk pid {os.getpid()}"}, timeout)
+        reply = self._roundtrip(
+            {
+                "op": "hello",
+                "version": PROTOCOL_VERSION,
+                "client": f"artisync-sdk pid {os.getpid()}",
+            },
+            timeout,
+        )
         self.spool = Path(reply["spool"])
         self.daemon_pid = reply.get("pid")
 
-    def request(self, msg: dict[str, Any], timeout: float | None = None,
-                on_progress: Any = None) -> dict[str, Any]:
+    def request(
+        self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
+    ) -> dict[str, Any]:
         """Send one request and return its final reply.
 
         :raises DaemonUnavailable: could not connect, or the connection broke.
@@ -88,8 +95,9 @@ class DaemonClient:
                 self.close()
                 raise
 
-    def _roundtrip(self, msg: dict[str, Any], timeout: float | None,
-                   on_progress: Any = None) -> dict[str, Any]:
+    def _roundtrip(
+        self, msg: dict[str, Any], timeout: float | None, on_progress: Any = None
+    ) -> dict[str, Any]:
         assert self._sock is not None
         self._next_id += 1
         rid = self._next_id
@@ -133,5 +141,10 @@ def autostart_daemon(settings: Settings, spool: Path) -> subprocess.Popen[bytes]
     with open(log_dir / "artisyncd.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "artisync.daemon", "--idle-exit", str(settings.idle_exit)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            start_new_session=True, close_fds=True)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )

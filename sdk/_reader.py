@@ -35,8 +35,9 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="artisync-reader",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="artisync-reader", daemon=True
+        )
         self.thread.start()
         self.storages: dict[str, Any] = {}
 
@@ -122,8 +123,9 @@ def task_record(uri: str, task_id: str) -> dict[str, Any] | None:
         return None
 
 
-def find_tasks(uri: str, project: str | None, name: str | None,
-               statuses: list[str] | None, limit: int = 1) -> list[dict[str, Any]]:
+def find_tasks(
+    uri: str, project: str | None, name: str | None, statuses: list[str] | None, limit: int = 1
+) -> list[dict[str, Any]]:
     """Newest first. Exact name match; failing that, a case-insensitive one (as ClearML)."""
 
     async def go() -> list[dict[str, Any]]:
@@ -165,7 +167,7 @@ def artifact_records(uri: str, task_id: str) -> list[dict[str, Any]]:
         st = storage(uri)
         newest: dict[str, str] = {}
         async for info in st.list(artifact_prefix(task_id)):
-            rest = info.key[len(artifact_prefix(task_id)):]
+            rest = info.key[len(artifact_prefix(task_id)) :]
             enc_name, _, version = rest.partition("/")
             if version.endswith(".json") and version > newest.get(enc_name, ""):
                 newest[enc_name] = version
@@ -189,7 +191,7 @@ def list_entries(uri: str, project: str | None, task: str | None) -> Iterator[st
                 yield rec[0]
         return
     if task is None:
-        for p, n, started, task_id in _index(uri, project_prefix(project)):
+        for _project, n, started, task_id in _index(uri, project_prefix(project)):
             yield f"{n}\t{task_id}\t{_iso(started)}"
         return
     found = find_tasks(uri, project, task, None)
@@ -225,8 +227,10 @@ def fetch_to(uri: str, project: str, task: str, artifact: str, out: Path | None)
 
     t = Task.get_task(project_name=project, task_name=task, output_uri=uri)
     if artifact not in t.artifacts:
-        raise NotFound(f"task {task!r} has no artifact {artifact!r} "
-                       f"(it has: {', '.join(sorted(t.artifacts)) or 'none'})")
+        raise NotFound(
+            f"task {task!r} has no artifact {artifact!r} "
+            f"(it has: {', '.join(sorted(t.artifacts)) or 'none'})"
+        )
     local = Path(t.artifacts[artifact].get_local_copy(raise_on_error=True) or "")
     if out is None:
         return local
@@ -245,5 +249,12 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["artifact_records", "decode_name", "fetch_to", "find_tasks", "list_entries",
-           "locate", "task_record"]
+__all__ = [
+    "artifact_records",
+    "decode_name",
+    "fetch_to",
+    "find_tasks",
+    "list_entries",
+    "locate",
+    "task_record",
+]

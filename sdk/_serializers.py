@@ -124,12 +124,19 @@ class _Once:
         self._temps = []
 
 
-def make_snapshot(type_: str, format_: str, extension: str, preview: str,
-                  fn: Callable[[Spool], StoredPayload], temps: list[Path] | None = None,
-                  filename: str | None = None) -> Snapshot:
+def make_snapshot(
+    type_: str,
+    format_: str,
+    extension: str,
+    preview: str,
+    fn: Callable[[Spool], StoredPayload],
+    temps: list[Path] | None = None,
+    filename: str | None = None,
+) -> Snapshot:
     once = _Once(fn, temps or [])
-    return Snapshot(type_, format_, extension, preview[:PREVIEW_MAX], once.write, once.discard,
-                    filename)
+    return Snapshot(
+        type_, format_, extension, preview[:PREVIEW_MAX], once.write, once.discard, filename
+    )
 
 
 def _single(sha: str, size: int) -> StoredPayload:
@@ -153,7 +160,9 @@ def _bytes_writer(data: bytes) -> Callable[[Spool], StoredPayload]:
     return lambda spool: _single(*write_bytes_blob(spool, data))
 
 
-def _file_writer(obj: Any, serialize: Callable[[Any, Path], None]) -> Callable[[Spool], StoredPayload]:
+def _file_writer(
+    obj: Any, serialize: Callable[[Any, Path], None]
+) -> Callable[[Spool], StoredPayload]:
     """Serialize ``obj`` into a spool temp path, then commit it (hash, fsync, rename)."""
     holder = [obj]
 
@@ -173,10 +182,15 @@ def _file_writer(obj: Any, serialize: Callable[[Any, Path], None]) -> Callable[[
 # ---------------------------------------------------------------------------- snapshot
 
 
-def snapshot(obj: Any, spool: Spool, *, auto_pickle: bool = True,
-             extension_name: str | None = None,
-             serialization_function: Callable[[Any], bytes] | None = None,
-             preview: Any = None) -> Snapshot:
+def snapshot(
+    obj: Any,
+    spool: Spool,
+    *,
+    auto_pickle: bool = True,
+    extension_name: str | None = None,
+    serialization_function: Callable[[Any], bytes] | None = None,
+    preview: Any = None,
+) -> Snapshot:
     """Capture ``obj`` now (cheaply); its payload is written later by ``Snapshot.write``.
 
     :raises SerializationError: the object cannot be stored as asked (missing path,
@@ -197,8 +211,9 @@ def snapshot(obj: Any, spool: Spool, *, auto_pickle: bool = True,
         return _snap_text(obj, ext, auto_pickle, pv)
     if isinstance(obj, bytes | bytearray | memoryview):
         data = bytes(obj)
-        return make_snapshot("bytes", "bytes", ext or ".bin", pv or _bytes_preview(data),
-                             _bytes_writer(data))
+        return make_snapshot(
+            "bytes", "bytes", ext or ".bin", pv or _bytes_preview(data), _bytes_writer(data)
+        )
     if _from(obj, "pandas") and _isinstance_lazy(obj, "pandas", "DataFrame"):
         return _snap_pandas(obj, ext, auto_pickle, pv)
     if _from(obj, "numpy") and _isinstance_lazy(obj, "numpy", "ndarray"):
@@ -225,8 +240,8 @@ def _pick(ext: str | None, table: dict[str, str], what: str) -> str:
         return next(iter(table.values()))
     if ext not in table:
         raise SerializationError(
-            f"{what} cannot be stored with extension_name={ext!r}; "
-            f"allowed: {', '.join(table)}")
+            f"{what} cannot be stored with extension_name={ext!r}; allowed: {', '.join(table)}"
+        )
     return table[ext]
 
 
@@ -267,15 +282,15 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _snap_custom(obj: Any, fn: Callable[[Any], bytes], ext: str | None,
-                 pv: str | None) -> Snapshot:
+def _snap_custom(obj: Any, fn: Callable[[Any], bytes], ext: str | None, pv: str | None) -> Snapshot:
     try:
         data = fn(obj)
     except Exception as exc:
         raise SerializationError(f"serialization_function raised {exc!r}") from exc
     if not isinstance(data, bytes | bytearray):
         raise SerializationError(
-            f"serialization_function must return bytes, not {type(data).__name__}")
+            f"serialization_function must return bytes, not {type(data).__name__}"
+        )
     data = bytes(data)
     return make_snapshot("custom", "bytes", ext or "", pv or _safe_repr(obj), _bytes_writer(data))
 
@@ -288,16 +303,19 @@ def _snap_pickle(obj: Any, ext: str, pv: str | None) -> Snapshot:
     return make_snapshot("pickle", "pickle", ext, pv or _safe_repr(obj), _bytes_writer(data))
 
 
-def _fallback_pickle(obj: Any, ext: str | None, auto_pickle: bool, pv: str | None,
-                     why: str) -> Snapshot:
+def _fallback_pickle(
+    obj: Any, ext: str | None, auto_pickle: bool, pv: str | None, why: str
+) -> Snapshot:
     if not auto_pickle:
         raise SerializationError(
             f"{why} cannot be stored without pickle and auto_pickle is off; pass "
-            "auto_pickle=True, or a serialization_function returning bytes")
+            "auto_pickle=True, or a serialization_function returning bytes"
+        )
     if ext not in (None, ".pkl", ".pickle"):
         raise SerializationError(
             f"{type(obj).__name__} is stored as a pickle; extension_name={ext!r} is not "
-            "allowed (allowed: .pkl, .pickle)")
+            "allowed (allowed: .pkl, .pickle)"
+        )
     return _snap_pickle(obj, ext or ".pkl", pv)
 
 
@@ -313,8 +331,9 @@ def _snap_text(text: str, ext: str | None, auto_pickle: bool, pv: str | None) ->
 # -------------------------------------------------------------------------- dict / list
 
 
-def _snap_json_like(obj: dict[Any, Any] | list[Any], ext: str | None, auto_pickle: bool,
-                    pv: str | None) -> Snapshot:
+def _snap_json_like(
+    obj: dict[Any, Any] | list[Any], ext: str | None, auto_pickle: bool, pv: str | None
+) -> Snapshot:
     kind = "dict" if isinstance(obj, dict) else "list"
     fmt = _pick(ext, {".json": "json", ".yaml": "yaml", ".yml": "yaml"}, kind)
     try:
@@ -366,8 +385,13 @@ def _json_like_preview(obj: dict[Any, Any] | list[Any], data: bytes) -> str:
 # ---------------------------------------------------------------------------- pandas
 
 
-_PANDAS_FORMATS = {".parquet": "parquet", ".csv.gz": "csv.gz", ".csv": "csv",
-                   ".feather": "feather", ".pickle": "pickle"}
+_PANDAS_FORMATS = {
+    ".parquet": "parquet",
+    ".csv.gz": "csv.gz",
+    ".csv": "csv",
+    ".feather": "feather",
+    ".pickle": "pickle",
+}
 
 
 @functools.cache
@@ -385,16 +409,20 @@ def _snap_pandas(df: Any, ext: str | None, auto_pickle: bool, pv: str | None) ->
     copy = df.copy(deep=True)
     problem = _pandas_problem(copy, fmt)
     if problem and ext is not None:
-        raise SerializationError(f"this DataFrame cannot be stored as .{fmt}: {problem}; "
-                                 "use extension_name='.pickle'")
+        raise SerializationError(
+            f"this DataFrame cannot be stored as .{fmt}: {problem}; use extension_name='.pickle'"
+        )
     if problem:  # the default format cannot hold it: pickle it, as ClearML does
         if not auto_pickle:
-            raise SerializationError(f"this DataFrame cannot be stored as .{fmt} ({problem}) "
-                                     "and auto_pickle is off; pass extension_name='.pickle'")
+            raise SerializationError(
+                f"this DataFrame cannot be stored as .{fmt} ({problem}) "
+                "and auto_pickle is off; pass extension_name='.pickle'"
+            )
         fmt = "pickle"
     if pv is None:
         pv = f"DataFrame {copy.shape[0]} rows x {copy.shape[1]} columns\n" + copy.head(5).to_string(
-            max_cols=20, max_colwidth=40)
+            max_cols=20, max_colwidth=40
+        )
     ext = next(e for e, f in _PANDAS_FORMATS.items() if f == fmt)
     return make_snapshot("pandas", fmt, ext, pv, _file_writer(copy, _PANDAS_WRITERS[fmt]))
 
@@ -465,15 +493,21 @@ def _write_pickle(obj: Any, path: Path) -> None:
 @contextlib.contextmanager
 def _gzip_text_writer(path: Path) -> Iterator[io.TextIOWrapper]:
     # mtime=0 and no file name in the header: same content, same bytes, same sha256
-    with (open(path, "wb") as raw,
-          gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
-          io.TextIOWrapper(gz, encoding="utf-8", newline="") as text):
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        io.TextIOWrapper(gz, encoding="utf-8", newline="") as text,
+    ):
         yield text
 
 
 _PANDAS_WRITERS: dict[str, Callable[[Any, Path], None]] = {
-    "parquet": _write_parquet, "feather": _write_feather, "csv": _write_csv,
-    "csv.gz": _write_csv_gz, "pickle": _write_pickle}
+    "parquet": _write_parquet,
+    "feather": _write_feather,
+    "csv": _write_csv,
+    "csv.gz": _write_csv_gz,
+    "pickle": _write_pickle,
+}
 
 
 def _load_pandas(fmt: str, path: Path, allow_pickle: bool) -> Any:
@@ -499,13 +533,15 @@ def _snap_numpy(arr: Any, ext: str | None, auto_pickle: bool, pv: str | None) ->
 
     if type(arr) not in (np.ndarray, np.memmap) or arr.dtype.hasobject:
         # object arrays and subclasses (masked arrays, ...) carry state .npz would drop
-        return _fallback_pickle(arr, ext, auto_pickle, pv,
-                                f"{type(arr).__name__} of dtype {arr.dtype}")
+        return _fallback_pickle(
+            arr, ext, auto_pickle, pv, f"{type(arr).__name__} of dtype {arr.dtype}"
+        )
     fmt = _pick(ext, {".npz": "npz", ".csv.gz": "csv.gz"}, "a numpy array")
     if fmt == "csv.gz" and (arr.ndim not in (1, 2) or arr.dtype.kind not in "biuf"):
         raise SerializationError(
             f".csv.gz holds 1-D or 2-D bool/int/float arrays, not {arr.ndim}-D {arr.dtype}; "
-            "use .npz")
+            "use .npz"
+        )
     copy = np.array(arr, copy=True)
     if pv is None:
         body = np.array2string(copy, threshold=50, edgeitems=3, max_line_width=100)
@@ -519,8 +555,10 @@ def _write_npz(arr: Any, path: Path) -> None:
 
     info = zipfile.ZipInfo(NPZ_KEY + ".npy", date_time=_ZIP_EPOCH)
     info.compress_type = zipfile.ZIP_DEFLATED
-    with zipfile.ZipFile(path, "w", allowZip64=True) as zf, zf.open(info, "w",
-                                                                    force_zip64=True) as out:
+    with (
+        zipfile.ZipFile(path, "w", allowZip64=True) as zf,
+        zf.open(info, "w", force_zip64=True) as out,
+    ):
         np.lib.format.write_array(out, arr, allow_pickle=False)
 
 
@@ -530,8 +568,13 @@ def _write_array_csv_gz(arr: Any, path: Path) -> None:
     fmt = "%.17g" if arr.dtype.kind == "f" else "%d"
     shape = ",".join(str(n) for n in arr.shape)
     with _gzip_text_writer(path) as f:
-        np.savetxt(f, arr.astype(np.uint8) if arr.dtype.kind == "b" else arr, fmt=fmt,
-                   delimiter=",", header=f"artisync shape={shape} dtype={arr.dtype.str}")
+        np.savetxt(
+            f,
+            arr.astype(np.uint8) if arr.dtype.kind == "b" else arr,
+            fmt=fmt,
+            delimiter=",",
+            header=f"artisync shape={shape} dtype={arr.dtype.str}",
+        )
 
 
 def _load_numpy(fmt: str, path: Path) -> Any:
@@ -588,7 +631,8 @@ def _snap_image(img: Any, ext: str | None, pv: str | None) -> Snapshot:
     except (OSError, ValueError, KeyError) as exc:
         raise SerializationError(
             f"{pil_format} cannot store this mode {copy.mode} image ({exc}); convert it "
-            "first, e.g. img.convert('RGB'), or use .png") from exc
+            "first, e.g. img.convert('RGB'), or use .png"
+        ) from exc
     pv = pv or f"PIL Image mode={copy.mode} size={copy.width}x{copy.height}"
 
     def save(im: Any, path: Path) -> None:
@@ -617,8 +661,14 @@ def _load_image(path: Path) -> Any:
 # ------------------------------------------------------------------------------- load
 
 
-def load(type: str, format: str, path: Path, *, allow_pickle: bool = False,
-         deserialization_function: Callable[[bytes], Any] | None = None) -> Any:
+def load(
+    type: str,
+    format: str,
+    path: Path,
+    *,
+    allow_pickle: bool = False,
+    deserialization_function: Callable[[bytes], Any] | None = None,
+) -> Any:
     """Read an artifact back from the local path of its main blob.
 
     Files come back as the path itself (a ``str``). Trees (folder, wildcard) are
@@ -659,8 +709,9 @@ def _load_json_like(fmt: str, path: Path) -> Any:
     try:
         import yaml
     except ImportError:
-        raise SerializationError("reading .yaml artifacts needs PyYAML: pip install pyyaml") \
-            from None
+        raise SerializationError(
+            "reading .yaml artifacts needs PyYAML: pip install pyyaml"
+        ) from None
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
@@ -670,11 +721,13 @@ def _check_pickle(allow_pickle: bool) -> None:
         raise UnpicklingRefused(
             "this artifact is a pickle, and unpickling runs code chosen by whoever wrote it; "
             "if you trust its source, call get(allow_pickle=True) or set "
-            "allow_pickle = true in the [artisync] table of the config file")
+            "allow_pickle = true in the [artisync] table of the config file"
+        )
 
 
-def materialize_tree(listing_path: Path, fetch: Callable[[str], Path], dest_dir: Path, *,
-                     link: bool = False) -> Path:
+def materialize_tree(
+    listing_path: Path, fetch: Callable[[str], Path], dest_dir: Path, *, link: bool = False
+) -> Path:
     """Recreate a folder/wildcard artifact under ``dest_dir``; see ``_trees``."""
     from ._trees import materialize_tree as impl
 

@@ -43,7 +43,7 @@ class Job:
 
 class Session:
     _instance: Session | None = None
-    _instance_lock = threading.Lock()
+    _instance_lock = threading.RLock()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -94,8 +94,9 @@ class Session:
         job = Job(fn)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="artisync-writer",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._work, name="artisync-writer", daemon=True
+                )
                 self._thread.start()
         self._jobs.put(job)
         return job
@@ -133,14 +134,16 @@ class Session:
     def submit(self, record: dict[str, Any]) -> str:
         """Hand a record to the daemon; fall back to the outbox. Returns where it went."""
         try:
-            self.client.request({"op": "submit", "record": record},
-                                timeout=self.settings.ack_timeout)
+            self.client.request(
+                {"op": "submit", "record": record}, timeout=self.settings.ack_timeout
+            )
             return "daemon"
         except DaemonError as exc:
             if exc.code == "invalid":
                 raise
-            log.warning("artisync: daemon refused record for now (%s); keeping it in the outbox",
-                        exc)
+            log.warning(
+                "artisync: daemon refused record for now (%s); keeping it in the outbox", exc
+            )
         except DaemonUnavailable:
             self._maybe_autostart()
         self.spool.write_outbox(record)
@@ -156,8 +159,9 @@ class Session:
         except OSError as exc:
             log.warning("artisync: could not start a daemon: %s", exc)
 
-    def request(self, msg: dict[str, Any], timeout: float | None = None,
-                on_progress: Any = None) -> dict[str, Any]:
+    def request(
+        self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
+    ) -> dict[str, Any]:
         return self.client.request(msg, timeout=timeout, on_progress=on_progress)
 
 

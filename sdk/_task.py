@@ -59,8 +59,13 @@ class Task:
     _exit_exc: ClassVar[BaseException | None] = None
     _hook_installed: ClassVar[bool] = False
 
-    def __init__(self, record: dict[str, Any], artifacts: dict[str, Artifact] | None = None,
-                 *, owned: bool = False) -> None:
+    def __init__(
+        self,
+        record: dict[str, Any],
+        artifacts: dict[str, Artifact] | None = None,
+        *,
+        owned: bool = False,
+    ) -> None:
         self._record = record
         self._artifacts: dict[str, Artifact] = artifacts or {}
         self._owned = owned  # created by Task.init in this process
@@ -69,13 +74,22 @@ class Task:
 
     # -- creation and lookup ---------------------------------------------------------------
     @classmethod
-    def init(cls, project_name: str | None = None, task_name: str | None = None,
-             task_type: Any = None, tags: list[str] | None = None,
-             reuse_last_task_id: bool | str = True, continue_last_task: bool | str | int = False,
-             output_uri: str | bool | None = None, auto_connect_arg_parser: Any = True,
-             auto_connect_frameworks: Any = True, auto_resource_monitoring: Any = True,
-             auto_connect_streams: Any = True, deferred_init: bool = False,
-             **kwargs: Any) -> Task:
+    def init(
+        cls,
+        project_name: str | None = None,
+        task_name: str | None = None,
+        task_type: Any = None,
+        tags: list[str] | None = None,
+        reuse_last_task_id: bool | str = True,
+        continue_last_task: bool | str | int = False,
+        output_uri: str | bool | None = None,
+        auto_connect_arg_parser: Any = True,
+        auto_connect_frameworks: Any = True,
+        auto_resource_monitoring: Any = True,
+        auto_connect_streams: Any = True,
+        deferred_init: bool = False,
+        **kwargs: Any,
+    ) -> Task:
         """Start a task and make it current. ClearML's other parameters are accepted
         and ignored (artisync only handles artifacts)."""
         with cls._class_lock:
@@ -83,16 +97,29 @@ class Task:
                 return cls._current
             session = Session.get()
             project = check_name(project_name or "default", "project_name")
-            name = check_name(task_name or os.path.basename(sys.argv[0] or "") or "task",
-                              "task_name")
+            name = check_name(
+                task_name or os.path.basename(sys.argv[0] or "") or "task", "task_name"
+            )
             dest = output_uri if isinstance(output_uri, str) and output_uri else None
             dest = _resolve_dest(dest or session.settings.output_uri)
             now = time.time()
-            record = {"kind": "task", "event": "started", "record_id": uuid.uuid4().hex,
-                      "task_id": uuid.uuid4().hex, "created": now, "dest": dest,
-                      "host": _HOST, "user": _user(), "pid": os.getpid(),
-                      "project": project, "name": name, "status": "in_progress",
-                      "started": now, "ended": None, "tags": list(tags or [])}
+            record = {
+                "kind": "task",
+                "event": "started",
+                "record_id": uuid.uuid4().hex,
+                "task_id": uuid.uuid4().hex,
+                "created": now,
+                "dest": dest,
+                "host": _HOST,
+                "user": _user(),
+                "pid": os.getpid(),
+                "project": project,
+                "name": name,
+                "status": "in_progress",
+                "started": now,
+                "ended": None,
+                "tags": list(tags or []),
+            }
             task = cls(record, owned=True)
             cls._local[task.id] = task
             cls._current = task
@@ -105,10 +132,16 @@ class Task:
         return cls._current
 
     @classmethod
-    def get_task(cls, task_id: str | None = None, project_name: str | None = None,
-                 task_name: str | None = None, tags: Any = None, allow_archived: bool = True,
-                 task_filter: Mapping[str, Any] | None = None,
-                 output_uri: str | None = None) -> Task:
+    def get_task(
+        cls,
+        task_id: str | None = None,
+        project_name: str | None = None,
+        task_name: str | None = None,
+        tags: Any = None,
+        allow_archived: bool = True,
+        task_filter: Mapping[str, Any] | None = None,
+        output_uri: str | None = None,
+    ) -> Task:
         """The task with this id, or the newest with this project and name.
 
         Looks in this process, then the local daemon (acknowledged but not yet
@@ -122,29 +155,53 @@ class Task:
             if found is not None:
                 return found
         what = task_id or f"{project_name!r}/{task_name!r}"
-        raise ValueError(f"no task {what} found"
-                         + (f" with status in {statuses}" if statuses else ""))
+        raise ValueError(
+            f"no task {what} found" + (f" with status in {statuses}" if statuses else "")
+        )
 
     @classmethod
-    def _find_local(cls, task_id: str | None, project: str | None, name: str | None,
-                    statuses: list[str] | None, uri: str | None) -> Task | None:
+    def _find_local(
+        cls,
+        task_id: str | None,
+        project: str | None,
+        name: str | None,
+        statuses: list[str] | None,
+        uri: str | None,
+    ) -> Task | None:
         with cls._class_lock:
-            matches = [t for t in cls._local.values()
-                       if (task_id is None or t.id == task_id)
-                       and (project is None or t.project == project)
-                       and (name is None or t.name.casefold() == name.casefold())
-                       and (not statuses or t.status in statuses)]
+            matches = [
+                t
+                for t in cls._local.values()
+                if (task_id is None or t.id == task_id)
+                and (project is None or t.project == project)
+                and (name is None or t.name.casefold() == name.casefold())
+                and (not statuses or t.status in statuses)
+            ]
         matches.sort(key=lambda t: t._record["started"], reverse=True)
         exact = [t for t in matches if name is None or t.name == name]
         return (exact or matches or [None])[0]
 
     @classmethod
-    def _find_daemon(cls, task_id: str | None, project: str | None, name: str | None,
-                     statuses: list[str] | None, uri: str | None) -> Task | None:
+    def _find_daemon(
+        cls,
+        task_id: str | None,
+        project: str | None,
+        name: str | None,
+        statuses: list[str] | None,
+        uri: str | None,
+    ) -> Task | None:
         session = Session.get()
         try:
-            reply = session.request({"op": "query_task", "task_id": task_id, "project": project,
-                                     "name": name, "statuses": statuses}, timeout=5)
+            reply = session.request(
+                {
+                    "op": "query_task",
+                    "task_id": task_id,
+                    "project": project,
+                    "name": name,
+                    "statuses": statuses,
+                },
+                timeout=5,
+            )
         except (DaemonUnavailable, DaemonError):
             return None
         tasks = reply.get("tasks") or []
@@ -156,13 +213,20 @@ class Task:
         if reply.get("artifacts") is not None and tasks[0]["task_id"] != rec["task_id"]:
             return None
         spool = session.spool
-        arts = {a["name"]: Artifact(a, _locator(a["dest"], spool))
-                for a in reply.get("artifacts", [])}
+        arts = {
+            a["name"]: Artifact(a, _locator(a["dest"], spool)) for a in reply.get("artifacts", [])
+        }
         return cls(rec, arts)
 
     @classmethod
-    def _find_storage(cls, task_id: str | None, project: str | None, name: str | None,
-                      statuses: list[str] | None, uri: str | None) -> Task | None:
+    def _find_storage(
+        cls,
+        task_id: str | None,
+        project: str | None,
+        name: str | None,
+        statuses: list[str] | None,
+        uri: str | None,
+    ) -> Task | None:
         from . import _reader
 
         uri = _resolve_dest(uri or Session.get().settings.output_uri)
@@ -177,8 +241,10 @@ class Task:
             rec = found[0]
         rec.setdefault("dest", rec.get("storage", uri))
         spool = _local_spool()
-        arts = {a["name"]: Artifact(a, _locator(a["dest"], spool))
-                for a in _reader.artifact_records(uri, rec["task_id"])}
+        arts = {
+            a["name"]: Artifact(a, _locator(a["dest"], spool))
+            for a in _reader.artifact_records(uri, rec["task_id"])
+        }
         return cls(rec, arts)
 
     # -- properties ---------------------------------------------------------------------------
@@ -218,13 +284,20 @@ class Task:
         return f"<Task {self.project}/{self.name} {self.id} {self.status}>"
 
     # -- reporting -------------------------------------------------------------------------------
-    def upload_artifact(self, name: str, artifact_object: Any,
-                        metadata: Mapping[str, Any] | None = None,
-                        delete_after_upload: bool = False, auto_pickle: bool = True,
-                        preview: Any = None, wait_on_upload: bool = False,
-                        extension_name: str | None = None,
-                        serialization_function: Callable[[Any], bytes] | None = None,
-                        retries: int = 0, sort_keys: bool = True) -> bool:
+    def upload_artifact(
+        self,
+        name: str,
+        artifact_object: Any,
+        metadata: Mapping[str, Any] | None = None,
+        delete_after_upload: bool = False,
+        auto_pickle: bool = True,
+        preview: Any = None,
+        wait_on_upload: bool = False,
+        extension_name: str | None = None,
+        serialization_function: Callable[[Any], bytes] | None = None,
+        retries: int = 0,
+        sort_keys: bool = True,
+    ) -> bool:
         """Snapshot ``artifact_object`` now and upload it in the background.
 
         Returns True once the snapshot is taken: later changes to the object or
@@ -237,31 +310,53 @@ class Task:
         meta = _checked_metadata(metadata)
         session = Session.get()
         spool = session.spool
-        snap = snapshot(artifact_object, spool, auto_pickle=auto_pickle,
-                        extension_name=extension_name,
-                        serialization_function=serialization_function, preview=preview)
+        snap = snapshot(
+            artifact_object,
+            spool,
+            auto_pickle=auto_pickle,
+            extension_name=extension_name,
+            serialization_function=serialization_function,
+            preview=preview,
+        )
         delete_after = _delete_spec(artifact_object) if delete_after_upload else None
         self._enqueue(session, name, snap, meta, delete_after)
         if wait_on_upload:
             self.flush(wait_for_uploads=True)
         return True
 
-    def _enqueue(self, session: Session, name: str, snap: Any, meta: dict[str, Any] | None,
-                 delete_after: dict[str, Any] | None) -> Artifact:
+    def _enqueue(
+        self,
+        session: Session,
+        name: str,
+        snap: Any,
+        meta: dict[str, Any] | None,
+        delete_after: dict[str, Any] | None,
+    ) -> Artifact:
         now = time.time()
         record: dict[str, Any] = {
-            "kind": "artifact", "record_id": uuid.uuid4().hex, "task_id": self.id,
-            "created": now, "dest": self.output_uri, "host": _HOST, "user": _user(),
-            "pid": os.getpid(), "name": name, "type": snap.type, "format": snap.format,
-            "extension": snap.extension, "metadata": meta or {}, "preview": snap.preview,
+            "kind": "artifact",
+            "record_id": uuid.uuid4().hex,
+            "task_id": self.id,
+            "created": now,
+            "dest": self.output_uri,
+            "host": _HOST,
+            "user": _user(),
+            "pid": os.getpid(),
+            "name": name,
+            "type": snap.type,
+            "format": snap.format,
+            "extension": snap.extension,
+            "metadata": meta or {},
+            "preview": snap.preview,
             "delete_after": delete_after,
         }
         spool = session.spool
 
         def store() -> dict[str, Any]:
             payload = snap.write(spool)
-            record.update(sha256=payload.sha256, size=payload.size,
-                          blobs=[[s, n] for s, n in payload.blobs])
+            record.update(
+                sha256=payload.sha256, size=payload.size, blobs=[[s, n] for s, n in payload.blobs]
+            )
             session.submit(record)
             return record
 
@@ -271,22 +366,37 @@ class Task:
             self._artifacts[name] = art
         return art
 
-    def register_artifact(self, name: str, artifact: Any, metadata: Mapping[str, Any] | None = None,
-                          uniqueness_columns: Any = True) -> None:
+    def register_artifact(
+        self,
+        name: str,
+        artifact: Any,
+        metadata: Mapping[str, Any] | None = None,
+        uniqueness_columns: Any = True,
+    ) -> None:
         """Track a DataFrame: a new version is stored whenever its content changes
         (checked in the background), and a last one at close or exit."""
-        if not type(artifact).__module__.startswith("pandas") or \
-                type(artifact).__name__ != "DataFrame":
-            raise TypeError("register_artifact() tracks pandas DataFrames; "
-                            f"got {type(artifact).__name__}. Use upload_artifact() instead.")
+        if (
+            not type(artifact).__module__.startswith("pandas")
+            or type(artifact).__name__ != "DataFrame"
+        ):
+            raise TypeError(
+                "register_artifact() tracks pandas DataFrames; "
+                f"got {type(artifact).__name__}. Use upload_artifact() instead."
+            )
         name = _checked_name(name)
         meta = _checked_metadata(metadata)
         if uniqueness_columns is not True and uniqueness_columns:
             missing = [c for c in uniqueness_columns if c not in artifact.columns]
             if missing:
                 raise ValueError(f"uniqueness_columns not in the DataFrame: {missing}")
-        item = Tracked(self, name, artifact, meta, uniqueness_columns,
-                       content_hash(artifact, uniqueness_columns))
+        item = Tracked(
+            self,
+            name,
+            artifact,
+            meta,
+            uniqueness_columns,
+            content_hash(artifact, uniqueness_columns),
+        )
         self._store_tracked(item)
         self._tracker_instance().add(item)
 
@@ -337,8 +447,9 @@ class Task:
         while time.monotonic() < deadline:
             left = max(0.1, deadline - time.monotonic())
             try:
-                reply = session.request({"op": "wait", "task_id": self.id, "timeout": left},
-                                        timeout=left + 5)
+                reply = session.request(
+                    {"op": "wait", "task_id": self.id, "timeout": left}, timeout=left + 5
+                )
             except DaemonUnavailable as exc:
                 last = exc
                 time.sleep(min(0.2, left))
@@ -348,26 +459,35 @@ class Task:
                     break
                 raise
             if reply.get("failed"):
-                raise UploadFailed(f"{reply['failed']} records of task {self.id} failed; "
-                                   "see `artisync status`")
+                raise UploadFailed(
+                    f"{reply['failed']} records of task {self.id} failed; see `artisync status`"
+                )
             return True
         hint = f" (no daemon answered: {last})" if last else ""
-        raise UploadTimeout(f"uploads of task {self.id} not committed after {limit:.0f} s{hint}; "
-                            "they stay in the spool and upload when a daemon runs")
+        raise UploadTimeout(
+            f"uploads of task {self.id} not committed after {limit:.0f} s{hint}; "
+            "they stay in the spool and upload when a daemon runs"
+        )
 
     def mark_completed(self, **kwargs: Any) -> None:
         self._set_status("completed", "closed")
 
-    def mark_failed(self, ignore_errors: bool = True, status_reason: str | None = None,
-                    **kwargs: Any) -> None:
+    def mark_failed(
+        self, ignore_errors: bool = True, status_reason: str | None = None, **kwargs: Any
+    ) -> None:
         self._set_status("failed", "closed")
 
     def _set_status(self, status: str, event: str) -> None:
         session = Session.get()
         with self._lock:
-            self._record = {**self._record, "status": status, "event": event,
-                            "record_id": uuid.uuid4().hex, "created": time.time(),
-                            "ended": time.time()}
+            self._record = {
+                **self._record,
+                "status": status,
+                "event": event,
+                "record_id": uuid.uuid4().hex,
+                "created": time.time(),
+                "ended": time.time(),
+            }
             rec = dict(self._record)
         session.run(lambda: session.submit(rec))
 
@@ -389,8 +509,9 @@ class Task:
     def __enter__(self) -> Task:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if ev is not None and self.status == "in_progress":
             self.mark_failed()
         self.close()

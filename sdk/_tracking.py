@@ -24,8 +24,9 @@ def content_hash(df: Any, columns: Any = True) -> str:
 
     frame = df if columns is True or not columns else df[list(columns)]
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((list(map(str, frame.columns)), list(map(str, frame.dtypes)),
-                   frame.shape)).encode())
+    h.update(
+        repr((list(map(str, frame.columns)), list(map(str, frame.dtypes)), frame.shape)).encode()
+    )
     h.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
     return h.hexdigest()
 
@@ -44,8 +45,11 @@ class Tracked:
 
 class Tracker:
     def __init__(self, interval: float | None = None, cpu_share: float = 0.01) -> None:
-        self.base_interval = interval if interval is not None else float(
-            os.environ.get("ARTISYNC_TRACK_INTERVAL", "2"))
+        self.base_interval = (
+            interval
+            if interval is not None
+            else float(os.environ.get("ARTISYNC_TRACK_INTERVAL", "2"))
+        )
         self.cpu_share = cpu_share
         self.interval = self.base_interval
         self.items: dict[tuple[str, str], Tracked] = {}
@@ -59,8 +63,9 @@ class Tracker:
         with self._lock:
             self.items[(item.task.id, item.name)] = item
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="artisync-tracker",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="artisync-tracker", daemon=True
+                )
                 self._thread.start()
 
     def remove(self, task_id: str, name: str) -> Tracked | None:

@@ -82,8 +82,11 @@ def looks_like_path(text: str) -> bool:
 
 
 def _may_be_path(text: str) -> bool:
-    return (0 < len(text) < _MAX_PATH_STR and not any(c in text for c in "\n\r\0")
-            and _URL.match(text) is None)
+    return (
+        0 < len(text) < _MAX_PATH_STR
+        and not any(c in text for c in "\n\r\0")
+        and _URL.match(text) is None
+    )
 
 
 def snapshot_path(obj: Any, spool: Spool, ext: str | None, pv: str | None) -> Snapshot | None:
@@ -105,7 +108,8 @@ def snapshot_path(obj: Any, spool: Spool, ext: str | None, pv: str | None) -> Sn
     if st is None and pathish:
         raise SerializationError(
             f"artifact path {text!r} does not exist (resolved to {path.absolute()}); to "
-            "store the string itself, pass serialization_function=str.encode")
+            "store the string itself, pass serialization_function=str.encode"
+        )
     if st is None:
         return None
     if stat.S_ISREG(st.st_mode):
@@ -154,11 +158,18 @@ def _snap_file(path: Path, spool: Spool, ext: str | None, pv: str | None) -> Sna
     if ext is not None and ext != suffix.lower():
         raise SerializationError(
             f"a file is stored as it is: extension_name={ext!r} does not match {path.name!r}; "
-            f"allowed: None or {suffix.lower() or '(no extension)'}")
+            f"allowed: None or {suffix.lower() or '(no extension)'}"
+        )
     tmp, size = _copy_to_temp(path, spool)
-    return make_snapshot("file", "file", suffix,
-                         pv or f"{path.name} - {human_size(size)}", _commit_one(tmp), [tmp],
-                         filename=path.name)
+    return make_snapshot(
+        "file",
+        "file",
+        suffix,
+        pv or f"{path.name} - {human_size(size)}",
+        _commit_one(tmp),
+        [tmp],
+        filename=path.name,
+    )
 
 
 # ------------------------------------------------------------------------------ trees
@@ -222,8 +233,9 @@ def _snap_wildcard(pattern: str, spool: Spool, ext: str | None, pv: str | None) 
     return _snap_tree("wildcard", pattern, files, skipped, spool, pv)
 
 
-def _snap_tree(kind: str, label: str, files: dict[str, Path], skipped: int, spool: Spool,
-               pv: str | None) -> Snapshot:
+def _snap_tree(
+    kind: str, label: str, files: dict[str, Path], skipped: int, spool: Spool, pv: str | None
+) -> Snapshot:
     temps: dict[str, tuple[Path, int]] = {}
     try:
         for rel in sorted(files):
@@ -239,14 +251,23 @@ def _snap_tree(kind: str, label: str, files: dict[str, Path], skipped: int, spoo
     if pv is None:
         pv = _tree_preview(kind, label, [(rel, n) for rel, (_, n) in temps.items()], skipped)
     filename = None if kind == "wildcard" else label
-    return make_snapshot(kind, "tree", "", pv, _tree_writer(temps),
-                         [tmp for tmp, _ in temps.values()], filename=filename)
+    return make_snapshot(
+        kind,
+        "tree",
+        "",
+        pv,
+        _tree_writer(temps),
+        [tmp for tmp, _ in temps.values()],
+        filename=filename,
+    )
 
 
 def _tree_preview(kind: str, label: str, entries: list[tuple[str, int]], skipped: int) -> str:
     total = sum(n for _, n in entries)
-    lines = [f"{kind} {label}: {len(entries)} files, {human_size(total)}"
-             + (f" ({skipped} non-regular entries skipped)" if skipped else "")]
+    lines = [
+        f"{kind} {label}: {len(entries)} files, {human_size(total)}"
+        + (f" ({skipped} non-regular entries skipped)" if skipped else "")
+    ]
     lines += [f"{rel} - {human_size(n)}" for rel, n in entries[:20]]
     if len(entries) > 20:
         lines.append(f"... and {len(entries) - 20} more")
@@ -257,8 +278,9 @@ def _tree_writer(temps: dict[str, tuple[Path, int]]) -> Callable[[Spool], Stored
     def write(spool: Spool) -> StoredPayload:
         committed = [(rel, *spool.commit_temp(temps[rel][0])) for rel in sorted(temps)]
         listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
-        data = json.dumps({"version": LISTING_VERSION, "files": listing}, sort_keys=True,
-                          separators=(",", ":")).encode("ascii")
+        data = json.dumps(
+            {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
+        ).encode("ascii")
         main = write_bytes_blob(spool, data)
         blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
         return StoredPayload(main[0], sum(size for _, _, size in committed), blobs)
@@ -297,8 +319,9 @@ def read_listing(listing_path: Path) -> list[tuple[str, str, int]]:
     return entries
 
 
-def materialize_tree(listing_path: Path, fetch: Callable[[str], Path], dest_dir: Path, *,
-                     link: bool = False) -> Path:
+def materialize_tree(
+    listing_path: Path, fetch: Callable[[str], Path], dest_dir: Path, *, link: bool = False
+) -> Path:
     """Recreate a tree under ``dest_dir`` and return ``dest_dir``.
 
     ``fetch(sha256)`` returns the local path of that blob. Files are copied
@@ -347,4 +370,3 @@ def _try_link(src: Path, dst: Path) -> bool:
     except OSError:
         return False
     return True
-

@@ -4,6 +4,7 @@
         client talks to proxy.endpoint
         proxy.set("503", count=2, retry_after=1)   # the next 2 connections get a 503
         proxy.set("cut", count=1, cut_after=7 * 2**20)  # drop one connection mid-body
+        proxy.set("cut", count=3, cut_after=[7 * 2**20, 1024])  # per connection (last repeats)
         proxy.set("refuse")                          # nothing listens; proxy.set("pass")
 
 It runs its own asyncio loop in a thread, so it serves sync and async tests alike.
@@ -17,7 +18,8 @@ Modes: ``pass``; ``refuse`` (stop listening: connection refused); ``close``
 (accept, then close at once); ``503`` / ``500`` (read the request, answer with
 that status, an S3/Azure-style XML error body and optional ``Retry-After``);
 ``delay`` (wait ``delay`` seconds, then pass); ``cut`` (pass, but close both
-sides once ``cut_after`` bytes went upstream).
+sides once ``cut_after`` bytes went upstream; a list gives one limit per faulted
+connection, its last value repeating).
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
 MODES = ("pass", "refuse", "close", "503", "500", "delay", "cut")
-_REASONS = {"503": ("Service Unavailable", "SlowDown"), "500": ("Internal Server Error",
-                                                                 "InternalError")}
+_REASONS = {
+    "503": ("Service Unavailable", "SlowDown"),
+    "500": ("Internal Server Error", "InternalError"),
+}
 
 
 @dataclass
@@ -40,7 +45,7 @@ class _Fault:
     count: int | None = None  # None: until changed
     retry_after: float | None = None
     delay: float = 0.0
-    cut_after: int = 0
+    cuts: list[int] = field(default_factory=lambda: [0])
 
 
 class FaultProxy:
@@ -50,10 +55,12 @@ class FaultProxy:
         self._fault = _Fault()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="faultproxy", daemon=True
+        )
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         # statistics, read from the test thread
         self.connections = 0
         self.faults = 0
@@ -82,16 +89,28 @@ class FaultProxy:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
-    def set(self, mode: str, *, count: int | None = None, retry_after: float | None = None,
-            delay: float = 0.0, cut_after: int = 0) -> None:
+    def set(
+        self,
+        mode: str,
+        *,
+        count: int | None = None,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        cut_after: int | Sequence[int] = 0,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        cuts = [cut_after] if isinstance(cut_after, int) else list(cut_after)
         with self._lock:
-            self._fault = _Fault(mode, count, retry_after, delay, cut_after)
+            self._fault = _Fault(mode, count, retry_after, delay, cuts or [0])
         self._call(self._listen() if mode != "refuse" else self._unlisten())
 
     def drop_connections(self) -> None:
@@ -108,8 +127,9 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port,
-                                                      reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._handle, self.host, self.port, reuse_address=True
+            )
             self.port = self._server.sockets[0].getsockname()[1]
 
     async def _unlisten(self) -> None:
@@ -123,8 +143,11 @@ class FaultProxy:
             writer.close()
 
     async def _shutdown(self) -> None:
-        await self._close_all()
         await self._unlisten()
+        await self._close_all()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def _take(self) -> _Fault:
         with self._lock:
@@ -133,13 +156,17 @@ class FaultProxy:
             if fault.mode == "pass":
                 return fault
             self.faults += 1
+            cut = fault.cuts.pop(0) if len(fault.cuts) > 1 else fault.cuts[0]
             if fault.count is not None:
                 fault.count -= 1
                 if fault.count <= 0:
                     self._fault = _Fault()
-            return _Fault(fault.mode, None, fault.retry_after, fault.delay, fault.cut_after)
+            return _Fault(fault.mode, None, fault.retry_after, fault.delay, [cut])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         self._writers.add(writer)
         fault = self._take()
         try:
@@ -150,17 +177,19 @@ class FaultProxy:
                 return
             if fault.mode == "delay":
                 await asyncio.sleep(fault.delay)
-            await self._splice(reader, writer, fault.cut_after if fault.mode == "cut" else 0)
+            await self._splice(reader, writer, fault.cuts[0] if fault.mode == "cut" else 0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._handlers.discard(task)
             self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      fault: _Fault) -> None:
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fault: _Fault
+    ) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         headers = {}
         for line in head.decode("latin-1").split("\r\n")[1:]:
@@ -169,16 +198,21 @@ class FaultProxy:
         if headers.get("expect", "").lower() != "100-continue":
             await _drain_body(reader, headers)  # unread bytes would turn our close into a RST
         reason, code = _REASONS[fault.mode]
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                f"<Message>injected by faultproxy</Message></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>injected by faultproxy</Message></Error>"
+        ).encode()
         extra = f"Retry-After: {fault.retry_after:g}\r\n" if fault.retry_after is not None else ""
-        writer.write(f"HTTP/1.1 {fault.mode} {reason}\r\nContent-Type: application/xml\r\n"
-                     f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
-                     .encode() + body)
+        writer.write(
+            f"HTTP/1.1 {fault.mode} {reason}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
+            + body
+        )
         await writer.drain()
 
-    async def _splice(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      cut_after: int) -> None:
+    async def _splice(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut_after: int
+    ) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers.add(up_writer)
 
@@ -186,7 +220,7 @@ class FaultProxy:
             sent = 0
             while data := await src.read(65536):
                 if up and cut_after and sent + len(data) >= cut_after:
-                    dst.write(data[:cut_after - sent])
+                    dst.write(data[: cut_after - sent])
                     self.bytes_up += cut_after - sent
                     return  # cut: both sides close below
                 dst.write(data)
@@ -197,8 +231,10 @@ class FaultProxy:
                 else:
                     self.bytes_down += len(data)
 
-        tasks = [asyncio.create_task(pump(reader, up_writer, True)),
-                 asyncio.create_task(pump(up_reader, writer, False))]
+        tasks = [
+            asyncio.create_task(pump(reader, up_writer, True)),
+            asyncio.create_task(pump(up_reader, writer, False)),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -44,7 +44,7 @@ class Env:
             "ARTISYNC_OUTPUT_URI": self.output_uri,
             "ARTISYNC_CONFIG": str(self.config),
             "ARTISYNC_AUTOSTART": "0",
-            "ARTISYNC_GC_GRACE": "0",
+            "ARTISYNC_GC_GRACE": "2",
             "ARTISYNC_GC_INTERVAL": "0.5",
             "XDG_CACHE_HOME": str(root / "cache"),
         }
@@ -73,7 +73,10 @@ class DaemonProc:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "artisync.daemon", "--log-level", "DEBUG", *args],
-            env=env.environ(**extra_env), stdout=self._logf, stderr=subprocess.STDOUT)
+            env=env.environ(**extra_env),
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 20.0) -> DaemonProc:
         deadline = time.monotonic() + timeout
@@ -148,11 +151,18 @@ class Conn:
         return self.call("hello", version=PROTOCOL_VERSION)
 
 
-def run_py(env: Env, code: str, timeout: float = 120, check: bool = True,
-           **extra_env: str) -> subprocess.CompletedProcess[str]:
+def run_py(
+    env: Env, code: str, timeout: float = 120, check: bool = True, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     """Run a Python snippet in a fresh process with the env's settings."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env.environ(**extra_env),
-                          capture_output=True, text=True, timeout=timeout, cwd=env.root)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env.environ(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=env.root,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snippet failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

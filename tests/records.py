@@ -10,20 +10,52 @@ from typing import Any
 from artisync.protocol import Spool
 
 
-def task_record(dest: str, project: str = "p", name: str = "t", task_id: str | None = None,
-                status: str = "in_progress") -> dict[str, Any]:
+def task_record(
+    dest: str,
+    project: str = "p",
+    name: str = "t",
+    task_id: str | None = None,
+    status: str = "in_progress",
+) -> dict[str, Any]:
     now = time.time()
-    return {"kind": "task", "event": "started", "record_id": uuid.uuid4().hex,
-            "task_id": task_id or uuid.uuid4().hex, "created": now, "dest": dest,
-            "host": "h", "user": "u", "pid": os.getpid(), "project": project, "name": name,
-            "status": status, "started": now, "ended": None}
+    return {
+        "kind": "task",
+        "event": "started",
+        "record_id": uuid.uuid4().hex,
+        "task_id": task_id or uuid.uuid4().hex,
+        "created": now,
+        "dest": dest,
+        "host": "h",
+        "user": "u",
+        "pid": os.getpid(),
+        "project": project,
+        "name": name,
+        "status": status,
+        "started": now,
+        "ended": None,
+    }
 
 
-def artifact_record(spool: Spool, dest: str, data: bytes, name: str = "a",
-                    task_id: str | None = None) -> dict[str, Any]:
+def artifact_record(
+    spool: Spool, dest: str, data: bytes, name: str = "a", task_id: str | None = None
+) -> dict[str, Any]:
     sha, size = spool.write_blob_bytes(data)
-    return {"kind": "artifact", "record_id": uuid.uuid4().hex,
-            "task_id": task_id or uuid.uuid4().hex, "created": time.time(), "dest": dest,
-            "host": "h", "user": "u", "pid": os.getpid(), "name": name, "type": "bytes",
-            "format": "bytes", "extension": "", "sha256": sha, "size": size,
-            "blobs": [[sha, size]], "metadata": {}, "preview": ""}
+    return {
+        "kind": "artifact",
+        "record_id": uuid.uuid4().hex,
+        "task_id": task_id or uuid.uuid4().hex,
+        "created": time.time(),
+        "dest": dest,
+        "host": "h",
+        "user": "u",
+        "pid": os.getpid(),
+        "name": name,
+        "type": "bytes",
+        "format": "bytes",
+        "extension": "",
+        "sha256": sha,
+        "size": size,
+        "blobs": [[sha, size]],
+        "metadata": {},
+        "preview": "",
+    }

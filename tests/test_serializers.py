@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from artisync import _serializers
 from artisync._serializers import (
     SerializationError,
@@ -25,7 +27,6 @@ from artisync._serializers import (
     snapshot,
 )
 from artisync.protocol import ArtisyncError, IntegrityError, Spool, hash_file
-from PIL import Image
 
 
 @dataclass
@@ -48,13 +49,17 @@ def write(snap: Snapshot, spool: Spool) -> StoredPayload:
     return payload
 
 
-def roundtrip(obj: Any, spool: Spool, *, allow_pickle: bool = False,
-              **kw: Any) -> tuple[Snapshot, StoredPayload, Any]:
+def roundtrip(
+    obj: Any, spool: Spool, *, allow_pickle: bool = False, **kw: Any
+) -> tuple[Snapshot, StoredPayload, Any]:
     snap = snapshot(obj, spool, **kw)
     payload = write(snap, spool)
     assert payload.blobs == [(payload.sha256, payload.size)]
-    return snap, payload, load(snap.type, snap.format, spool.blob_path(payload.sha256),
-                               allow_pickle=allow_pickle)
+    return (
+        snap,
+        payload,
+        load(snap.type, snap.format, spool.blob_path(payload.sha256), allow_pickle=allow_pickle),
+    )
 
 
 def fetcher(spool: Spool) -> Any:
@@ -62,17 +67,22 @@ def fetcher(spool: Spool) -> Any:
 
 
 def make_df() -> pd.DataFrame:
-    return pd.DataFrame({
-        "i": np.arange(6, dtype="int64"),
-        "f": [0.1, 1.5, np.nan, 3.25, -1e300, 5.0],
-        "s": ["a", "b", None, "d", "é", "f"],
-        "b": [True, False, True, True, False, False],
-    })
+    return pd.DataFrame(
+        {
+            "i": np.arange(6, dtype="int64"),
+            "f": [0.1, 1.5, np.nan, 3.25, -1e300, 5.0],
+            "s": ["a", "b", None, "d", "é", "f"],
+            "b": [True, False, True, True, False, False],
+        }
+    )
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- pandas
@@ -127,8 +137,9 @@ def test_dataframe_pickle_is_refused_unless_allowed(spool: Spool) -> None:
     pd.testing.assert_frame_equal(load("pandas", "pickle", path, allow_pickle=True), df)
 
 
-def test_dataframe_defaults_to_csv_gz_without_pyarrow(spool: Spool,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataframe_defaults_to_csv_gz_without_pyarrow(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
     snap, _, back = roundtrip(make_df(), spool)
     assert (snap.format, snap.extension) == ("csv.gz", ".csv.gz")
@@ -138,7 +149,8 @@ def test_dataframe_defaults_to_csv_gz_without_pyarrow(spool: Spool,
 
 
 def test_dataframe_multiindex_without_pyarrow_falls_back_to_pickle(
-        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
     df = make_df().set_index(["i", "s"])
     snap, _, back = roundtrip(df, spool, allow_pickle=True)
@@ -150,12 +162,16 @@ def test_dataframe_multiindex_without_pyarrow_falls_back_to_pickle(
         snapshot(df, spool, auto_pickle=False)
 
 
-@pytest.mark.parametrize("column", [
-    pd.Series([1, "a", 2.5], dtype=object),
-    pd.Series([1j, 2]),
-    pd.Series(pd.Categorical([1, "a", 1])),
-    pd.Series(pd.arrays.SparseArray([0, 0, 1])),
-], ids=["mixed_object", "complex", "mixed_categorical", "sparse"])
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series([1, "a", 2.5], dtype=object),
+        pd.Series([1j, 2]),
+        pd.Series(pd.Categorical([1, "a", 1])),
+        pd.Series(pd.arrays.SparseArray([0, 0, 1])),
+    ],
+    ids=["mixed_object", "complex", "mixed_categorical", "sparse"],
+)
 def test_dataframe_column_arrow_cannot_hold(spool: Spool, column: pd.Series) -> None:
     df = pd.DataFrame({"mixed": column})
     with pytest.raises(SerializationError, match=r"cannot be stored as \.parquet.*'mixed'"):
@@ -179,8 +195,9 @@ def test_dataframe_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> N
     df["f"] *= 2
     del df["s"]
     payload = write(snap, spool)
-    pd.testing.assert_frame_equal(load("pandas", "parquet", spool.blob_path(payload.sha256)),
-                                  expected)
+    pd.testing.assert_frame_equal(
+        load("pandas", "parquet", spool.blob_path(payload.sha256)), expected
+    )
 
 
 @pytest.mark.parametrize("ext", [None, ".csv.gz", ".csv", ".feather"])
@@ -207,15 +224,19 @@ def test_dataframe_unsupported_extension_lists_the_allowed(spool: Spool) -> None
 # ---------------------------------------------------------------------------- numpy
 
 
-@pytest.mark.parametrize("arr", [
-    np.eye(100, 100),
-    np.arange(24, dtype=np.int16).reshape(2, 3, 4),
-    np.array([True, False]),
-    np.array(3.5),
-    np.array(["ab", "cde"]),
-    np.zeros((0, 3), dtype=np.float32),
-    np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
-], ids=["eye", "int3d", "bool", "0d", "str", "empty", "structured"])
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.eye(100, 100),
+        np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+        np.array([True, False]),
+        np.array(3.5),
+        np.array(["ab", "cde"]),
+        np.zeros((0, 3), dtype=np.float32),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+    ],
+    ids=["eye", "int3d", "bool", "0d", "str", "empty", "structured"],
+)
 def test_numpy_npz_round_trips(spool: Spool, arr: np.ndarray) -> None:
     snap, _, back = roundtrip(arr, spool)
     assert (snap.type, snap.format, snap.extension) == ("numpy", "npz", ".npz")
@@ -223,14 +244,18 @@ def test_numpy_npz_round_trips(spool: Spool, arr: np.ndarray) -> None:
     np.testing.assert_array_equal(back, arr)
 
 
-@pytest.mark.parametrize("arr", [
-    np.array([1.0, np.nan, np.inf, -0.1, 1 / 3]),
-    np.arange(12, dtype=np.int64).reshape(3, 4) - 5,
-    np.arange(4, dtype=np.float32).reshape(1, 4) / 3,
-    np.arange(4, dtype=np.uint64).reshape(4, 1) + 2**63,
-    np.array([[True, False], [False, True]]),
-    np.zeros((0, 3)),
-], ids=["float1d", "int2d", "one_row", "one_col_uint64", "bool", "empty"])
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.array([1.0, np.nan, np.inf, -0.1, 1 / 3]),
+        np.arange(12, dtype=np.int64).reshape(3, 4) - 5,
+        np.arange(4, dtype=np.float32).reshape(1, 4) / 3,
+        np.arange(4, dtype=np.uint64).reshape(4, 1) + 2**63,
+        np.array([[True, False], [False, True]]),
+        np.zeros((0, 3)),
+    ],
+    ids=["float1d", "int2d", "one_row", "one_col_uint64", "bool", "empty"],
+)
 def test_numpy_csv_gz_round_trips_shape_and_dtype(spool: Spool, arr: np.ndarray) -> None:
     snap, _, back = roundtrip(arr, spool, extension_name=".csv.gz")
     assert (snap.format, snap.extension) == ("csv.gz", ".csv.gz")
@@ -249,8 +274,9 @@ def test_numpy_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
     snap = snapshot(arr, spool)
     arr[:] = 7
     payload = write(snap, spool)
-    np.testing.assert_array_equal(load("numpy", "npz", spool.blob_path(payload.sha256)),
-                                  np.zeros((50, 50)))
+    np.testing.assert_array_equal(
+        load("numpy", "npz", spool.blob_path(payload.sha256)), np.zeros((50, 50))
+    )
 
 
 def test_same_array_twice_dedups_to_one_sha(spool: Spool) -> None:
@@ -287,7 +313,7 @@ def make_image(mode: str = "RGB") -> Image.Image:
     img = Image.new(mode, (32, 24))
     for x in range(32):
         for y in range(24):
-            img.putpixel((x, y), (x * 8, y * 10, 100, 255)[:len(mode)] if mode != "L" else x * 8)
+            img.putpixel((x, y), (x * 8, y * 10, 100, 255)[: len(mode)] if mode != "L" else x * 8)
     return img
 
 
@@ -299,11 +325,19 @@ def test_image_default_png_round_trips_pixels(spool: Spool) -> None:
     assert (back.mode, back.size, back.tobytes()) == (img.mode, img.size, img.tobytes())
 
 
-@pytest.mark.parametrize("ext,fmt,lossless", [
-    (".png", "png", True), (".jpg", "jpeg", False), (".jpeg", "jpeg", False),
-    (".webp", "webp", False), (".bmp", "bmp", True), (".tif", "tiff", True),
-    (".tiff", "tiff", True), (".gif", "gif", False),
-])
+@pytest.mark.parametrize(
+    "ext,fmt,lossless",
+    [
+        (".png", "png", True),
+        (".jpg", "jpeg", False),
+        (".jpeg", "jpeg", False),
+        (".webp", "webp", False),
+        (".bmp", "bmp", True),
+        (".tif", "tiff", True),
+        (".tiff", "tiff", True),
+        (".gif", "gif", False),
+    ],
+)
 def test_image_every_extension(spool: Spool, ext: str, fmt: str, lossless: bool) -> None:
     img = make_image("RGB")
     snap, _, back = roundtrip(img, spool, extension_name=ext)
@@ -348,13 +382,17 @@ def test_image_errors_and_preview(spool: Spool) -> None:
 # ------------------------------------------------------------------------ dict / list
 
 
-@pytest.mark.parametrize("obj", [
-    {"b": 1, "a": [1.5, None, True], "nested": {"é": "ü", "n": -3}},
-    [1, "two", {"three": 3.0}],
-    {},
-])
-@pytest.mark.parametrize("ext,fmt", [(None, "json"), (".json", "json"), (".yaml", "yaml"),
-                                     (".yml", "yaml")])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"b": 1, "a": [1.5, None, True], "nested": {"é": "ü", "n": -3}},
+        [1, "two", {"three": 3.0}],
+        {},
+    ],
+)
+@pytest.mark.parametrize(
+    "ext,fmt", [(None, "json"), (".json", "json"), (".yaml", "yaml"), (".yml", "yaml")]
+)
 def test_dict_and_list_round_trip(spool: Spool, obj: Any, ext: str | None, fmt: str) -> None:
     snap, _, back = roundtrip(obj, spool, extension_name=ext)
     assert (snap.type, snap.format) == (type(obj).__name__, fmt)
@@ -427,18 +465,31 @@ def test_text_round_trips_with_short_preview(spool: Spool) -> None:
     assert back == text and snap.preview == text[:200]
 
 
-@pytest.mark.parametrize("text", ["why?", "train/val loss: 0.3", "s3://bucket/key.csv",
-                                  "e.g. this", "v1.0", "[1,2]", "", "line\nwith/slash.csv"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "why?",
+        "train/val loss: 0.3",
+        "s3://bucket/key.csv",
+        "e.g. this",
+        "v1.0",
+        "[1,2]",
+        "",
+        "line\nwith/slash.csv",
+    ],
+)
 def test_strings_that_are_text(spool: Spool, text: str) -> None:
     snap, _, back = roundtrip(text, spool)
     assert snap.type == "str" and back == text
 
 
-@pytest.mark.parametrize("text", ["results.csv", "runs/a.csv", "/nonexistent/file",
-                                  "./data", "~/surely-not-here-artisync"])
-def test_strings_that_look_like_missing_paths_are_errors(spool: Spool, text: str,
-                                                         tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "text",
+    ["results.csv", "runs/a.csv", "/nonexistent/file", "./data", "~/surely-not-here-artisync"],
+)
+def test_strings_that_look_like_missing_paths_are_errors(
+    spool: Spool, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SerializationError, match="does not exist"):
         snapshot(text, spool)
@@ -455,14 +506,22 @@ def test_bytes_round_trip(spool: Spool, data: Any) -> None:
 
 def test_custom_serialization_function(spool: Spool) -> None:
     obj = Point(5, 6)
-    snap = snapshot(obj, spool, serialization_function=lambda p: f"{p.x},{p.y}".encode(),
-                    extension_name=".txt")
+    snap = snapshot(
+        obj, spool, serialization_function=lambda p: f"{p.x},{p.y}".encode(), extension_name=".txt"
+    )
     payload = write(snap, spool)
     path = spool.blob_path(payload.sha256)
     assert (snap.type, snap.format, snap.extension) == ("custom", "bytes", ".txt")
     assert load("custom", "bytes", path) == b"5,6"
-    assert load("custom", "bytes", path,
-                deserialization_function=lambda b: Point(*map(int, b.split(b",")))) == obj
+    assert (
+        load(
+            "custom",
+            "bytes",
+            path,
+            deserialization_function=lambda b: Point(*map(int, b.split(b","))),
+        )
+        == obj
+    )
 
 
 def test_custom_serialization_function_errors(spool: Spool) -> None:
@@ -512,8 +571,9 @@ def test_file_extension_rules(spool: Spool, tmp_path: Path) -> None:
         snapshot(src, spool, extension_name=".json")
 
 
-def test_existing_file_wins_over_text(spool: Spool, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_file_wins_over_text(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("notes").write_text("hello")
     snap = snapshot("notes", spool)
@@ -539,7 +599,11 @@ def test_folder_round_trips_through_materialize_tree(spool: Spool, tmp_path: Pat
     src = make_folder(tmp_path / "data_samples")
     snap = snapshot(str(src), spool)
     assert (snap.type, snap.format, snap.extension, snap.filename) == (
-        "folder", "tree", "", "data_samples")
+        "folder",
+        "tree",
+        "",
+        "data_samples",
+    )
     payload = write(snap, spool)
     listing = json.loads(spool.blob_path(payload.sha256).read_bytes())
     assert listing["version"] == 1
@@ -596,8 +660,9 @@ def test_wildcard_stores_matches_relative_to_the_base(spool: Spool, tmp_path: Pa
     assert tree(out) == {"b.jpg": b"\xff\xd8jpeg"}
 
 
-def test_wildcard_recursive_and_relative_to_cwd(spool: Spool, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wildcard_recursive_and_relative_to_cwd(
+    spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_folder(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     payload = write(snapshot("data/**/*.jpg", spool), spool)
@@ -654,8 +719,7 @@ def test_materialize_tree_refuses_symlink_escape(spool: Spool, tmp_path: Path) -
     dest.mkdir()
     (tmp_path / "outside").mkdir()
     os.symlink(tmp_path / "outside", dest / "link")
-    listing = write_listing(tmp_path / "l.json",
-                            [{"path": "link/x", "sha256": sha, "size": size}])
+    listing = write_listing(tmp_path / "l.json", [{"path": "link/x", "sha256": sha, "size": size}])
     with pytest.raises(IntegrityError, match="leaves the destination"):
         materialize_tree(listing, fetcher(spool), dest)
     assert list((tmp_path / "outside").iterdir()) == []
@@ -689,8 +753,9 @@ def test_load_refuses_trees_and_unknown_formats(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "dict"])
-def test_discard_frees_temps_and_write_then_refuses(spool: Spool, tmp_path: Path,
-                                                    kind: str) -> None:
+def test_discard_frees_temps_and_write_then_refuses(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
     src = make_folder(tmp_path / "d")
     obj = {"file": src / "a.txt", "folder": src, "dataframe": make_df(), "dict": {"a": 1}}[kind]
     snap = snapshot(obj, spool)
@@ -714,8 +779,13 @@ def test_write_twice_is_refused(spool: Spool) -> None:
 @pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "image", "dict"])
 def test_failed_write_leaves_no_temp_files(spool: Spool, tmp_path: Path, kind: str) -> None:
     src = make_folder(tmp_path / "d")
-    obj = {"file": src / "a.txt", "folder": src, "dataframe": make_df(),
-           "image": make_image(), "dict": {"a": 1}}[kind]
+    obj = {
+        "file": src / "a.txt",
+        "folder": src,
+        "dataframe": make_df(),
+        "image": make_image(),
+        "dict": {"a": 1},
+    }[kind]
     snap = snapshot(obj, spool)
     spool.blobs.rename(tmp_path / "blobs-away")  # commit cannot rename into blobs/
     with pytest.raises(OSError):
@@ -724,8 +794,9 @@ def test_failed_write_leaves_no_temp_files(spool: Spool, tmp_path: Path, kind: s
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux procfs")
-def test_snapshot_of_folder_with_unreadable_file_leaves_no_temps(spool: Spool,
-                                                                tmp_path: Path) -> None:
+def test_snapshot_of_folder_with_unreadable_file_leaves_no_temps(
+    spool: Spool, tmp_path: Path
+) -> None:
     """/proc/self/mem is a regular file whose first page fails to read (EIO), for root too."""
     src = make_folder(tmp_path / "d")
     os.symlink("/proc/self/mem", src / "zz-unreadable")  # sorted last: copied after the rest
@@ -736,9 +807,10 @@ def test_snapshot_of_folder_with_unreadable_file_leaves_no_temps(spool: Spool,
 
 
 def test_importing_serializers_loads_no_heavy_module() -> None:
-    code = ("import sys, artisync._serializers, artisync._trees; "
-            "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'pyarrow', 'yaml') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, artisync._serializers, artisync._trees; "
+        "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'pyarrow', 'yaml') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
-"""Helpers shared by the cloud backends (s3, gs, azure): key joining under a
-prefix, option parsing, checksum encodings, Retry-After, and atomic downloads."""
+"""What the cloud backends (s3, gs, azure) share: the ``put`` template and error
+mapping hook (:class:`CloudStorage`), keys under a prefix, parallel part uploads
+from disk, option parsing, checksum encodings, Retry-After, atomic downloads."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, ClassVar, TypeVar
 
 from .base import (
     IntegrityError,
+    ObjectInfo,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
@@ -28,8 +31,8 @@ from .base import (
 log = logging.getLogger("artisync.daemon.storage")
 T = TypeVar("T")
 
-CHUNK = 1024 * 1024
 MiB = 1024 * 1024
+PART_ATTEMPTS = 4  # per part, inside one put: a flaky network never re-sends finished parts
 
 
 class Prefix:
@@ -51,7 +54,108 @@ class Prefix:
         return self._head + prefix
 
     def rel(self, name: str) -> str | None:
-        return name[len(self._head):] if name.startswith(self._head) else None
+        return name[len(self._head) :] if name.startswith(self._head) else None
+
+
+class CloudStorage:
+    """Base of the cloud backends: ``put``/``put_bytes`` pick the small or the large
+    path, and ``_errors`` turns a client library's exceptions into ours, once."""
+
+    uri: str
+    part_size: int
+    multipart_threshold: int
+    _prefix: Prefix
+    # False where the server itself verifies the SHA-256 of a small body (S3)
+    hash_small_locally: ClassVar[bool] = True
+
+    def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
+        raise NotImplementedError
+
+    @contextmanager
+    def _errors(self, op: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, op, key) from exc
+
+    async def _put_small(self, key: str, name: str, data: bytes, sha256: str) -> None:
+        raise NotImplementedError
+
+    async def _put_large(self, key: str, name: str, src: Path, size: int, sha256: str) -> None:
+        raise NotImplementedError
+
+    async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
+        name = self._prefix.key(key)
+        sha256 = sha256.lower()
+        actual = (await asyncio.to_thread(os.stat, src)).st_size
+        if actual != size:
+            raise self._integrity(f"source has {actual} bytes, expected {size}", key)
+        if size >= self.multipart_threshold and size > self.part_size:
+            await self._put_large(key, name, src, size, sha256)
+        else:
+
+            def read() -> tuple[bytes, str | None]:  # hashing stays off the event loop
+                data = src.read_bytes()
+                return data, hashlib.sha256(data).hexdigest() if self.hash_small_locally else None
+
+            data, digest = await asyncio.to_thread(read)
+            if len(data) != size:
+                raise self._integrity("source changed while reading", key)
+            if digest is not None and digest != sha256:
+                raise self._integrity(f"source sha256 is {digest}, expected {sha256}", key)
+            await self._put_small(key, name, data, sha256)
+        return ObjectInfo(key, size, sha256)
+
+    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        name = self._prefix.key(key)
+        digest = hashlib.sha256(data).hexdigest()
+        await self._put_small(key, name, data, digest)
+        return ObjectInfo(key, len(data), digest)
+
+    def _integrity(self, message: str, key: str, op: str = "put") -> IntegrityError:
+        return IntegrityError(message, op=op, key=key, backend=self.uri)
+
+    async def _upload_parts(
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        concurrency: int,
+        send: Callable[[int, bytes], Awaitable[None]],
+    ) -> tuple[str, bytes]:
+        """Read ``src`` in parts, in order, hashing the whole file on the way, and
+        ``send(number, data)`` them (numbered from 1), ``concurrency`` at a time, each
+        retried alone. Memory stays under concurrency x part_size. Returns the file's
+        SHA-256 (hex) and MD5 (raw)."""
+        sha, md5 = hashlib.sha256(), hashlib.md5()
+        slots = asyncio.Semaphore(concurrency)
+
+        def read(offset: int, length: int) -> bytes:
+            data = read_range(src, offset, length)
+            sha.update(data)
+            md5.update(data)
+            return data
+
+        async def one(number: int, data: bytes) -> None:
+            try:
+                await retry_part(lambda: send(number, data), backend=self.uri, key=key, part=number)
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for number, offset in enumerate(range(0, size, self.part_size), start=1):
+                    await slots.acquire()
+                    length = min(self.part_size, size - offset)
+                    data = await asyncio.to_thread(read, offset, length)
+                    if len(data) != length:
+                        raise self._integrity("source shrank while reading", key)
+                    tg.create_task(one(number, data))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return sha.hexdigest(), md5.digest()
 
 
 def opt_int(options: Mapping[str, Any], name: str, default: int, *, minimum: int = 1) -> int:
@@ -107,24 +211,48 @@ def read_range(path: Path, offset: int, length: int) -> bytes:
         return f.read(length)
 
 
-def check_source(data: bytes, *, size: int, sha256: str, key: str, backend: str) -> None:
-    """A small source read whole: its size and SHA-256 must match before it is sent."""
-    if len(data) != size:
-        raise IntegrityError(f"source has {len(data)} bytes, expected {size}",
-                             op="put", key=key, backend=backend)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256.lower():
-        raise IntegrityError(f"source sha256 is {digest}, expected {sha256}",
-                             op="put", key=key, backend=backend)
+def backoff(attempt: int, exc: TransientStorageError) -> float:
+    """Delay before retrying a part: full jitter, at least the server's Retry-After."""
+    return max(random.uniform(0, min(5.0, 0.2 * 2**attempt)), min(exc.retry_after or 0.0, 30.0))
+
+
+async def retry_part(send: Callable[[], Awaitable[T]], *, backend: str, key: str, part: int) -> T:
+    """Retry one part (or block) of a large upload alone, a few times."""
+    for attempt in range(1, PART_ATTEMPTS + 1):
+        try:
+            return await send()
+        except TransientStorageError as exc:
+            if attempt == PART_ATTEMPTS:
+                raise
+            delay = backoff(attempt, exc)
+            fields = {"backend": backend, "key": key, "part": part, "attempt": attempt}
+            log.warning(
+                "part upload failed, retrying the part in %.2fs: %s", delay, exc, extra=fields
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The most telling error out of a TaskGroup: a permanent StorageError, else any
+    StorageError, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for exc in g.exceptions:
+            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+
+    walk(group)
+    ours = [exc for exc in leaves if isinstance(exc, StorageError)]
+    permanent = [exc for exc in ours if isinstance(exc, PermanentStorageError)]
+    return (permanent or ours or leaves)[0]
 
 
 class AtomicDownload:
     """Write a download to a temp file beside ``dest``, hashing it; rename on success.
 
-        async with AtomicDownload(dest) as out:
-            await out.write(chunk)
-            ...
-        # out.sha256, out.size
+    ``async with AtomicDownload(dest) as out: await out.write(chunk)``, then
+    ``out.sha256`` and ``out.size``; call :func:`verify_download` inside the block.
     """
 
     def __init__(self, dest: Path) -> None:
@@ -160,62 +288,23 @@ class AtomicDownload:
         else:
             self.tmp.unlink(missing_ok=True)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if et is None:
             await asyncio.to_thread(self._finish, True)
         else:  # cancellation included: leave no temp file behind
             self._finish(False)
 
 
-def verify_download(out: AtomicDownload, *, expected_sha256: str | None,
-                    expected_size: int | None, key: str, backend: str) -> None:
+def verify_download(
+    out: AtomicDownload, expected_sha256: str | None, expected_size: int | None, key: str, uri: str
+) -> None:
     """Raise before the rename if what arrived is not what the object claims to be."""
     if expected_size is not None and out.size != expected_size:
-        raise IntegrityError(f"downloaded {out.size} bytes, object has {expected_size}",
-                             op="get", key=key, backend=backend)
-    if expected_sha256 and out.sha256 != expected_sha256.lower():
-        raise IntegrityError(f"downloaded sha256 {out.sha256}, object records {expected_sha256}",
-                             op="get", key=key, backend=backend)
-
-
-PART_ATTEMPTS = 4
-
-
-async def retry_part(send: Callable[[], Awaitable[T]], *, backend: str, key: str,
-                     part: int, attempts: int = PART_ATTEMPTS) -> T:
-    """Retry one part (or block, or chunk) of a large upload alone, a few times, so a
-    flaky network never makes us re-send the parts that already arrived."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await send()
-        except TransientStorageError as exc:
-            if attempt == attempts:
-                raise
-            delay = max(random.uniform(0, min(5.0, 0.2 * 2 ** attempt)),
-                        min(exc.retry_after or 0.0, 30.0))
-            log.warning("part upload failed, retrying the part", extra={
-                "backend": backend, "key": key, "part": part, "attempt": attempt,
-                "delay": round(delay, 3), "error": str(exc)})
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most telling error out of a TaskGroup: a permanent StorageError, else any
-    StorageError, else the first."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for exc in g.exceptions:
-            if isinstance(exc, BaseExceptionGroup):
-                walk(exc)
-            else:
-                leaves.append(exc)
-
-    walk(group)
-    for wanted in (PermanentStorageError, StorageError):
-        for exc in leaves:
-            if isinstance(exc, wanted):
-                return exc
-    return leaves[0]
+        message = f"downloaded {out.size} bytes, object has {expected_size}"
+    elif expected_sha256 and out.sha256 != expected_sha256.lower():
+        message = f"downloaded sha256 {out.sha256}, object records {expected_sha256}"
+    else:
+        return
+    raise IntegrityError(message, op="get", key=key, backend=uri)

@@ -124,8 +124,10 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme not in _MODULES:
-        raise ValueError(f"unknown storage scheme {scheme!r} in {uri!r}; "
-                         f"use one of: {', '.join(sorted(_MODULES))}")
+        raise ValueError(
+            f"unknown storage scheme {scheme!r} in {uri!r}; "
+            f"use one of: {', '.join(sorted(_MODULES))}"
+        )
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"file URI {uri!r} must be file:///absolute/path")
@@ -137,9 +139,14 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape a prefix on any backend."""
-    if (not key or key.startswith("/") or "\x00" in key or "\\" in key
-            or any(p in ("", ".", "..") for p in key.split("/")[:-1])
-            or key.split("/")[-1] in (".", "..")):
+    if (
+        not key
+        or key.startswith("/")
+        or "\x00" in key
+        or "\\" in key
+        or any(p in ("", ".", "..") for p in key.split("/")[:-1])
+        or key.split("/")[-1] in (".", "..")
+    ):
         raise PermanentStorageError(f"unsafe storage key {key!r}", key=key)
     return key
 

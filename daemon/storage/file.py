@@ -39,8 +39,7 @@ class FileStorage:
     scheme: ClassVar[str] = "file"
     atomic_put = True
 
-    def __init__(self, root: Path | str, *, max_concurrency: int = 8,
-                 fsync: bool = True) -> None:
+    def __init__(self, root: Path | str, *, max_concurrency: int = 8, fsync: bool = True) -> None:
         self.root = Path(root)
         self.uri = str(self.root)
         self.max_concurrency = max_concurrency
@@ -50,8 +49,9 @@ class FileStorage:
         check_key(key)
         path = self.root / key
         # belt and braces: a key can never resolve outside the root
-        if os.path.commonpath([os.path.normpath(path), os.path.normpath(self.root)]) != \
-                os.path.normpath(self.root):
+        if os.path.commonpath(
+            [os.path.normpath(path), os.path.normpath(self.root)]
+        ) != os.path.normpath(self.root):
             raise PermanentStorageError(f"key {key!r} escapes the storage root", key=key)
         return path
 
@@ -61,18 +61,30 @@ class FileStorage:
         except StorageError:
             raise
         except FileNotFoundError as exc:
-            raise NotFound(f"no such object: {exc.strerror}", op=op, key=key,
-                           backend=self.uri) from exc
+            raise NotFound(
+                f"no such object: {exc.strerror}", op=op, key=key, backend=self.uri
+            ) from exc
         except PermissionError as exc:
-            raise AccessDenied(f"permission denied: {exc.strerror}", op=op, key=key,
-                               backend=self.uri, hint="check the folder's owner and mode") from exc
+            raise AccessDenied(
+                f"permission denied: {exc.strerror}",
+                op=op,
+                key=key,
+                backend=self.uri,
+                hint="check the folder's owner and mode",
+            ) from exc
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise PermanentStorageError(f"{exc.strerror}", op=op, key=key, backend=self.uri,
-                                            hint="free space or fix the mount") from exc
+                raise PermanentStorageError(
+                    f"{exc.strerror}",
+                    op=op,
+                    key=key,
+                    backend=self.uri,
+                    hint="free space or fix the mount",
+                ) from exc
             # ESTALE, EIO, ETIMEDOUT on network filesystems: may heal
-            raise TransientStorageError(f"{exc.strerror or exc}", op=op, key=key,
-                                        backend=self.uri) from exc
+            raise TransientStorageError(
+                f"{exc.strerror or exc}", op=op, key=key, backend=self.uri
+            ) from exc
 
     def _write_atomic(self, path: Path, fill: Callable[[Any], str]) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +116,12 @@ class FileStorage:
                     n += len(chunk)
             digest = h.hexdigest()
             if digest != sha256 or n != size:
-                raise IntegrityError(f"source does not match: sha256 {digest}, size {n}",
-                                     op="put", key=key, backend=self.uri)
+                raise IntegrityError(
+                    f"source does not match: sha256 {digest}, size {n}",
+                    op="put",
+                    key=key,
+                    backend=self.uri,
+                )
             return digest
 
         await self._run("put", key, lambda: self._write_atomic(path, copy))
@@ -196,8 +212,11 @@ class FileStorage:
 
 def _factory(uri: str, options: Mapping[str, Any]) -> FileStorage:
     _, root, _ = parse_uri(uri)
-    return FileStorage(root, max_concurrency=int(options.get("concurrency", 8)),
-                       fsync=bool(options.get("fsync", True)))
+    return FileStorage(
+        root,
+        max_concurrency=int(options.get("concurrency", 8)),
+        fsync=bool(options.get("fsync", True)),
+    )
 
 
 register("file", _factory)

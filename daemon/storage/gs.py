@@ -9,21 +9,19 @@ Integrity: the source's SHA-256 and size are checked while it is read, before it
 last byte is sent, so a mismatch never completes an upload. Small objects go up
 in one multipart request carrying ``md5Hash``, which GCS verifies. Large objects
 use a resumable session fed in chunks read from disk (bounded memory); a chunk
-that fails is resumed from the offset the server reports. Either way the
+that fails is resumed from the offset the session reports. Either way the
 ``md5Hash`` GCS reports for the finished object is compared with the MD5 computed
-locally, and a mismatching object is deleted before :class:`IntegrityError` is
-raised.
+locally; a mismatching object is deleted before :class:`IntegrityError` is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
-import os
-import random
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -44,9 +42,10 @@ from gcloud.aio.storage.storage import (
 from ._common import (
     PART_ATTEMPTS,
     AtomicDownload,
+    CloudStorage,
     MiB,
     Prefix,
-    check_source,
+    backoff,
     opt_int,
     opt_str,
     parse_retry_after,
@@ -68,11 +67,14 @@ from .base import (
 log = logging.getLogger(__name__)
 
 OCTET = "application/octet-stream"
+JSON = "application/json; charset=UTF-8"
 GRANULE = 256 * 1024  # resumable chunks must be multiples of this (all but the last)
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+_LIB_TIMEOUT: Any = _TIMEOUT  # gcloud-aio annotates an int, passes it on to aiohttp
+Resource = dict[str, Any]
 
 
-class GSStorage:
+class GSStorage(CloudStorage):
     """A GCS bucket (and optional prefix).
 
     :param bucket: bucket name.
@@ -89,35 +91,44 @@ class GSStorage:
     scheme: ClassVar[str] = "gs"
     atomic_put = True
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 service_file: str | None = None, part_size: int = 8 * MiB,
-                 multipart_threshold: int = 16 * MiB, max_concurrency: int = 16,
-                 list_page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        service_file: str | None = None,
+        part_size: int = 8 * MiB,
+        multipart_threshold: int = 16 * MiB,
+        max_concurrency: int = 16,
+        list_page_size: int = 1000,
+    ) -> None:
         self.bucket = bucket
         self._prefix = Prefix(prefix)
         self.uri = f"gs://{bucket}/{self._prefix.prefix}".rstrip("/")
         self.part_size = max(GRANULE, part_size // GRANULE * GRANULE)
-        self.multipart_threshold = max(multipart_threshold, 1)
+        self.multipart_threshold = multipart_threshold
         self.max_concurrency = max_concurrency
         self.list_page_size = list_page_size
-        self._endpoint_url = endpoint_url
+        self._is_dev, self._root = init_api_root(endpoint_url)
         self._service_file = service_file
         self._client: GCSClient | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    # -- plumbing -------------------------------------------------------------------------
-
     def _gcs(self) -> GCSClient:
         if self._client is None:
-            self._is_dev, self._root = init_api_root(self._endpoint_url)
-            self._session = aiohttp.ClientSession(
-                timeout=_TIMEOUT,
-                connector=aiohttp.TCPConnector(limit=2 * self.max_concurrency))
-            self._token = Token(service_file=self._service_file, session=self._session,
-                                scopes=SCOPES)
-            self._http = AioSession(self._session)
-            self._client = GCSClient(session=self._session, token=self._token,
-                                     api_root=self._root, api_is_dev=self._is_dev)
+            connector = aiohttp.TCPConnector(limit=2 * self.max_concurrency)
+            # typed Any: gcloud-aio annotates its sessions as the requests flavour's
+            session: Any = aiohttp.ClientSession(timeout=_TIMEOUT, connector=connector)
+            self._session = session
+            self._token = Token(service_file=self._service_file, session=session, scopes=SCOPES)
+            self._http = AioSession(session)
+            self._client = GCSClient(
+                session=session,
+                token=self._token,
+                api_root=self._root,
+                api_is_dev=self._is_dev,
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -127,9 +138,7 @@ class GSStorage:
 
     async def _auth(self) -> dict[str, str]:
         self._gcs()
-        if self._is_dev:
-            return {}
-        return {"Authorization": f"Bearer {await self._token.get()}"}
+        return {} if self._is_dev else {"Authorization": f"Bearer {await self._token.get()}"}
 
     def _object_url(self, name: str) -> str:
         return f"{self._root}/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(name, safe='')}"
@@ -138,90 +147,69 @@ class GSStorage:
     def _upload_url(self) -> str:
         return f"{self._root}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
 
-    @contextmanager
-    def _errors(self, op: str, key: str) -> Iterator[None]:
-        try:
-            yield
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, op, key) from exc
-
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
         ctx = {"op": op, "key": key, "backend": self.uri}
         if isinstance(exc, aiohttp.ClientResponseError):
             return self._translate_status(exc, ctx)
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return TransientStorageError(f"cannot connect to endpoint {self._root}", **ctx)
+            hint = "check the endpoint URL and the network"
+            return TransientStorageError(
+                f"cannot connect to endpoint {self._root}", **ctx, hint=hint
+            )
         if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
             return TransientStorageError(f"{type(exc).__name__}: {exc}", **ctx)
         return TransientStorageError(f"unexpected {type(exc).__name__}: {exc}", **ctx)
 
-    def _translate_status(self, exc: aiohttp.ClientResponseError,
-                          ctx: dict[str, str]) -> StorageError:
+    def _translate_status(
+        self, exc: aiohttp.ClientResponseError, ctx: dict[str, str]
+    ) -> StorageError:
         status, text = exc.status, f"HTTP {exc.status}: {_google_message(exc.message)}"
         if status == 404 and ctx["op"] in ("put", "list"):
-            return AccessDenied(f"bucket {self.bucket!r} does not exist ({text})", **ctx,
-                                hint="bucket missing: create it or fix the URI")
+            message = f"bucket {self.bucket!r} does not exist ({text})"
+            return AccessDenied(message, **ctx, hint="bucket missing: create it or fix the URI")
         if status == 404:
             return NotFound(f"no such object ({text})", **ctx)
         if status in (401, 403):
-            return AccessDenied(f"access denied ({text})", **ctx,
-                                hint="check credentials (GOOGLE_APPLICATION_CREDENTIALS or the "
-                                     "service_file option) and the bucket's permissions")
+            hint = "check credentials (GOOGLE_APPLICATION_CREDENTIALS or service_file)"
+            return AccessDenied(f"access denied ({text})", **ctx, hint=hint)
         if status == 400 and "hash" in text.lower():
             return IntegrityError(f"checksum rejected by the server ({text})", **ctx)
         if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after((exc.headers or {}).get("Retry-After"))
+            headers = exc.headers if isinstance(exc.headers, Mapping) else {}
+            retry_after = parse_retry_after(headers.get("Retry-After"))
             return TransientStorageError(text, retry_after=retry_after, **ctx)
         return PermanentStorageError(text, **ctx)
 
     # -- uploads --------------------------------------------------------------------------
 
-    async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
-        name = self._prefix.key(key)
-        sha256 = sha256.lower()
-        actual = (await asyncio.to_thread(os.stat, src)).st_size
-        if actual != size:
-            raise IntegrityError(f"source has {actual} bytes, expected {size}",
-                                 op="put", key=key, backend=self.uri)
-        if size >= self.multipart_threshold and size > self.part_size:
-            await self._put_resumable(key, name, src, size, sha256)
-        else:
-            data = await asyncio.to_thread(src.read_bytes)
-            check_source(data, size=size, sha256=sha256, key=key, backend=self.uri)
-            await self._put_small(key, name, data, sha256)
-        return ObjectInfo(key, size, sha256)
-
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        name = self._prefix.key(key)
-        digest = hashlib.sha256(data).hexdigest()
-        await self._put_small(key, name, data, digest)
-        return ObjectInfo(key, len(data), digest)
-
     async def _put_small(self, key: str, name: str, data: bytes, sha256: str) -> None:
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        meta = {"name": name, "contentType": OCTET, "md5Hash": md5,
-                "metadata": {"sha256": sha256}}
-        body, content_type = encode_multipart_formdata(
-            [({"Content-Type": "application/json; charset=UTF-8"}, json.dumps(meta).encode()),
-             ({"Content-Type": OCTET}, data)], choose_boundary())
+        md5 = base64.b64encode(await asyncio.to_thread(lambda: hashlib.md5(data).digest())).decode()
+        meta = {"name": name, "contentType": OCTET, "md5Hash": md5, "metadata": {"sha256": sha256}}
+        parts = [
+            ({"Content-Type": JSON}, json.dumps(meta).encode()),
+            ({"Content-Type": OCTET}, data),
+        ]
+        body, content_type = encode_multipart_formdata(parts, choose_boundary())
         with self._errors("put", key):
             headers = {**await self._auth(), "Content-Type": content_type}
-            resp = await self._http.post(self._upload_url, headers=headers, data=body,
-                                         params={"uploadType": "multipart"}, timeout=_TIMEOUT)
+            params = {"uploadType": "multipart"}
+            resp = await self._http.post(
+                self._upload_url, headers=headers, data=body, params=params, timeout=_TIMEOUT
+            )
             resource = await resp.json(content_type=None)
         await self._verify_upload(resource, key, name, len(data), md5)
 
-    async def _put_resumable(self, key: str, name: str, src: Path, size: int,
-                             sha256: str) -> None:
+    async def _put_large(self, key: str, name: str, src: Path, size: int, sha256: str) -> None:
         meta = {"name": name, "contentType": OCTET, "metadata": {"sha256": sha256}}
         with self._errors("put", key):
-            headers = {**await self._auth(), "Content-Type": "application/json; charset=UTF-8",
-                       "X-Upload-Content-Type": OCTET, "X-Upload-Content-Length": str(size)}
-            resp = await self._http.post(self._upload_url, headers=headers,
-                                         data=json.dumps(meta), timeout=_TIMEOUT,
-                                         params={"uploadType": "resumable", "name": name})
+            headers = {**await self._auth(), "Content-Type": JSON, "X-Upload-Content-Type": OCTET}
+            resp = await self._http.post(
+                self._upload_url,
+                headers={**headers, "X-Upload-Content-Length": str(size)},
+                data=json.dumps(meta),
+                params={"uploadType": "resumable", "name": name},
+                timeout=_TIMEOUT,
+            )
             session_uri = resp.headers["Location"]
             resp.release()
         md5, whole = hashlib.md5(), hashlib.sha256()
@@ -233,28 +221,30 @@ class GSStorage:
             return data
 
         try:
-            resource: dict[str, Any] | None = None
+            resource: Resource | None = None
             for offset in range(0, size, self.part_size):
                 length = min(self.part_size, size - offset)
                 data = await asyncio.to_thread(read, offset, length)
                 last = offset + length == size
                 if len(data) != length:
-                    raise IntegrityError("source shrank while reading", op="put", key=key,
-                                         backend=self.uri)
+                    raise self._integrity("source shrank while reading", key)
                 if last and whole.hexdigest() != sha256:  # before the last byte goes out
-                    raise IntegrityError(f"source sha256 is {whole.hexdigest()}, expected "
-                                         f"{sha256}", op="put", key=key, backend=self.uri)
+                    raise self._integrity(
+                        f"source sha256 is {whole.hexdigest()}, not {sha256}", key
+                    )
                 resource = await self._send_chunk(session_uri, key, data, offset, size, last)
                 if resource is not None and not last:
-                    break  # the session ended early; _verify_upload catches the short object
-            await self._verify_upload(resource, key, name, size,
-                                      base64.b64encode(md5.digest()).decode())
+                    break  # the session ended early; _verify_upload finds the short object
+            await self._verify_upload(
+                resource, key, name, size, base64.b64encode(md5.digest()).decode()
+            )
         except BaseException:
             await asyncio.shield(self._cancel_session(session_uri))
             raise
 
-    async def _send_chunk(self, uri: str, key: str, data: bytes, offset: int, size: int,
-                          last: bool) -> dict[str, Any] | None:
+    async def _send_chunk(
+        self, uri: str, key: str, data: bytes, offset: int, size: int, last: bool
+    ) -> Resource | None:
         """PUT one chunk; after a transient failure ask the session how much it holds
         and send only the rest. Returns the object resource once the upload is done."""
         end = offset + len(data)
@@ -266,84 +256,93 @@ class GSStorage:
                     if done:
                         return resource
                     if not offset <= pos <= end:
-                        raise TransientStorageError(f"resumable session holds {pos} bytes, "
-                                                    f"expected {offset}..{end}", op="put",
-                                                    key=key, backend=self.uri)
+                        message = f"resumable session holds {pos} bytes, expected {offset}..{end}"
+                        raise TransientStorageError(message, op="put", key=key, backend=self.uri)
                     if pos == end and not last:
                         return None
-                return await self._put_range(uri, key, data[pos - offset:], pos, size, last)
+                return await self._put_range(uri, key, data[pos - offset :], pos, size, last)
             except TransientStorageError as exc:
                 if attempt == PART_ATTEMPTS:
                     raise
-                delay = max(random.uniform(0, min(5.0, 0.2 * 2 ** attempt)),
-                            min(exc.retry_after or 0.0, 30.0))
-                log.warning("gcs chunk upload failed, resuming", extra={
-                    "backend": self.uri, "key": key, "offset": offset, "attempt": attempt,
-                    "delay": round(delay, 3), "error": str(exc)})
+                delay = backoff(attempt, exc)
+                fields = {"backend": self.uri, "key": key, "offset": offset, "attempt": attempt}
+                log.warning(
+                    "gcs chunk upload failed, resuming in %.2fs: %s", delay, exc, extra=fields
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _put_range(self, uri: str, key: str, chunk: bytes, pos: int, size: int,
-                         last: bool) -> dict[str, Any] | None:
+    async def _put_range(
+        self, uri: str, key: str, chunk: bytes, pos: int, size: int, last: bool
+    ) -> Resource | None:
         span = f"bytes {pos}-{pos + len(chunk) - 1}" if chunk else "bytes *"
-        headers = {**await self._auth(), "Content-Type": OCTET,
-                   "Content-Range": f"{span}/{size if last else '*'}"}
-        with self._errors("put", key):
-            resp = await self._http.request("PUT", uri, headers=headers, data=chunk,
-                                            timeout=_TIMEOUT, allow_redirects=False)
-            if resp.status == 308:
+        total = size if last else "*"
+        headers = {**await self._auth(), "Content-Type": OCTET, "Content-Range": f"{span}/{total}"}
+        with self._errors("put", key), self._session_gone(key):
+            resp = await self._http.request(
+                "PUT", uri, headers=headers, data=chunk, timeout=_TIMEOUT, allow_redirects=False
+            )
+            if resp.status == 308:  # "resume incomplete": the chunk is in, send the next
                 resp.release()
                 return None
-            resource: dict[str, Any] = await resp.json(content_type=None)
+            resource: Resource = await resp.json(content_type=None)
         return resource
 
-    async def _query_session(self, uri: str, key: str,
-                             size: int) -> tuple[bool, int, dict[str, Any] | None]:
+    async def _query_session(
+        self, uri: str, key: str, size: int
+    ) -> tuple[bool, int, Resource | None]:
         headers = {**await self._auth(), "Content-Range": f"bytes */{size}"}
-        with self._errors("put", key):
-            resp = await self._http.request("PUT", uri, headers=headers, data=b"",
-                                            timeout=_TIMEOUT, allow_redirects=False)
+        with self._errors("put", key), self._session_gone(key):
+            resp = await self._http.request(
+                "PUT", uri, headers=headers, data=b"", timeout=_TIMEOUT, allow_redirects=False
+            )
             if resp.status != 308:
                 return True, size, await resp.json(content_type=None)
-            held = resp.headers.get("Range", "")  # "bytes=0-N", absent when nothing arrived
+            held = resp.headers.get("Range", "")  # "bytes=0-N"; absent when nothing arrived
             resp.release()
         return False, int(held.rsplit("-", 1)[1]) + 1 if held else 0, None
 
+    @contextmanager
+    def _session_gone(self, key: str) -> Iterator[None]:
+        """A resumable session that expired (or was cancelled) answers 404/410: that is
+        not a missing bucket, the whole upload just has to start over."""
+        try:
+            yield
+        except aiohttp.ClientResponseError as exc:
+            if exc.status not in (404, 410):
+                raise
+            message = f"resumable upload session gone (HTTP {exc.status})"
+            raise TransientStorageError(message, op="put", key=key, backend=self.uri) from exc
+
     async def _cancel_session(self, uri: str) -> None:
         try:
-            resp = await self._session.delete(uri, timeout=_TIMEOUT)  # type: ignore[union-attr]
-            resp.release()
+            assert self._session is not None
+            (await self._session.delete(uri, timeout=_TIMEOUT)).release()
         except Exception as exc:  # an abandoned session expires after a week
             log.debug("gcs resumable session cancel failed: %s", type(exc).__name__)
 
-    async def _verify_upload(self, resource: dict[str, Any] | None, key: str, name: str,
-                             size: int, md5: str) -> None:
+    async def _verify_upload(
+        self, resource: Resource | None, key: str, name: str, size: int, md5: str
+    ) -> None:
         if resource is not None and "md5Hash" not in resource:
-            with self._errors("put", key):
-                resource = await self._gcs().download_metadata(self.bucket, name,
-                                                               timeout=_TIMEOUT)  # type: ignore[arg-type]
+            resource = await self._metadata("put", key, name)
         got_size = int(resource.get("size", -1)) if resource else -1
         got_md5 = resource.get("md5Hash") if resource else None
         if got_size == size and got_md5 == md5:
             return
-        await asyncio.shield(self._delete_name(name))
-        if got_size != size:
-            raise TransientStorageError(f"upload ended with {got_size} of {size} bytes",
-                                        op="put", key=key, backend=self.uri)
-        raise IntegrityError(f"stored md5 {got_md5} differs from the source's {md5}",
-                             op="put", key=key, backend=self.uri)
+        with contextlib.suppress(StorageError):  # report the mismatch, not a failed cleanup
+            await asyncio.shield(self._delete_name(name, key))
+        if got_size != size:  # e.g. a session that ended early: send it all again
+            message = f"upload ended with {got_size} of {size} bytes"
+            raise TransientStorageError(message, op="put", key=key, backend=self.uri)
+        raise self._integrity(f"stored md5 {got_md5} differs from the source's {md5}", key)
 
     # -- reads, listing, deletion ---------------------------------------------------------
 
-    async def _metadata(self, op: str, key: str, name: str) -> dict[str, Any] | None:
-        with self._errors(op, key):
-            try:
-                meta: dict[str, Any] = await self._gcs().download_metadata(
-                    self.bucket, name, timeout=_TIMEOUT)  # type: ignore[arg-type]
-            except aiohttp.ClientResponseError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+    async def _metadata(self, op: str, key: str, name: str) -> Resource | None:
+        meta: Resource | None = None
+        with self._errors(op, key), _unless_404():
+            meta = await self._gcs().download_metadata(self.bucket, name, timeout=_LIB_TIMEOUT)
         return meta
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -356,51 +355,60 @@ class GSStorage:
         if meta is None:
             raise NotFound("no such object", op="get", key=key, backend=self.uri)
         info = _info(key, meta)
-        params = {"alt": "media", "generation": str(meta.get("generation", ""))}
+        # pin the generation we just described, so size and hash match what we read
+        params = {
+            "alt": "media",
+            **({"generation": meta["generation"]} if "generation" in meta else {}),
+        }
         with self._errors("get", key):
-            resp = await self._http.get(self._object_url(name), headers=await self._auth(),
-                                        params={k: v for k, v in params.items() if v},
-                                        timeout=_TIMEOUT)
+            resp = await self._http.get(
+                self._object_url(name), headers=await self._auth(), params=params, timeout=_TIMEOUT
+            )
             async with resp, AtomicDownload(dest) as out:
-                async for chunk in resp.content.iter_chunked(1024 * 1024):
+                async for chunk in resp.content.iter_chunked(MiB):
                     await out.write(chunk)
-                verify_download(out, expected_sha256=info.sha256, expected_size=info.size,
-                                key=key, backend=self.uri)
+                verify_download(out, info.sha256, info.size, key, self.uri)
         return ObjectInfo(key, out.size, out.sha256, info.modified)
 
     async def get_bytes(self, key: str) -> bytes:
         name = self._prefix.key(key)
         with self._errors("get", key):
-            return await self._gcs().download(self.bucket, name,
-                                              timeout=_TIMEOUT)  # type: ignore[arg-type]
+            return await self._gcs().download(self.bucket, name, timeout=_LIB_TIMEOUT)
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        params = {"prefix": self._prefix.list_prefix(prefix),
-                  "maxResults": str(self.list_page_size)}
+        params = {
+            "prefix": self._prefix.list_prefix(prefix),
+            "maxResults": str(self.list_page_size),
+        }
         while True:
             with self._errors("list", prefix):
-                page = await self._gcs().list_objects(self.bucket, params=dict(params),
-                                                      timeout=_TIMEOUT)  # type: ignore[arg-type]
+                page = await self._gcs().list_objects(
+                    self.bucket, params=dict(params), timeout=_LIB_TIMEOUT
+                )
             for item in page.get("items", []):
                 rel = self._prefix.rel(item["name"])
                 if rel:
                     yield _info(rel, item)
-            token = page.get("nextPageToken")
-            if not token:
+            if not page.get("nextPageToken"):
                 return
-            params["pageToken"] = token
+            params["pageToken"] = page["nextPageToken"]
 
     async def delete(self, key: str) -> None:
         await self._delete_name(self._prefix.key(key), key)
 
-    async def _delete_name(self, name: str, key: str = "") -> None:
-        with self._errors("delete", key or name):
-            try:
-                await self._gcs().delete(self.bucket, name,
-                                         timeout=_TIMEOUT)  # type: ignore[arg-type]
-            except aiohttp.ClientResponseError as exc:
-                if exc.status != 404:
-                    raise
+    async def _delete_name(self, name: str, key: str) -> None:
+        with self._errors("delete", key), _unless_404():
+            await self._gcs().delete(self.bucket, name, timeout=_LIB_TIMEOUT)
+
+
+@contextmanager
+def _unless_404() -> Iterator[None]:
+    """Absorb the library's 404 (head: no object; delete: already gone)."""
+    try:
+        yield
+    except aiohttp.ClientResponseError as exc:
+        if exc.status != 404:
+            raise
 
 
 def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
@@ -423,12 +431,15 @@ def _google_message(message: str) -> str:
 def _factory(uri: str, options: Mapping[str, Any]) -> GSStorage:
     _, bucket, prefix = parse_uri(uri)
     return GSStorage(
-        bucket, prefix, endpoint_url=opt_str(options, "endpoint_url"),
+        bucket,
+        prefix,
+        endpoint_url=opt_str(options, "endpoint_url"),
         service_file=opt_str(options, "service_file"),
         part_size=opt_int(options, "part_size", 8 * MiB),
         multipart_threshold=opt_int(options, "multipart_threshold", 16 * MiB),
         max_concurrency=opt_int(options, "concurrency", 16),
-        list_page_size=opt_int(options, "list_page_size", 1000))
+        list_page_size=opt_int(options, "list_page_size", 1000),
+    )
 
 
 register("gs", _factory)

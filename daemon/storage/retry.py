@@ -39,22 +39,48 @@ class _Backoff:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         elapsed = time.monotonic() - self.started
-        fields = {"backend": owner.uri, "op": self.op, "key": self.key,
-                  "attempt": self.failures, "elapsed": round(elapsed, 3), "error": str(exc)}
+        fields = {
+            "backend": owner.uri,
+            "op": self.op,
+            "key": self.key,
+            "attempt": self.failures,
+            "elapsed": round(elapsed, 3),
+            "error": str(exc),
+        }
         if elapsed + delay > owner.max_elapsed:
-            log.warning("storage %s failed, giving up after %d attempts in %.1fs: %s",
-                        self.op, self.failures, elapsed, exc, extra=fields)
+            log.warning(
+                "storage %s failed, giving up after %d attempts in %.1fs: %s",
+                self.op,
+                self.failures,
+                elapsed,
+                exc,
+                extra=fields,
+            )
             raise exc
-        log.warning("storage %s failed, retry %d in %.2fs: %s", self.op, self.failures,
-                    delay, exc, extra={**fields, "delay": round(delay, 3)})
+        log.warning(
+            "storage %s failed, retry %d in %.2fs: %s",
+            self.op,
+            self.failures,
+            delay,
+            exc,
+            extra={**fields, "delay": round(delay, 3)},
+        )
         await asyncio.sleep(delay)
 
     def succeeded(self) -> None:
         if self.failures:
-            log.info("storage %s succeeded after %d failed attempts", self.op, self.failures,
-                     extra={"backend": self.owner.uri, "op": self.op, "key": self.key,
-                            "attempt": self.failures + 1,
-                            "elapsed": round(time.monotonic() - self.started, 3)})
+            log.info(
+                "storage %s succeeded after %d failed attempts",
+                self.op,
+                self.failures,
+                extra={
+                    "backend": self.owner.uri,
+                    "op": self.op,
+                    "key": self.key,
+                    "attempt": self.failures + 1,
+                    "elapsed": round(time.monotonic() - self.started, 3),
+                },
+            )
 
 
 def _raise_if_cancelling() -> None:
@@ -73,15 +99,16 @@ class RetryingStorage:
     :param cap: largest backoff ceiling (a server's Retry-After may exceed it).
     """
 
-    def __init__(self, inner: Storage, *, max_elapsed: float = 60.0, base: float = 0.2,
-                 cap: float = 10.0) -> None:
+    def __init__(
+        self, inner: Storage, *, max_elapsed: float = 60.0, base: float = 0.2, cap: float = 10.0
+    ) -> None:
         self.inner = inner
         self.max_elapsed = max_elapsed
         self.base = base
         self.cap = cap
 
     @property
-    def scheme(self) -> str:  # type: ignore[override]
+    def scheme(self) -> str:
         return self.inner.scheme
 
     @property
@@ -109,8 +136,9 @@ class RetryingStorage:
             return result
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
-        return await self._call("put", key,
-                                lambda: self.inner.put(key, src, size=size, sha256=sha256))
+        return await self._call(
+            "put", key, lambda: self.inner.put(key, src, size=size, sha256=sha256)
+        )
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return await self._call("put", key, lambda: self.inner.put_bytes(key, data))

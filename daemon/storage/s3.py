@@ -19,10 +19,11 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -38,16 +39,14 @@ from botocore.exceptions import (
 
 from ._common import (
     AtomicDownload,
+    CloudStorage,
     MiB,
     Prefix,
     b64_to_hex,
-    first_error,
     hex_to_b64,
     opt_int,
     opt_str,
     parse_retry_after,
-    read_range,
-    retry_part,
     verify_download,
 )
 from .base import (
@@ -67,14 +66,14 @@ log = logging.getLogger(__name__)
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
            "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
-           "InvalidSecurity", "UnauthorizedAccess", "AuthorizationHeaderMalformed"}
+           "InvalidSecurity", "UnauthorizedAccess", "AuthorizationHeaderMalformed"}  # fmt: skip
 _INTEGRITY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
 _TRANSIENT = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
               "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "500", "502",
-              "503", "504", "RequestThrottled", "TooManyRequests", "NoSuchUpload"}
+              "503", "504", "RequestThrottled", "TooManyRequests", "NoSuchUpload"}  # fmt: skip
 
 
-class S3Storage:
+class S3Storage(CloudStorage):
     """An S3 bucket (and optional prefix). One aiobotocore client per object,
     created on first use and closed by :meth:`aclose`.
 
@@ -92,18 +91,28 @@ class S3Storage:
 
     scheme: ClassVar[str] = "s3"
     atomic_put = True
+    hash_small_locally = False  # x-amz-checksum-sha256: the server checks it
 
-    def __init__(self, bucket: str, prefix: str = "", *,
-                 client_kwargs: Mapping[str, Any] | None = None, profile: str | None = None,
-                 addressing_style: str | None = None, part_size: int = 8 * MiB,
-                 multipart_threshold: int = 16 * MiB, max_concurrency: int = 16,
-                 part_concurrency: int = 4, list_page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client_kwargs: Mapping[str, Any] | None = None,
+        profile: str | None = None,
+        addressing_style: str | None = None,
+        part_size: int = 8 * MiB,
+        multipart_threshold: int = 16 * MiB,
+        max_concurrency: int = 16,
+        part_concurrency: int = 4,
+        list_page_size: int = 1000,
+    ) -> None:
         self.bucket = bucket
         self._prefix = Prefix(prefix)
         self.uri = f"s3://{bucket}/{self._prefix.prefix}".rstrip("/")
         self.max_concurrency = max_concurrency
         self.part_size = part_size
-        self.multipart_threshold = max(multipart_threshold, 1)
+        self.multipart_threshold = multipart_threshold
         self.part_concurrency = part_concurrency
         self.list_page_size = min(list_page_size, 1000)
         self._client_kwargs = dict(client_kwargs or {})
@@ -113,25 +122,26 @@ class S3Storage:
         self._stack: AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
-    # -- plumbing -------------------------------------------------------------------------
-
     async def _s3(self) -> Any:
         if self._client is not None:
             return self._client
         async with self._lock:
             if self._client is None:
-                s3_config: dict[str, Any] = {}
-                if self._addressing_style:
-                    s3_config["addressing_style"] = self._addressing_style
+                s3 = {"addressing_style": self._addressing_style} if self._addressing_style else {}
                 config = AioConfig(
                     max_pool_connections=self.max_concurrency + self.part_concurrency,
-                    # our RetryingStorage does the rest; layered retries multiply
-                    retries={"mode": "standard", "max_attempts": 2},
-                    connect_timeout=10, read_timeout=60, s3=s3_config)
+                    # two attempts in all (botocore's "max_attempts" here would mean
+                    # retries); our RetryingStorage does the rest, layered retries multiply
+                    retries={"mode": "standard", "total_max_attempts": 2},
+                    connect_timeout=10,
+                    read_timeout=60,
+                    s3=s3,
+                )
                 stack = AsyncExitStack()
-                session = AioSession(profile=self._profile)
-                self._client = await stack.enter_async_context(
-                    session.create_client("s3", config=config, **self._client_kwargs))
+                client = AioSession(profile=self._profile).create_client(
+                    "s3", config=config, **self._client_kwargs
+                )
+                self._client = await stack.enter_async_context(client)
                 self._stack = stack
         return self._client
 
@@ -140,28 +150,19 @@ class S3Storage:
         if stack is not None:
             await stack.aclose()
 
-    @contextmanager
-    def _errors(self, op: str, key: str) -> Iterator[None]:
-        try:
-            yield
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, op, key) from exc
-
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
         ctx = {"op": op, "key": key, "backend": self.uri}
         if isinstance(exc, ClientError):
             return self._translate_client_error(exc, ctx)
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return AccessDenied("no usable S3 credentials found", **ctx,
-                                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, "
-                                     "or the access_key_id/secret_access_key options")
+            hint = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or the options"
+            return AccessDenied("no usable S3 credentials found", **ctx, hint=hint)
         if isinstance(exc, ParamValidationError):
             return PermanentStorageError(f"invalid S3 request: {exc}", **ctx)
         if isinstance(exc, EndpointConnectionError):
-            return TransientStorageError(
-                f"cannot connect to endpoint {exc.kwargs.get('endpoint_url', '')}", **ctx)
+            url = urlsplit(str(exc.kwargs.get("endpoint_url", "")))
+            message = f"cannot connect to endpoint {url.scheme}://{url.netloc}"
+            return TransientStorageError(message, **ctx, hint="check the endpoint URL and network")
         if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError | OSError):
             return TransientStorageError(f"{type(exc).__name__}: {exc}", **ctx)
         # unknown: transient, bounded by the retry wrapper's time budget
@@ -176,12 +177,11 @@ class S3Storage:
         if code in _NOT_FOUND:
             return NotFound(f"no such object ({text})", **ctx)
         if code == "NoSuchBucket":
-            return AccessDenied(f"bucket {self.bucket!r} does not exist", **ctx,
-                                hint="create the bucket or fix the URI")
+            message = f"bucket {self.bucket!r} does not exist"
+            return AccessDenied(message, **ctx, hint="create the bucket or fix the URI")
         if code in _DENIED or status == 403:
-            return AccessDenied(f"access denied ({text})", **ctx,
-                                hint="check credentials and that the bucket exists "
-                                     "and allows this operation")
+            hint = "check credentials and that the bucket exists and allows this operation"
+            return AccessDenied(f"access denied ({text})", **ctx, hint=hint)
         if code in _INTEGRITY:
             return IntegrityError(f"checksum rejected by the server ({text})", **ctx)
         if code in _TRANSIENT or status >= 500 or status in (408, 429):
@@ -191,110 +191,65 @@ class S3Storage:
             return PermanentStorageError(text, **ctx)
         return TransientStorageError(text, **ctx)
 
-    # -- data path ------------------------------------------------------------------------
+    # -- uploads --------------------------------------------------------------------------
 
-    async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
-        name = self._prefix.key(key)
-        actual = (await asyncio.to_thread(os.stat, src)).st_size
-        if actual != size:
-            raise IntegrityError(f"source has {actual} bytes, expected {size}",
-                                 op="put", key=key, backend=self.uri)
-        if size >= self.multipart_threshold and size > self.part_size:
-            await self._put_multipart(key, name, src, size, sha256.lower())
-        else:
-            data = await asyncio.to_thread(src.read_bytes)
-            if len(data) != size:
-                raise IntegrityError("source changed while reading", op="put", key=key,
-                                     backend=self.uri)
-            await self._put_object(key, name, data, sha256.lower())
-        return ObjectInfo(key, size, sha256.lower())
-
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        name = self._prefix.key(key)
-        digest = hashlib.sha256(data).hexdigest()
-        await self._put_object(key, name, data, digest)
-        return ObjectInfo(key, len(data), digest)
-
-    async def _put_object(self, key: str, name: str, data: bytes, sha256: str) -> None:
+    async def _put_small(self, key: str, name: str, data: bytes, sha256: str) -> None:
         with self._errors("put", key):
             s3 = await self._s3()
-            await s3.put_object(Bucket=self.bucket, Key=name, Body=data,
-                                ChecksumAlgorithm="SHA256", ChecksumSHA256=hex_to_b64(sha256),
-                                Metadata={"sha256": sha256})
+            await s3.put_object(
+                Bucket=self.bucket,
+                Key=name,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=hex_to_b64(sha256),
+                Metadata={"sha256": sha256},
+            )
 
-    async def _put_multipart(self, key: str, name: str, src: Path, size: int,
-                             sha256: str) -> None:
+    async def _put_large(self, key: str, name: str, src: Path, size: int, sha256: str) -> None:
         with self._errors("put", key):
             s3 = await self._s3()
             created = await s3.create_multipart_upload(
-                Bucket=self.bucket, Key=name, ChecksumAlgorithm="SHA256",
-                Metadata={"sha256": sha256})
-        upload_id: str = created["UploadId"]
-        try:
-            parts, digest = await self._send_parts(s3, key, name, upload_id, src, size)
-            if digest != sha256:
-                raise IntegrityError(f"source sha256 is {digest}, expected {sha256}",
-                                     op="put", key=key, backend=self.uri)
-            with self._errors("put", key):
-                await s3.complete_multipart_upload(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts})
-        except BaseException:
-            await asyncio.shield(self._abort(s3, name, upload_id))
-            raise
+                Bucket=self.bucket,
+                Key=name,
+                ChecksumAlgorithm="SHA256",
+                Metadata={"sha256": sha256},
+            )
+        upload = {"Bucket": self.bucket, "Key": name, "UploadId": created["UploadId"]}
+        parts: dict[int, dict[str, Any]] = {}
 
-    async def _abort(self, s3: Any, name: str, upload_id: str) -> None:
-        try:
-            await s3.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
-        except Exception as exc:  # the bucket's lifecycle rule is the backstop
-            log.warning("s3 abort_multipart_upload failed", extra={
-                "backend": self.uri, "key": name, "error": f"{type(exc).__name__}: {exc}"})
-
-    async def _send_parts(self, s3: Any, key: str, name: str, upload_id: str, src: Path,
-                          size: int) -> tuple[list[dict[str, Any]], str]:
-        """Read parts in order (hashing the whole file as we go) and send up to
-        ``part_concurrency`` at once; memory stays below part_concurrency x part_size."""
-        whole = hashlib.sha256()
-        slots = asyncio.Semaphore(self.part_concurrency)
-        done: dict[int, dict[str, Any]] = {}
-
-        def read(offset: int, length: int) -> tuple[bytes, str]:
-            data = read_range(src, offset, length)
-            whole.update(data)
-            return data, hex_to_b64(hashlib.sha256(data).hexdigest())
-
-        async def send(number: int, data: bytes, checksum: str) -> None:
-            try:
-                done[number] = await self._send_part(s3, key, name, upload_id, number,
-                                                     data, checksum)
-            finally:
-                slots.release()
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for number, offset in enumerate(range(0, size, self.part_size), start=1):
-                    await slots.acquire()
-                    length = min(self.part_size, size - offset)
-                    data, checksum = await asyncio.to_thread(read, offset, length)
-                    if len(data) != length:
-                        raise IntegrityError("source shrank while reading", op="put",
-                                             key=key, backend=self.uri)
-                    tg.create_task(send(number, data, checksum))
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        return [done[n] for n in sorted(done)], whole.hexdigest()
-
-    async def _send_part(self, s3: Any, key: str, name: str, upload_id: str, number: int,
-                         data: bytes, checksum: str) -> dict[str, Any]:
-        async def once() -> dict[str, Any]:
+        async def send(number: int, data: bytes) -> None:
+            checksum = hex_to_b64(await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()))
             with self._errors("put", key):
                 resp = await s3.upload_part(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number,
-                    Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
-            return {"PartNumber": number, "ETag": resp["ETag"],
-                    "ChecksumSHA256": resp.get("ChecksumSHA256") or checksum}
+                    **upload,
+                    PartNumber=number,
+                    Body=data,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                )
+            etag, checksum = resp["ETag"], resp.get("ChecksumSHA256") or checksum
+            parts[number] = {"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum}
 
-        return await retry_part(once, backend=self.uri, key=key, part=number)
+        try:
+            digest, _ = await self._upload_parts(key, src, size, self.part_concurrency, send)
+            if digest != sha256:
+                raise self._integrity(f"source sha256 is {digest}, expected {sha256}", key)
+            with self._errors("put", key):
+                await s3.complete_multipart_upload(
+                    **upload, MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]}
+                )
+        except BaseException:
+            await asyncio.shield(self._abort(s3, upload))
+            raise
+
+    async def _abort(self, s3: Any, upload: dict[str, str]) -> None:
+        try:
+            await s3.abort_multipart_upload(**upload)
+        except Exception as exc:  # the bucket's lifecycle rule is the backstop
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("s3 abort_multipart_upload failed: %s", error, extra={"backend": self.uri})
+
+    # -- reads, listing, deletion ---------------------------------------------------------
 
     async def head(self, key: str) -> ObjectInfo | None:
         name = self._prefix.key(key)
@@ -306,21 +261,19 @@ class S3Storage:
                 if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
                     return None
                 raise
-        return ObjectInfo(key, int(resp["ContentLength"]), _sha256_of(resp),
-                          resp["LastModified"].timestamp())
+        modified = resp["LastModified"].timestamp()
+        return ObjectInfo(key, int(resp["ContentLength"]), _sha256_of(resp), modified)
 
     async def get(self, key: str, dest: Path) -> ObjectInfo:
         name = self._prefix.key(key)
         with self._errors("get", key):
             s3 = await self._s3()
             resp = await s3.get_object(Bucket=self.bucket, Key=name)
-            expected = _sha256_of(resp)
             async with resp["Body"] as body, AtomicDownload(dest) as out:
-                while chunk := await body.read(1024 * 1024):
+                while chunk := await body.read(MiB):
                     await out.write(chunk)
-                verify_download(out, expected_sha256=expected,
-                                expected_size=int(resp["ContentLength"]), key=key,
-                                backend=self.uri)
+                size = int(resp["ContentLength"])
+                verify_download(out, _sha256_of(resp), size, key, self.uri)
         return ObjectInfo(key, out.size, out.sha256, resp["LastModified"].timestamp())
 
     async def get_bytes(self, key: str) -> bytes:
@@ -334,12 +287,11 @@ class S3Storage:
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         full = self._prefix.list_prefix(prefix)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full,
-                                  "MaxKeys": self.list_page_size}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
         while True:
             with self._errors("list", prefix):
                 s3 = await self._s3()
-                page = await s3.list_objects_v2(**kwargs)
+                page = await s3.list_objects_v2(**kwargs, MaxKeys=self.list_page_size)
             for obj in page.get("Contents", []):
                 rel = self._prefix.rel(obj["Key"])
                 if rel:
@@ -372,27 +324,31 @@ def _sha256_of(resp: Mapping[str, Any]) -> str | None:
 def _factory(uri: str, options: Mapping[str, Any]) -> S3Storage:
     _, bucket, prefix = parse_uri(uri)
     endpoint = opt_str(options, "endpoint_url")
-    client_kwargs = {name: value for name, value in {
+    client_kwargs = {
         "endpoint_url": endpoint,
         "region_name": opt_str(options, "region"),
         "aws_access_key_id": opt_str(options, "access_key_id"),
         "aws_secret_access_key": opt_str(options, "secret_access_key"),
         "aws_session_token": opt_str(options, "session_token"),
-    }.items() if value}
+    }
     style = opt_str(options, "addressing_style")
     if style not in (None, "path", "virtual", "auto"):
         raise ValueError(f"addressing_style must be 'path' or 'virtual', not {style!r}")
-    if style is None and (endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
-                          or os.environ.get("AWS_ENDPOINT_URL")):
+    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if style is None and (endpoint or env_endpoint):
         style = "path"  # MinIO, SeaweedFS and most self-hosted stores want path style
     return S3Storage(
-        bucket, prefix, client_kwargs=client_kwargs, profile=opt_str(options, "profile"),
+        bucket,
+        prefix,
+        client_kwargs={k: v for k, v in client_kwargs.items() if v},
+        profile=opt_str(options, "profile"),
         addressing_style=style,
         part_size=opt_int(options, "part_size", 8 * MiB),
         multipart_threshold=opt_int(options, "multipart_threshold", 16 * MiB),
         max_concurrency=opt_int(options, "concurrency", 16),
         part_concurrency=opt_int(options, "part_concurrency", 4),
-        list_page_size=opt_int(options, "list_page_size", 1000))
+        list_page_size=opt_int(options, "list_page_size", 1000),
+    )
 
 
 register("s3", _factory)
