@@ -1,0 +1,53 @@
+"""Check that every artifact of the newest task PROJECT/NAME is in storage, intact.
+
+Reads the storage itself, as another machine would: each artifact's object
+(and, for folders and wildcards, every file its listing names) must exist
+and hash to the recorded SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from artisync import Task, _reader
+from artisync.protocol._layout import object_key
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(project: str, name: str) -> int:
+    task = Task.get_task(project_name=project, task_name=name)
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for art_name, art in sorted(task.artifacts.items()):
+            rec = art.record
+            storage = _reader.storage(rec["dest"])
+            shas = [rec["sha256"]]
+            if rec["format"] == "tree":
+                listing = _reader.run(storage.get_bytes(object_key(rec["sha256"])))
+                shas += [f["sha256"] for f in json.loads(listing)["files"]]
+            failed = 0
+            for sha in shas:
+                local = Path(tmp) / sha
+                _reader.run(storage.get(object_key(sha), local))
+                failed += sha256(local) != sha
+            bad += failed
+            status = "ok " if not failed else "BAD"
+            print(f"{status} {art_name:16} {len(shas):3} object(s) at {rec['dest']}")
+    verdict = "all verified" if not bad else f"{bad} objects BAD"
+    print(f"task {task.id}: {len(task.artifacts)} artifacts, {verdict}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(verify(sys.argv[1], sys.argv[2]))
