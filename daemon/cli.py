@@ -274,3 +274,7 @@ def daemon_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="artisyncd", description="the artisync upload daemon")
     _daemon_args(p)
     return cmd_daemon(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,13 +73,21 @@ class FileStorage:
                 hint="check the folder's owner and mode",
             ) from exc
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            if exc.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+                errno.EROFS,
+                errno.ENOTDIR,
+                errno.EISDIR,
+                errno.ENAMETOOLONG,
+                errno.ELOOP,
+            ):
                 raise PermanentStorageError(
                     f"{exc.strerror}",
                     op=op,
                     key=key,
                     backend=self.uri,
-                    hint="free space or fix the mount",
+                    hint="check the destination folder: free space, mount, path",
                 ) from exc
             # ESTALE, EIO, ETIMEDOUT on network filesystems: may heal
             raise TransientStorageError(
