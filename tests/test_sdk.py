@@ -271,3 +271,50 @@ def test_import_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_daemon_killed_mid_run_loses_nothing(env: Env) -> None:
+    """SIGKILL the daemon while a training process reports: every artifact is either
+    acknowledged (journaled) or in the outbox, and all of it is committed in the end."""
+    import signal
+    import subprocess
+    import time
+
+    d = DaemonProc(env).wait_ready()
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom artisync import Task\n"
+            "t = Task.init(project_name='kill', task_name='k')\n"
+            "for i in range(150):\n"
+            "    t.upload_artifact(f'a{i}', {'i': i})\n"
+            "    time.sleep(0.01)\n"
+            "t.close()\nprint(t.id)\n",
+        ],
+        env=env.environ(ARTISYNC_ACK_TIMEOUT="2"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(3):
+        time.sleep(0.4)
+        d.stop(signal.SIGKILL)
+        time.sleep(0.2)
+        d = DaemonProc(env).wait_ready()
+    out, _ = trainer.communicate(timeout=120)
+    assert trainer.returncode == 0
+    task_id = out.strip()
+    d.stop()
+    d = DaemonProc(env, "--exit-when-idle")
+    assert d.wait_exit(120) == 0, d.output()
+    versions = list((env.storage / "tasks" / task_id / "artifacts").iterdir())
+    assert len(versions) == 150
+    got = run_py(
+        env,
+        f"""
+        from artisync import Task
+        t = Task.get_task(task_id="{task_id}")
+        print(sorted(a.get()["i"] for a in t.artifacts.values()) == list(range(150)), t.status)
+        """,
+    )
+    assert got.stdout.split() == ["True", "completed"]
