@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import Daemon, machine, table, world  # noqa: E402
+from bench._common import Daemon, machine, table, world
 
 
 def thread_cpu(native_id: int) -> float:
