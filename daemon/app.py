@@ -13,16 +13,18 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool
+from artisync.protocol import Spool, load_settings
 
-from .config import DaemonConfig
+from .config import DaemonConfig, load_config
 from .destinations import Destinations
 from .ingest import (
     OutboxWatcher,
@@ -63,7 +65,7 @@ class Daemon:
         settings = config.settings
         self.group_mode = config.group is not None
         self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
-        self.journal = Journal(self.spool.journal_path)
+        self.journal = Journal(self.spool.journal_path, 0o660 if self.group_mode else 0o600)
         self.dests = Destinations(config)
         self.uploader = Uploader(
             self.journal, self.spool, self.dests, config.concurrency, config.offline_max_backoff
@@ -73,6 +75,7 @@ class Daemon:
         self.accepting = True
         self.started = time.time()
         self.stop_event = asyncio.Event()
+        self.max_connections = config.max_connections
         self._lock_fd: int | None = None
         self._signals = 0
 
@@ -133,6 +136,7 @@ class Daemon:
                 os.close(self._lock_fd)
 
     async def _run_locked(self) -> int:
+        self._raise_fd_limit()
         reset = await self.journal.open()
         if reset:
             log.info("resuming %d uploads interrupted by the last stop", reset)
@@ -173,6 +177,21 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         return 0
 
+    def _raise_fd_limit(self) -> None:
+        """Every client connection holds a descriptor: raise the soft limit to the hard
+        one, and keep connections well below it so that uploads and the journal still
+        get descriptors when thousands of clients are connected."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = 65536 if hard == resource.RLIM_INFINITY else hard
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+        spare = max(64, min(1024, soft // 4))
+        if soft - spare < self.config.max_connections:
+            self.max_connections = max(1, soft - spare)
+            log.info("serving at most %d connections (descriptor limit %d)", soft - spare, soft)
+
     def _on_signal(self) -> None:
         self._signals += 1
         if self._signals > 1:
@@ -181,8 +200,23 @@ class Daemon:
         self.stop_event.set()
 
     async def sleep_unless_stopping(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.stop_event.wait()
+
+    def reload_storage_config(self) -> None:
+        """Re-read the storage tables of the configuration file (``artisync retry``):
+        fixed credentials or endpoints apply without a restart.
+
+        :raises ValueError: the configuration is invalid; nothing changes."""
+        fresh = load_config(load_settings())
+        self.config = replace(
+            self.config,
+            storage_defaults=fresh.storage_defaults,
+            storage_overrides=fresh.storage_overrides,
+        )
+        self.dests.reconfigure(self.config)
 
     async def _shutdown(self, server: asyncio.Server) -> None:
         await self.stop_event.wait()
@@ -194,7 +228,7 @@ class Daemon:
         await self.uploader.stop_workers(self.config.concurrency)
         try:
             async with asyncio.timeout(self.config.drain_timeout), self.uploader.progress:
-                await self.uploader.progress.wait_for(lambda: not self.uploader.in_flight)
+                await self.uploader.progress.wait_for(lambda: not self.uploader.live_workers)
         except TimeoutError:
             log.warning(
                 "%d uploads still in flight at the drain deadline; they resume at next start",
@@ -254,6 +288,8 @@ class Daemon:
             "failed": {"records": counts["failed"][0], "items": stats["failed"]},
             "retrying": stats["retrying"],
             "destinations": dests,
+            "spool_bytes": await asyncio.to_thread(self.spool.usage),
+            "spool_limit": self.config.settings.spool_limit,
             "connections": self.server.connections,
             "group_commits": self.committer.batches,
         }

@@ -109,6 +109,14 @@ def _format_status(st: dict[str, Any]) -> str:
         f"objects, {_human(st['uploaded_bytes'])}",
         f"failed: {st['failed']['records']} records",
     ]
+    if "spool_bytes" in st:
+        limit = f" of spool_limit {_human(st['spool_limit'])}" if st.get("spool_limit") else ""
+        lines.append(f"spool: {_human(st['spool_bytes'])}{limit}")
+    for item in st.get("retrying", [])[:3]:
+        lines.append(
+            f"  retrying {item['record_id'][:12]} -> {item['dest']} "
+            f"(attempt {item['attempts']}): {item['reason']}"
+        )
     for item in st["failed"]["items"]:
         lines.append(
             f"  {item['kind']} {item['record_id'][:12]} -> {item['dest']}: {item['reason']}"

@@ -17,7 +17,7 @@ group = "artisync"         # system mode: socket and spool shared with this grou
 [storage.s3]               # defaults for every s3:// destination
 part_size = 8388608
 
-[[storage.override]]       # longest matching prefix wins
+[[storage.override]]       # applies to this bucket (or path) and below; longest match wins
 match = "s3://minio-bucket"
 endpoint_url = "http://minio.local:9000"
 access_key_id = "..."      # secrets are never logged or shown in status
@@ -37,18 +37,6 @@ from artisync.protocol import Settings, load_settings
 from artisync.protocol._frames import DEFAULT_MAX_FRAME
 
 from .storage.base import parse_uri
-
-SECRET_KEYS = frozenset(
-    {
-        "secret_access_key",
-        "session_token",
-        "account_key",
-        "sas_token",
-        "connection_string",
-        "access_key_id",
-        "service_file_json",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -74,12 +62,20 @@ class DaemonConfig:
         return None if self.group is None else grp.getgrnam(self.group).gr_gid
 
     def options_for(self, uri: str) -> dict[str, Any]:
+        """``[storage.<scheme>]``, then every matching override, the longest match last."""
         scheme, _, _ = parse_uri(uri)
         opts = dict(self.storage_defaults.get(scheme, {}))
-        for match, extra in sorted(self.storage_overrides, key=lambda o: len(o[0])):
-            if uri.startswith(match):
-                opts.update(extra)
+        matching = [(m, extra) for m, extra in self.storage_overrides if _covers(m, uri)]
+        for _, extra in sorted(matching, key=lambda o: len(o[0].rstrip("/"))):
+            opts.update(extra)
         return opts
+
+
+def _covers(match: str, uri: str) -> bool:
+    """Whole segments only: ``s3://data`` covers ``s3://data`` and ``s3://data/runs``,
+    not ``s3://data-old``; a trailing slash on either side makes no difference."""
+    match, uri = match.rstrip("/"), uri.rstrip("/")
+    return uri == match or uri.startswith(match + "/")
 
 
 def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = None) -> float:
@@ -131,8 +127,3 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
     )
     values.update(overrides)
     return DaemonConfig(**values)
-
-
-def redact(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options safe to print."""
-    return {k: ("***" if k in SECRET_KEYS else v) for k, v in options.items()}

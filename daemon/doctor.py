@@ -24,7 +24,7 @@ from artisync.protocol import (
     TransientStorageError,
 )
 
-from .storage.base import Storage, open_storage
+from .storage.base import Storage, open_storage, unknown_options
 
 __all__ = ["Check", "doctor", "format_checks"]
 
@@ -92,6 +92,12 @@ async def doctor(
         reason = explain(exc) if isinstance(exc, StorageError) else str(exc)
         return [Check("open", False, f"cannot use {uri!r}: {reason}")]
     checks.append(Check("open", True, f"{storage.scheme} backend for {storage.uri}"))
+    unknown, known = unknown_options(uri, options)
+    if unknown:  # a typo (``endpoint`` for ``endpoint_url``) fails later in confusing ways
+        detail = (
+            f"unknown option(s) {', '.join(unknown)}; {storage.scheme} reads: {', '.join(known)}"
+        )
+        checks.append(Check("options", False, detail))
     try:
         checks += await _probe(storage, step_timeout)
     finally:

@@ -8,6 +8,8 @@ temp files whose writer is gone and blobs that every record has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import time
@@ -64,24 +66,37 @@ async def ingest_outbox(app: Any) -> int:
 
 
 async def _ingest_one(app: Any, path: Path) -> int:
-    from .server import check_blobs
+    from .server import check_record
 
     try:
         data, owner = await asyncio.to_thread(_read, path)
         rec = validate_record(unpack_body(data))
-        problem = await check_blobs(app.spool, app.journal, rec)
+        problem = await check_record(app.spool, app.journal, rec)
         if problem:
             raise InvalidMessage(problem)
     except FileNotFoundError:
         return 0  # another pass took it
-    except (ProtocolError, OSError) as exc:
-        bad = path.with_name(path.name + ".rejected")
-        log.error("outbox record %s rejected (kept as %s): %s", path.name, bad.name, exc)
-        await asyncio.to_thread(os.replace, path, bad)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:  # EMFILE, EIO...: may heal; the file stays for later
+            log.warning("outbox record %s not readable yet: %s", path.name, exc)
+            return 0
+        return await _reject(path, exc)  # a symlink planted in the outbox
+    except ProtocolError as exc:
+        return await _reject(path, exc)
+    try:
+        await app.committer.submit(Incoming(rec, owner, None))
+    except Exception as exc:  # journal not writable (disk full): the file stays for later
+        log.error("outbox record %s not ingested yet: %s", path.name, exc)
         return 0
-    await app.committer.submit(Incoming(rec, owner, None))
     await asyncio.to_thread(path.unlink, True)
     return 1
+
+
+async def _reject(path: Path, exc: Exception) -> int:
+    bad = path.with_name(path.name + ".rejected")
+    log.error("outbox record %s rejected (kept as %s): %s", path.name, bad.name, exc)
+    await asyncio.to_thread(os.replace, path, bad)
+    return 0
 
 
 def _oldest_first(spool: Any) -> list[Path]:
@@ -102,10 +117,10 @@ def _read(path: Path) -> tuple[bytes, int]:
 async def outbox_loop(app: Any, event: asyncio.Event, scan_interval: float = 10.0) -> None:
     await ingest_outbox(app)  # what arrived while no daemon ran
     while app.accepting:
-        try:
-            await asyncio.wait_for(event.wait(), timeout=scan_interval)
-        except TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(scan_interval):
+                await event.wait()
         event.clear()
         await ingest_outbox(app)
 
@@ -133,19 +148,22 @@ async def collect_blobs(app: Any) -> int:
     cfg = app.config
     now = time.time()
 
-    def candidates() -> list[tuple[str, float]]:
+    def scan() -> list[tuple[str, float, int]]:
         out = []
         with os.scandir(app.spool.blobs) as it:
             for entry in it:
                 try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if now - mtime > cfg.gc_grace:
-                    out.append((entry.name, mtime))
+                out.append((entry.name, st.st_mtime, st.st_size))
         return out
 
-    cands = await asyncio.to_thread(candidates)
+    blobs = await asyncio.to_thread(scan)
+    grace = cfg.gc_grace
+    if under_pressure(app, sum(size for _, _, size in blobs)):
+        grace = min(grace, PRESSURE_GRACE)  # producers are waiting for room
+    cands = [(sha, mtime) for sha, mtime, _ in blobs if now - mtime > grace]
     if not cands:
         return 0
     if await asyncio.to_thread(lambda: any(True for _ in app.spool.iter_outbox())):
@@ -161,8 +179,20 @@ async def collect_blobs(app: Any) -> int:
     return len(doomed)
 
 
+PRESSURE_GRACE = 3.0  # seconds: still covers a producer between its rename and its record
+
+
+def under_pressure(app: Any, blob_bytes: int) -> bool:
+    """The spool is near its ``spool_limit``: SDKs may be waiting for room."""
+    limit = app.config.settings.spool_limit
+    return bool(limit) and blob_bytes >= 0.8 * limit
+
+
 async def housekeeping_loop(app: Any) -> None:
     while app.accepting:
         await clean_temps(app)
         await collect_blobs(app)
-        await app.sleep_unless_stopping(app.config.gc_interval)
+        interval = app.config.gc_interval
+        if app.config.settings.spool_limit:
+            interval = min(interval, 2.0)  # room is freed promptly when a quota is set
+        await app.sleep_unless_stopping(interval)

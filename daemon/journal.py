@@ -10,6 +10,7 @@ shared between threads, and the event loop never blocks on a disk sync.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -100,10 +101,14 @@ def _row(t: Sequence[Any]) -> Row:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: int = 0o600) -> None:
         self.path = path
+        self.mode = mode
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="artisync-journal")
         self._db: sqlite3.Connection | None = None
+        # (dest, seq) of records whose upload was interrupted by a crash or failed
+        # before: their destination may hold an unfinished multipart upload or temp file
+        self.suspects: set[tuple[str, int]] = set()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -111,6 +116,13 @@ class Journal:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
+            # created owner-only (or group, in system mode) before SQLite opens it:
+            # SQLite gives its -wal and -shm files the database file's mode
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+            try:
+                os.fchmod(fd, self.mode)  # whatever the umask
+            finally:
+                os.close(fd)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
@@ -122,10 +134,20 @@ class Journal:
         """Create the schema; put uploads interrupted by a crash back to pending."""
 
         def reset(db: sqlite3.Connection) -> int:
+            self.suspects = {
+                (r[0], r[1])
+                for r in db.execute(
+                    "SELECT dest, seq FROM records WHERE state IN ('uploading','uploaded') "
+                    "OR (state='pending' AND attempts>0)"
+                )
+            }
             cur = db.execute(
                 "UPDATE records SET state='pending', updated=? WHERE state='uploading'",
                 (time.time(),),
             )
+            # a restart retries what failed for good before (the fix may have been a
+            # configuration change); the reason stays until the next attempt
+            db.execute("UPDATE records SET state='pending', next_try=0 WHERE state='failed'")
             return cur.rowcount
 
         return await self._run(reset)
@@ -151,7 +173,8 @@ class Journal:
                     out.append(_insert_one(db, inc, now))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+                    db.execute("ROLLBACK")
                 raise
             return out
 
@@ -182,19 +205,29 @@ class Journal:
 
         def q(db: sqlite3.Connection) -> list[Row]:
             now = time.time()
+            # offline destinations are skipped in SQL: filtering afterwards let a long
+            # backlog for one offline destination hide every other destination's records
+            marks = ",".join("?" * len(skip_dests))
+            skip = f"AND dest NOT IN ({marks}) " if skip_dests else ""
             rows = db.execute(
                 f"SELECT {_COLS} FROM records WHERE state IN ('pending','uploaded') "
-                "AND next_try<=? ORDER BY seq LIMIT ?",
-                (now, limit + len(exclude) + 64),
+                f"AND next_try<=? {skip}ORDER BY seq LIMIT ?",
+                (now, *skip_dests, limit + len(exclude)),
             ).fetchall()
-            picked = [r for r in rows if r[4] not in skip_dests and r[0] not in exclude][:limit]
+            picked = [r for r in rows if r[0] not in exclude][:limit]
             db.execute("BEGIN")
-            for r in picked:
-                if r[7] == "pending":
-                    db.execute(
-                        "UPDATE records SET state='uploading', updated=? WHERE seq=?", (now, r[0])
-                    )
-            db.execute("COMMIT")
+            try:
+                for r in picked:
+                    if r[7] == "pending":
+                        db.execute(
+                            "UPDATE records SET state='uploading', updated=? WHERE seq=?",
+                            (now, r[0]),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
             return [_row(r) for r in picked]
 
         return await self._run(q)
@@ -215,6 +248,18 @@ class Journal:
             )
         )
 
+    async def make_due(self, dest: str) -> int:
+        """A destination is reachable again: its waiting records are due now."""
+        return await self._run(
+            lambda db: (
+                db.execute(
+                    "UPDATE records SET next_try=0 WHERE dest=? AND next_try>0 "
+                    "AND state IN ('pending','uploaded')",
+                    (dest,),
+                ).rowcount
+            )
+        )
+
     async def refs(self, seq: int) -> list[tuple[str, int]]:
         return await self._run(
             lambda db: db.execute(
@@ -232,23 +277,27 @@ class Journal:
 
     async def collectable(self, shas: Sequence[str], orphans: Sequence[str]) -> list[str]:
         """Of ``shas``, those that only committed records reference; plus the ``orphans``
-        (old enough to be abandoned) that no record references at all. One snapshot."""
+        (old enough to be abandoned) that no record references at all. One snapshot,
+        a few set queries (not one per blob: a long backlog is scanned every pass)."""
+        orphan_set = set(orphans)
 
         def q(db: sqlite3.Connection) -> list[str]:
             out = []
             db.execute("BEGIN")
             try:
-                for sha in shas:
-                    states = {
-                        r[0]
-                        for r in db.execute(
-                            "SELECT records.state FROM refs JOIN records USING(seq) "
-                            "WHERE refs.sha256=?",
-                            (sha,),
+                for i in range(0, len(shas), 500):
+                    chunk = list(shas[i : i + 500])
+                    marks = ",".join("?" * len(chunk))
+                    seen = {
+                        sha: bool(done)
+                        for sha, done in db.execute(
+                            "SELECT refs.sha256, min(records.state='committed') FROM refs "
+                            f"JOIN records USING(seq) WHERE refs.sha256 IN ({marks}) "
+                            "GROUP BY refs.sha256",
+                            chunk,
                         )
                     }
-                    if states == {"committed"} or (not states and sha in orphans):
-                        out.append(sha)
+                    out += [s for s in chunk if (seen[s] if s in seen else s in orphan_set)]
             finally:
                 db.execute("COMMIT")
             return out
@@ -395,7 +444,7 @@ class Journal:
 
 
 def _newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
-    events = [
+    events: list[dict[str, Any]] = [
         msgpack.unpackb(r[0], raw=False)
         for r in db.execute(
             "SELECT body FROM records WHERE task_id=? AND kind='task' ORDER BY seq", (task_id,)

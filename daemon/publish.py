@@ -35,15 +35,41 @@ def public_record(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def record_keys(rec: dict[str, Any]) -> list[str]:
+    """Every key that publishing ``rec`` writes (its payload objects aside)."""
+    if rec["kind"] == "artifact":
+        return [artifact_version_key(rec["task_id"], rec["name"], rec["created"], rec["record_id"])]
+    return [
+        task_key(rec["task_id"]),
+        index_key(rec["project"], rec["name"], rec["started"], rec["task_id"]),
+    ]
+
+
+def check_publishable(rec: dict[str, Any]) -> str | None:
+    """Why ``rec`` could never be published, or None. Checked before a record is
+    acknowledged: an acknowledged record must be deliverable, and a record that
+    cannot be must not crash (or stall) the uploader later."""
+    for field in ("created", "started", "ended"):
+        value = rec.get(field)
+        if value is not None and not (isinstance(value, int | float) and 0 <= value < 1e11):
+            return f"record: {field} must be a time in seconds since the epoch"
+    try:
+        record_keys(rec)
+        _json(public_record(rec))
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return f"record cannot be published: {type(exc).__name__}: {exc}"[:500]
+    return None
+
+
 async def publish_artifact(storage: Storage, rec: dict[str, Any]) -> str:
-    key = artifact_version_key(rec["task_id"], rec["name"], rec["created"], rec["record_id"])
+    (key,) = record_keys(rec)
     await storage.put_bytes(key, _json(public_record(rec)))
     return key
 
 
 async def publish_task(storage: Storage, latest: dict[str, Any]) -> str:
     """Write task.json from the task's latest known event, then its index entry."""
-    await storage.put_bytes(task_key(latest["task_id"]), _json(public_record(latest)))
-    key = index_key(latest["project"], latest["name"], latest["started"], latest["task_id"])
-    await storage.put_bytes(key, latest["task_id"].encode())
-    return key
+    task, index = record_keys(latest)
+    await storage.put_bytes(task, _json(public_record(latest)))
+    await storage.put_bytes(index, latest["task_id"].encode())
+    return index

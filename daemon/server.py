@@ -9,6 +9,7 @@ in the journal, and many clients' records share one fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from artisync.protocol import (
 )
 
 from .journal import Incoming, Journal
+from .publish import check_publishable
 from .storage.base import parse_uri
 
 log = logging.getLogger("artisync.daemon")
@@ -96,7 +98,7 @@ class Server:
         self.total_connections = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.app.config.max_connections:
+        if self.connections >= self.app.max_connections:
             writer.close()
             return
         self.connections += 1
@@ -157,7 +159,11 @@ class Server:
                         )
                         return
                     greeted = True
-                reply = await self._dispatch(req, peer, writer)
+                try:
+                    reply = await self._dispatch(req, peer, writer)
+                except Exception as exc:  # e.g. the journal's disk is full: answer, stay up
+                    log.error("request %s failed: %s", req["op"], exc)
+                    reply = error(req["id"], "internal", f"{type(exc).__name__}: {exc}"[:500])
                 await self._send(writer, reply)
 
     async def _dispatch(
@@ -172,6 +178,10 @@ class Server:
         if op == "status":
             return ok(rid, status=await app.status())
         if op == "retry":
+            try:  # the fix may be in the configuration (credentials, endpoint)
+                app.reload_storage_config()
+            except ValueError as exc:
+                return error(rid, "config", f"configuration not reloaded: {exc}")
             n = await app.journal.retry_failed()
             app.uploader.poke()
             return ok(rid, retried=n)
@@ -187,11 +197,7 @@ class Server:
         app = self.app
         if not app.accepting:
             return error(rid, "draining", "daemon is shutting down; keep the record")
-        try:
-            parse_uri(rec["dest"])
-        except ValueError as exc:
-            return error(rid, "invalid", f"record: bad destination: {exc}")
-        problem = await check_blobs(app.spool, app.journal, rec)
+        problem = await check_record(app.spool, app.journal, rec)
         if problem:
             return error(rid, "invalid", problem)
         try:
@@ -226,16 +232,27 @@ class Server:
                         },
                     },
                 )
-            async with app.uploader.progress:
-                try:
-                    await asyncio.wait_for(app.uploader.progress.wait(), 0.5)
-                except TimeoutError:
-                    pass
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5), app.uploader.progress:
+                    await app.uploader.progress.wait()
+
+
+async def check_record(spool: Spool, journal: Journal, rec: dict[str, Any]) -> str | None:
+    """Why a (validated) record must be refused, or None: it names a bad destination,
+    could never be published, or names payloads that are not in the spool."""
+    try:
+        parse_uri(rec["dest"])
+    except ValueError as exc:
+        return f"record: bad destination: {exc}"
+    problem = await asyncio.to_thread(check_publishable, rec)
+    return problem or await check_blobs(spool, journal, rec)
 
 
 async def check_blobs(spool: Spool, journal: Journal, rec: dict[str, Any]) -> str | None:
     """Every payload a record names must be a regular file in the spool (never a
-    path elsewhere: names are hashes), or already held by its destination."""
+    path elsewhere: names are hashes, symlinks and hard links are refused), or
+    already held by its destination."""
     if rec["kind"] != "artifact":
         return None
 
@@ -247,7 +264,7 @@ async def check_blobs(spool: Spool, journal: Journal, rec: dict[str, Any]) -> st
             except FileNotFoundError:
                 missing.append((sha, size))
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
             if st.st_size != size:
                 raise InvalidMessage(

@@ -10,18 +10,19 @@ destination offline; permanent ones mark the record failed with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
 import stat
 import time
-from typing import Any
 
 from artisync.protocol import Spool
 from artisync.protocol._layout import object_key
 
-from .destinations import Destination, Destinations
+from .destinations import Destination, Destinations, abort_incomplete
 from .journal import Journal, Row
-from .publish import publish_artifact, publish_task
+from .publish import publish_artifact, publish_task, record_keys
 from .storage.base import PermanentStorageError, TransientStorageError
 
 log = logging.getLogger("artisync.daemon")
@@ -51,6 +52,10 @@ class Uploader:
         self._task_locks: dict[str, asyncio.Lock] = {}
         self.accepting = True
         self.bytes_in_flight = 0
+        self.started = time.time()
+        # a row the feeder queued behind the workers' stop sentinels is never processed:
+        # draining waits for the workers, not for in_flight to empty
+        self.live_workers = 0
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -59,18 +64,26 @@ class Uploader:
         while self.accepting:
             free = self.concurrency - len(self.in_flight)
             rows: list[Row] = []
-            if free > 0:
-                rows = await self.journal.claim(free, self.dests.offline(), list(self.in_flight))
-            rows = await self._gate_probes(rows)
+            try:
+                if free > 0:
+                    claimed = await self.journal.claim(
+                        free, self.dests.offline(), list(self.in_flight)
+                    )
+                    rows = await self._gate_probes(claimed)
+            except sqlite3.Error as exc:  # disk full: wait for room, do not stop the daemon
+                log.error("journal not writable, uploads paused: %s", exc)
+                await asyncio.sleep(5)
+                continue
             for row in rows:
                 self.in_flight[row.seq] = row
                 await self.queue.put(row)
             if not rows or len(self.in_flight) >= self.concurrency:
                 self.wakeup.clear()
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+                # that races with the event, and the daemon then hangs instead of stopping
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.wakeup.wait()
 
     async def _gate_probes(self, rows: list[Row]) -> list[Row]:
         """Let a single record through to each offline destination whose probe is due."""
@@ -84,7 +97,7 @@ class Uploader:
             if dest.online:
                 out.append(row)
             elif dest.ready(now):
-                dest.probing = True
+                dest.probing, dest.probe_seq = True, row.seq
                 out.append(row)
             else:
                 await self._release(row)
@@ -99,14 +112,38 @@ class Uploader:
         )
 
     async def worker(self) -> None:
-        while (row := await self.queue.get()) is not _STOP:
+        self.live_workers += 1
+        try:
+            while (row := await self.queue.get()) is not _STOP:
+                try:
+                    await self._process_until_journaled(row)
+                finally:
+                    self.in_flight.pop(row.seq, None)
+                    async with self.progress:
+                        self.progress.notify_all()
+                    self.poke()
+        finally:
+            self.live_workers -= 1
+            async with self.progress:
+                self.progress.notify_all()
+
+    async def _process_until_journaled(self, row: Row) -> None:
+        """A journal that cannot be written (its disk is full) pauses this record, it does
+        not stop the daemon: processing is idempotent, so the record simply goes again."""
+        delay = 1.0
+        while True:
             try:
                 await self._process(row)
-            finally:
-                self.in_flight.pop(row.seq, None)
-                async with self.progress:
-                    self.progress.notify_all()
-                self.poke()
+                return
+            except sqlite3.Error as exc:
+                log.error(
+                    "journal write failed (%s): record %s goes again in %.0f s",
+                    exc,
+                    row.record_id,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def stop_workers(self, n: int) -> None:
         self.accepting = False
@@ -119,25 +156,49 @@ class Uploader:
         except PermanentStorageError as exc:
             await self._fail(row, str(exc))
             return
+        suspect = (row.dest, row.seq) in self.journal.suspects
         try:
             if row.state != "uploaded":
                 for sha, size in await self.journal.refs(row.seq):
-                    await self._ensure_object(dest, sha, size)
+                    await self._ensure_object(dest, sha, size, suspect)
                 await self.journal.set_state(row.seq, "uploaded")
+            if suspect:
+                for key in record_keys(row.body):
+                    await abort_incomplete(dest, key, self.started)
             await self._publish(dest, row)
         except TransientStorageError as exc:
-            retry_at = dest.failed(exc, self.offline_max_backoff, exc.retry_after)
-            state = "uploaded" if row.state == "uploaded" else "pending"
-            await self.journal.set_state(row.seq, state, str(exc)[:500], retry_at, bump=True)
+            await self._retry_later(dest, row, exc)
             return
         except PermanentStorageError as exc:
             dest.probing = False
             await self._fail(row, str(exc))
             return
+        except sqlite3.Error:
+            raise  # the journal, not the record: retried by the worker
+        except Exception as exc:  # a bug must cost one record (kept, with the reason), not
+            # the daemon: raised out of a worker it would stop every upload, at every start
+            log.exception("record %s: unexpected error", row.record_id)
+            dest.probing = False
+            await self._fail(row, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        if not dest.online:
+            await self.journal.make_due(dest.uri)  # the records that waited: now
         dest.succeeded()
         dest.uploaded += 1
         await self.journal.set_state(row.seq, "committed")
+        self.journal.suspects.discard((row.dest, row.seq))
         await self._delete_original(row)
+
+    async def _retry_later(self, dest: Destination, row: Row, exc: TransientStorageError) -> None:
+        probe = dest.probing and dest.probe_seq == row.seq
+        retry_at = dest.failed(
+            exc, self.offline_max_backoff, exc.retry_after, escalate=dest.online or probe
+        )
+        state = "uploaded" if row.state == "uploaded" else "pending"
+        await self.journal.set_state(row.seq, state, str(exc)[:500], retry_at, bump=True)
+        # an S3 multipart upload whose abort failed too may be left over: the next
+        # attempt cleans it up first
+        self.journal.suspects.add((row.dest, row.seq))
 
     async def _fail(self, row: Row, reason: str) -> None:
         log.error("record %s failed permanently: %s", row.record_id, reason)
@@ -158,10 +219,10 @@ class Uploader:
         if not lock.locked():
             self._task_locks.pop(row.task_id, None)
 
-    async def _ensure_object(self, dest: Destination, sha: str, size: int) -> None:
+    async def _ensure_object(self, dest: Destination, sha: str, size: int, suspect: bool) -> None:
         """Upload one object unless the destination has it; share concurrent uploads."""
         key = (dest.uri, sha)
-        if await self.journal.has_object(dest.uri, sha):
+        if not suspect and await self.journal.has_object(dest.uri, sha):
             return
         fut = self._objects.get(key)
         if fut is not None:
@@ -170,8 +231,15 @@ class Uploader:
         fut = asyncio.get_running_loop().create_future()
         self._objects[key] = fut
         try:
-            await self._upload_object(dest, sha, size)
-            await self.journal.add_object(dest.uri, sha, size)
+            # while we hold the key no upload of ours for it is in flight: whatever
+            # unfinished upload the destination lists for it was abandoned
+            if suspect:  # by a killed daemon, or by a failed attempt whose abort failed too
+                await abort_incomplete(dest, object_key(sha), self.started, size)
+            if not await self.journal.has_object(dest.uri, sha):
+                await self._upload_object(dest, sha, size)
+                await self.journal.add_object(dest.uri, sha, size)
+                if dest.storage.scheme == "s3":  # by attempts retried inside this put
+                    await abort_incomplete(dest, object_key(sha), self.started, size)
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc)
@@ -200,9 +268,9 @@ class Uploader:
 
     async def _delete_original(self, row: Row) -> None:
         """``delete_after_upload``: only the submitter's own, unchanged file."""
-        spec: dict[str, Any] | None = row.body.get("delete_after")
-        if not spec or row.peer_uid is None:
-            return
+        spec = row.body.get("delete_after")
+        if row.kind != "artifact" or not isinstance(spec, dict) or row.peer_uid is None:
+            return  # (a task record may carry anything in fields it does not define)
         path = spec.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
             return

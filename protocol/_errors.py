@@ -59,8 +59,17 @@ class TransientStorageError(StorageError):
     ``retry_after`` carries the server's Retry-After in seconds, when it gave one.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: str) -> None:
-        super().__init__(message, **kw)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        op: str = "",
+        key: str = "",
+        backend: str = "",
+        hint: str = "",
+    ) -> None:
+        super().__init__(message, op=op, key=key, backend=backend, hint=hint)
         self.retry_after = retry_after
 
 

@@ -20,7 +20,7 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 def encode(message: dict[str, Any]) -> bytes:
     """One message as one frame."""
-    body = msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(MAGIC, len(body)) + body
 
 

@@ -29,6 +29,9 @@ class Settings:
     wait_timeout: float  # default limit of wait_on_upload / flush(wait_for_uploads=True)
     config_path: Path | None
     raw: Mapping[str, Any]  # the whole parsed TOML file, for the daemon's own tables
+    spool_limit: int = 0  # bytes the spool may hold (payloads, temp files, outbox); 0: no limit
+    spool_full: str = "wait"  # when full: "wait" for room (up to spool_wait_timeout) or "error"
+    spool_wait_timeout: float = 300.0
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -53,6 +56,8 @@ def load_toml(path: Path | None) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist (ARTISYNC_CONFIG)") from None
+    except PermissionError:
+        raise ValueError(f"config file {path} is not readable by this user") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
 
@@ -92,6 +97,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         wait = float(pick("ARTISYNC_WAIT_TIMEOUT", "wait_timeout", 300.0))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
+    spool_limit, spool_full, spool_wait = _quota(pick)
     if len(os.fsencode(str(sock))) > 100:
         raise ValueError(f"socket path {sock} is too long for a Unix socket (limit ~100 bytes)")
     return Settings(
@@ -104,4 +110,48 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         wait_timeout=wait,
         config_path=path,
         raw=raw,
+        spool_limit=spool_limit,
+        spool_full=spool_full,
+        spool_wait_timeout=spool_wait,
     )
+
+
+SPOOL_FULL_MODES = ("wait", "error")
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(value: Any) -> int:
+    """``1073741824``, ``"500M"``, ``"20GiB"``, ``"1.5G"`` -> bytes (``"k"`` is 1000,
+    ``"Ki"`` 1024)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip().lower().removesuffix("b")
+        binary = text.endswith("i")
+        text = text.removesuffix("i")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        number = float(text[: len(text) - len(unit)] if unit else text)
+        if binary:
+            return int(number * 1024 ** list(_UNITS).index(unit))
+    else:
+        raise ValueError(f"not a size: {value!r}")
+    if number < 0 or number != number:
+        raise ValueError(f"not a size: {value!r}")
+    return int(number * _UNITS[unit])
+
+
+def _quota(pick: Any) -> tuple[int, str, float]:
+    try:
+        limit = parse_size(pick("ARTISYNC_SPOOL_LIMIT", "spool_limit", 0))
+    except ValueError:
+        raise ValueError(
+            'spool_limit must be a size in bytes (e.g. 2000000000 or "20G"), 0 for none'
+        ) from None
+    mode = str(pick("ARTISYNC_SPOOL_FULL", "spool_full", "wait")).strip().lower()
+    if mode not in SPOOL_FULL_MODES:
+        raise ValueError(f"spool_full must be one of {SPOOL_FULL_MODES}, not {mode!r}")
+    try:
+        wait = float(pick("ARTISYNC_SPOOL_WAIT_TIMEOUT", "spool_wait_timeout", 300.0))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad number in artisync settings: {exc}") from None
+    return limit, mode, wait

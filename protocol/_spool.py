@@ -27,6 +27,7 @@ import msgpack
 
 CHUNK = 1024 * 1024
 _TMP_NAME = re.compile(r"(\d+)\.[0-9a-f]+\.part\Z")
+_OUTBOX_TMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]+\.tmp\Z")
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,8 +39,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """Write ``data`` to ``path`` so that readers see all of it or nothing.
+
+    The temp file's name carries the writer's pid, so a temp file left by a
+    killed writer can be recognised and removed at once."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -178,11 +182,29 @@ class Spool:
         with os.scandir(self.outbox) as it:
             for entry in it:
                 if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    m = _OUTBOX_TMP.match(entry.name)
                     try:
-                        if now - entry.stat().st_mtime > 60:
-                            yield Path(entry.path)
+                        age = now - entry.stat().st_mtime
                     except FileNotFoundError:
                         continue
+                    if age > 60 or (m is not None and not _pid_alive(int(m.group(1)))):
+                        yield Path(entry.path)
+
+    def usage(self) -> int:
+        """Bytes held by payloads, temp files and outbox records (what ``spool_limit``
+        bounds; the daemon's journal is not counted)."""
+        total = 0
+        for folder in (self.blobs, self.tmp, self.outbox):
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        try:
+                            total += entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue
+            except FileNotFoundError:
+                continue
+        return total
 
 
 def _pid_alive(pid: int) -> bool:

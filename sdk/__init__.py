@@ -8,6 +8,7 @@ from artisync.protocol import ArtisyncError, InvalidName
 
 from ._artifact import Artifact
 from ._client import DaemonError, DaemonUnavailable
+from ._quota import SpoolFull
 from ._task import Task, UploadFailed, UploadTimeout
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DaemonError",
     "DaemonUnavailable",
     "InvalidName",
+    "SpoolFull",
     "Task",
     "UploadFailed",
     "UploadTimeout",

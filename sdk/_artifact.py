@@ -60,7 +60,7 @@ class Artifact:
 
     @property
     def preview(self) -> str:
-        return str(self._record.get("preview") or "")
+        return str(self._settled().get("preview") or "")  # made by the writer thread
 
     @property
     def timestamp(self) -> dt.datetime:

@@ -8,6 +8,8 @@ private event-loop thread (safe even when the caller runs its own loop).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -44,6 +46,21 @@ class _Loop:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the storage clients (their connection pools) and stop the loop."""
+
+        async def close_all() -> None:
+            for st in self.storages.values():
+                with contextlib.suppress(Exception):
+                    await st.aclose()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
 
 _loop: _Loop | None = None
 _loop_lock = threading.Lock()
@@ -54,20 +71,41 @@ def _reader() -> _Loop:
     with _loop_lock:
         if _loop is None:
             _loop = _Loop()
+            atexit.register(_close)
         return _loop
+
+
+def _close() -> None:
+    """At exit: without it, every client's pool is reported as unclosed on stderr."""
+    global _loop
+    with _loop_lock:
+        r, _loop = _loop, None
+    if r is not None:
+        atexit.unregister(_close)
+        r.close()
+
+
+def _forget_after_fork() -> None:
+    # a forked child has the loop object but not its thread: start afresh when needed
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def storage(uri: str) -> Any:
     r = _reader()
-    if uri not in r.storages:
-        from artisync.daemon.config import load_config
-        from artisync.daemon.storage import open_storage
+    with _loop_lock:
+        if uri not in r.storages:
+            from artisync.daemon.config import load_config
+            from artisync.daemon.storage import open_storage
 
-        from ._session import Session
+            from ._session import Session
 
-        options = load_config(Session.get().settings).options_for(uri)
-        r.storages[uri] = open_storage(uri, options)
-    return r.storages[uri]
+            options = load_config(Session.get().settings).options_for(uri)
+            r.storages[uri] = open_storage(uri, options)
+        return r.storages[uri]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -113,7 +151,8 @@ def locate(sha256: str, dest_uri: str, spool: Spool | None) -> Path:
 
 # -- tasks in storage -------------------------------------------------------------------
 async def _get_json(st: Any, key: str) -> dict[str, Any]:
-    return json.loads(await st.get_bytes(key))
+    data: dict[str, Any] = json.loads(await st.get_bytes(key))
+    return data
 
 
 def task_record(uri: str, task_id: str) -> dict[str, Any] | None:
@@ -197,9 +236,9 @@ def list_entries(uri: str, project: str | None, task: str | None) -> Iterator[st
     found = find_tasks(uri, project, task, None)
     if not found:
         raise NotFound(f"no task {task!r} in project {project!r} at {uri}")
-    rec = found[0]
-    yield f"# task {rec['task_id']} ({rec.get('status')}) started {_iso(rec['started'])}"
-    for art in artifact_records(uri, rec["task_id"]):
+    newest = found[0]
+    yield f"# task {newest['task_id']} ({newest.get('status')}) started {_iso(newest['started'])}"
+    for art in artifact_records(uri, newest["task_id"]):
         yield f"{art['name']}\t{art['type']}/{art['format']}\t{art['size']}\t{art['sha256'][:12]}"
 
 

@@ -9,6 +9,7 @@ spool's outbox: acknowledged or on disk, never dropped.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import queue
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 from artisync.protocol import Settings, Spool, load_settings
 
 from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
+from ._quota import Quota, SpoolFull, estimate_size
 
 log = logging.getLogger("artisync")
 
@@ -55,6 +57,9 @@ class Session:
         self._last_autostart = 0.0
         self.errors: list[str] = []
         self.outboxed = 0
+        self._quota: Quota | None = None
+        self._lost: SpoolFull | None = None  # a write the disk refused, not yet reported
+        self._lost_count = 0
 
     @classmethod
     def get(cls) -> Session:
@@ -89,6 +94,21 @@ class Session:
                 self._spool = Spool(root).ensure()
             return self._spool
 
+    def reserve_space(self, obj: Any, what: str) -> None:
+        """Before snapshotting ``obj``: wait for (or insist on) room in the spool.
+
+        :raises SpoolFull: no room, or an earlier artifact could not be written
+            because the spool's disk filled up (reported once, here or at flush)."""
+        self.raise_lost()
+        if self._quota is None:
+            self._quota = Quota(self.settings)
+        self._quota.reserve(self.spool, estimate_size(obj), what)
+
+    def raise_lost(self) -> None:
+        lost, self._lost, self._lost_count = self._lost, None, 0
+        if lost is not None:
+            raise lost
+
     # -- background writer ------------------------------------------------------------
     def run(self, fn: Callable[[], Any]) -> Job:
         job = Job(fn)
@@ -109,25 +129,41 @@ class Session:
                 job.error = exc
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.error("artisync: background write failed: %s", exc)
+                if _disk_full(exc):  # nothing kept anywhere: the caller must hear of it
+                    self._lost_count += 1
+                    self._lost = SpoolFull(
+                        f"{self._lost_count} artifact(s) or task event(s) NOT stored: the "
+                        f"spool's disk is full ({exc}); free space (or set spool_limit) "
+                        "and report them again"
+                    )
+                    job.error = self._lost
             finally:
+                if self._quota is not None and self._jobs.unfinished_tasks == 1:
+                    self._quota.settle()  # idle: what was reserved is on disk now
                 job.done.set()
                 self._jobs.task_done()
         self._jobs.task_done()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every queued job has reached the spool."""
+        """Wait until every queued job has reached the spool.
+
+        :raises SpoolFull: a write failed because the spool's disk is full."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._jobs.unfinished_tasks:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
+        self.raise_lost()
         return True
 
     def shutdown(self) -> None:
         from ._task import Task
 
         Task._close_all_at_exit()
-        self.drain()
+        try:
+            self.drain()
+        except SpoolFull as exc:
+            log.error("artisync: %s", exc)
         self.client.close()
 
     # -- records ------------------------------------------------------------------------
@@ -163,6 +199,15 @@ class Session:
         self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
     ) -> dict[str, Any]:
         return self.client.request(msg, timeout=timeout, on_progress=on_progress)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def cache_dir(settings: Settings) -> Path:

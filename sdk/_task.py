@@ -7,6 +7,7 @@ serializes it into the spool and hands the record to the daemon.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
@@ -42,6 +43,7 @@ class UploadFailed(ArtisyncError):
 _HOST = socket.gethostname()
 
 
+@functools.cache  # getpass.getuser() reads the password database when $USER is unset
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -179,7 +181,8 @@ class Task:
             ]
         matches.sort(key=lambda t: t._record["started"], reverse=True)
         exact = [t for t in matches if name is None or t.name == name]
-        return (exact or matches or [None])[0]
+        best = exact or matches
+        return best[0] if best else None
 
     @classmethod
     def _find_daemon(
@@ -310,6 +313,7 @@ class Task:
         meta = _checked_metadata(metadata)
         session = Session.get()
         spool = session.spool
+        session.reserve_space(artifact_object, f"artifact {name!r}")  # may raise SpoolFull
         snap = snapshot(
             artifact_object,
             spool,
@@ -347,12 +351,12 @@ class Task:
             "format": snap.format,
             "extension": snap.extension,
             "metadata": meta or {},
-            "preview": snap.preview,
             "delete_after": delete_after,
         }
         spool = session.spool
 
         def store() -> dict[str, Any]:
+            record["preview"] = snap.preview  # may format a copy's head: not on the caller
             payload = snap.write(spool)
             record.update(
                 sha256=payload.sha256, size=payload.size, blobs=[[s, n] for s, n in payload.blobs]
@@ -404,6 +408,7 @@ class Task:
         from ._serializers import snapshot
 
         session = Session.get()
+        session.reserve_space(item.obj, f"artifact {item.name!r}")  # may raise SpoolFull
         snap = snapshot(item.obj, session.spool)
         self._enqueue(session, item.name, snap, item.metadata, None)._live = item.obj
 
@@ -561,7 +566,8 @@ def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | No
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
     if len(text) > 1_000_000:
         raise ValueError("metadata is larger than 1 MB once serialised")
-    return json.loads(text)
+    checked: dict[str, Any] = json.loads(text)
+    return checked
 
 
 def _delete_spec(obj: Any) -> dict[str, Any] | None:

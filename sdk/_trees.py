@@ -1,9 +1,13 @@
 """Path artifacts: a file, a folder, or the files a wildcard matches.
 
-Every file is copied into a spool temp file at snapshot time (``copy_file_fast``:
-a reflink or in-kernel copy where the filesystem allows it), so that rewriting
+Every file is copied into the spool at snapshot time (``copy_file_range``: a
+reflink or in-kernel copy where the filesystem allows it), so that rewriting
 the original afterwards cannot change what is stored; hashing waits for
-``write()``. A folder or wildcard is stored as a tree: each file its own
+``write()``. Creating a file costs about as much as copying 64 KiB, so the
+small files of a folder are appended to one pack temp file on the caller's
+thread and split into their own temp files by ``write()``, in the background;
+a file of ``PACK_MAX`` bytes or more gets its own temp file at once (copied
+once, never twice). A folder or wildcard is stored as a tree: each file its own
 content-addressed blob, plus a JSON listing blob, the tree's main blob::
 
     {"files": [{"path": "rel/posix/path", "sha256": "...", "size": 123}, ...], "version": 1}
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -48,7 +53,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from artisync.protocol import IntegrityError, Spool, copy_file_fast
 
@@ -62,6 +67,9 @@ from ._serializers import (
 )
 
 LISTING_VERSION = 1
+PACK_MAX = 1024 * 1024  # smaller files of a tree share one temp file at snapshot time
+_COPY_MAX = 1 << 30  # bytes per copy_file_range call
+CHUNK = 1024 * 1024  # bytes per read where the kernel cannot copy
 _MAX_PATH_STR = 4096
 _MAGIC = re.compile(r"[*?[]")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -117,7 +125,7 @@ def snapshot_path(obj: Any, spool: Spool, ext: str | None, pv: str | None) -> Sn
     if ext is not None:
         raise SerializationError(f"extension_name does not apply to folders ({text!r})")
     if stat.S_ISDIR(st.st_mode):
-        files, skipped = _walk(path)
+        files, skipped = _walk(str(path))
         name = os.path.basename(os.path.abspath(path)) or "/"
         return _snap_tree("folder", name, files, skipped, spool, pv)
     raise SerializationError(f"artifact path {text!r} is not a regular file or a folder")
@@ -133,11 +141,41 @@ def file_suffix(name: str) -> str:
     return ext
 
 
-def _copy_to_temp(src: Path, spool: Spool) -> tuple[Path, int]:
+def _copy_fd(fd: int, size: int, out_fd: int) -> int:
+    """Copy an open file (``size`` bytes when opened) to the end of ``out_fd``, kernel-side
+    where possible; returns the bytes copied. Raw descriptors: for a 64 KiB file,
+    Python file objects would cost as much as the copy itself."""
+    total = 0
+    if size:  # st_size 0: empty, or a pseudo-file (/proc) whose bytes only read() gives
+        try:
+            while total < size:
+                n = os.copy_file_range(fd, out_fd, size - total)
+                if n == 0:
+                    break
+                total += n
+            return total
+        except OSError:
+            pass  # cross-device on old kernels, or a filesystem that cannot: read and write
+    while total < size or not size:
+        chunk = os.read(fd, min(CHUNK, size - total) if size else CHUNK)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out_fd, view) :]
+        total += len(chunk)
+    return total
+
+
+def _copy_to_temp(src: str, spool: Spool) -> tuple[Path, int]:
     f, tmp = spool.open_temp()
     try:
         with f:
-            return tmp, copy_file_fast(src, f)
+            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return tmp, _copy_fd(fd, os.fstat(fd).st_size, f.fileno())
+            finally:
+                os.close(fd)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
@@ -160,7 +198,7 @@ def _snap_file(path: Path, spool: Spool, ext: str | None, pv: str | None) -> Sna
             f"a file is stored as it is: extension_name={ext!r} does not match {path.name!r}; "
             f"allowed: None or {suffix.lower() or '(no extension)'}"
         )
-    tmp, size = _copy_to_temp(path, spool)
+    tmp, size = _copy_to_temp(str(path), spool)
     return make_snapshot(
         "file",
         "file",
@@ -182,23 +220,35 @@ def _regular(path: str) -> bool:
         return False
 
 
-def _walk(root: Path) -> tuple[dict[str, Path], int]:
-    """Regular files under ``root`` by relative POSIX path, and the count skipped."""
-    files: dict[str, Path] = {}
+def _walk(root: str) -> tuple[dict[str, str], int]:
+    """Regular files under ``root`` by relative POSIX path, and the count skipped.
+
+    ``scandir`` knows most entries' types without a ``stat`` call; symlinks to
+    files are followed, symlinks to folders are not (they count as skipped).
+    """
+    files: dict[str, str] = {}
     skipped = 0
-
-    def fail(exc: OSError) -> None:
-        raise SerializationError(f"cannot read folder {exc.filename}: {exc.strerror}") from exc
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames.sort()
-        skipped += sum(1 for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if _regular(full):
-                files[Path(os.path.relpath(full, root)).as_posix()] = Path(full)
-            else:
-                skipped += 1
+    stack = [("", root)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise SerializationError(
+                f"cannot read folder {exc.filename or folder}: {exc.strerror}"
+            ) from exc
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((f"{prefix}{entry.name}/", entry.path))
+                    continue
+                if entry.is_file():
+                    files[prefix + entry.name] = entry.path
+                    continue
+            except OSError:
+                pass  # vanished, or a link we may not follow: skipped like a socket
+            skipped += 1
     return files, skipped
 
 
@@ -216,16 +266,16 @@ def _snap_wildcard(pattern: str, spool: Spool, ext: str | None, pv: str | None) 
         raise SerializationError("extension_name does not apply to wildcard artifacts")
     expanded = os.path.expanduser(pattern)
     base = _glob_base(expanded)
-    files: dict[str, Path] = {}
+    files: dict[str, str] = {}
     skipped = 0
     for match in sorted(glob.glob(expanded, recursive=True)):
         if os.path.isdir(match):
-            sub, n = _walk(Path(match))
+            sub, n = _walk(match)
             prefix = Path(os.path.relpath(match, base)).as_posix()
             files.update({f"{prefix}/{k}" if prefix != "." else k: v for k, v in sub.items()})
             skipped += n
         elif _regular(match):
-            files[Path(os.path.relpath(match, base)).as_posix()] = Path(match)
+            files[Path(os.path.relpath(match, base)).as_posix()] = match
         else:
             skipped += 1
     if not files:
@@ -233,33 +283,62 @@ def _snap_wildcard(pattern: str, spool: Spool, ext: str | None, pv: str | None) 
     return _snap_tree("wildcard", pattern, files, skipped, spool, pv)
 
 
+class _Entry(NamedTuple):
+    rel: str  # path in the tree
+    own: Path | None  # its own temp file; None: it is in the pack, at offset
+    offset: int
+    size: int
+
+
 def _snap_tree(
-    kind: str, label: str, files: dict[str, Path], skipped: int, spool: Spool, pv: str | None
+    kind: str, label: str, files: dict[str, str], skipped: int, spool: Spool, pv: str | None
 ) -> Snapshot:
-    temps: dict[str, tuple[Path, int]] = {}
+    order = sorted(files)
+    for rel in order:
+        try:
+            check_rel_path(rel)
+        except ValueError as exc:
+            raise SerializationError(str(exc)) from None
+    pack_file, pack = spool.open_temp()
+    temps = [pack]
+    entries: list[_Entry] = []
     try:
-        for rel in sorted(files):
-            try:
-                check_rel_path(rel)
-            except ValueError as exc:
-                raise SerializationError(str(exc)) from None
-            temps[rel] = _copy_to_temp(files[rel], spool)
+        with pack_file:
+            offset = 0
+            for rel in order:
+                entry = _copy_into(files[rel], rel, spool, pack_file.fileno(), offset, temps)
+                entries.append(entry)
+                offset += entry.size if entry.own is None else 0
     except BaseException:
-        for tmp, _ in temps.values():
+        for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
     if pv is None:
-        pv = _tree_preview(kind, label, [(rel, n) for rel, (_, n) in temps.items()], skipped)
+        pv = _tree_preview(kind, label, [(e.rel, e.size) for e in entries], skipped)
     filename = None if kind == "wildcard" else label
     return make_snapshot(
-        kind,
-        "tree",
-        "",
-        pv,
-        _tree_writer(temps),
-        [tmp for tmp, _ in temps.values()],
-        filename=filename,
+        kind, "tree", "", pv, _tree_writer(pack, entries), temps, filename=filename
     )
+
+
+def _copy_into(
+    src: str, rel: str, spool: Spool, pack_fd: int, offset: int, temps: list[Path]
+) -> _Entry:
+    """Append a small file to the pack; give a large one its own temp file."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size < PACK_MAX:
+                return _Entry(rel, None, offset, _copy_fd(fd, size, pack_fd))
+            f, tmp = spool.open_temp()
+            temps.append(tmp)
+            with f:
+                return _Entry(rel, tmp, 0, _copy_fd(fd, size, f.fileno()))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise SerializationError(f"cannot copy {src}: {exc}") from exc
 
 
 def _tree_preview(kind: str, label: str, entries: list[tuple[str, int]], skipped: int) -> str:
@@ -274,9 +353,13 @@ def _tree_preview(kind: str, label: str, entries: list[tuple[str, int]], skipped
     return "\n".join(lines)
 
 
-def _tree_writer(temps: dict[str, tuple[Path, int]]) -> Callable[[Spool], StoredPayload]:
+def _tree_writer(pack: Path, entries: list[_Entry]) -> Callable[[Spool], StoredPayload]:
     def write(spool: Spool) -> StoredPayload:
-        committed = [(rel, *spool.commit_temp(temps[rel][0])) for rel in sorted(temps)]
+        with open(pack, "rb") as f:
+            committed = [
+                (e.rel, *(spool.commit_temp(e.own) if e.own else _unpack(spool, f.fileno(), e)))
+                for e in entries
+            ]
         listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
         data = json.dumps(
             {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
@@ -286,6 +369,26 @@ def _tree_writer(temps: dict[str, tuple[Path, int]]) -> Callable[[Spool], Stored
         return StoredPayload(main[0], sum(size for _, _, size in committed), blobs)
 
     return write
+
+
+def _unpack(spool: Spool, pack_fd: int, entry: _Entry) -> tuple[str, int]:
+    """Copy one file out of the pack into its own temp file, hashing it, and commit it."""
+    h = hashlib.sha256()
+    f, tmp = spool.open_temp()
+    try:
+        with f:
+            done = 0
+            while done < entry.size:
+                chunk = os.pread(pack_fd, min(CHUNK, entry.size - done), entry.offset + done)
+                if not chunk:
+                    raise IntegrityError(f"spool temp file {tmp} is shorter than its entries")
+                h.update(chunk)
+                f.write(chunk)
+                done += len(chunk)
+        return spool.commit_temp(tmp, h.hexdigest())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_rel_path(rel: Any) -> str:

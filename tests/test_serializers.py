@@ -169,8 +169,9 @@ def test_dataframe_multiindex_without_pyarrow_falls_back_to_pickle(
         pd.Series([1j, 2]),
         pd.Series(pd.Categorical([1, "a", 1])),
         pd.Series(pd.arrays.SparseArray([0, 0, 1])),
+        pd.Series([2**70, 1], dtype=object),
     ],
-    ids=["mixed_object", "complex", "mixed_categorical", "sparse"],
+    ids=["mixed_object", "complex", "mixed_categorical", "sparse", "int_beyond_int64"],
 )
 def test_dataframe_column_arrow_cannot_hold(spool: Spool, column: pd.Series) -> None:
     df = pd.DataFrame({"mixed": column})
@@ -214,6 +215,14 @@ def test_dataframe_preview_has_shape_and_head(spool: Spool) -> None:
     assert snap.preview.startswith("DataFrame 1000 rows x 2 columns")
     assert "alpha" in snap.preview and "beta" in snap.preview
     assert len(snap.preview.splitlines()) == 7  # title, header, 5 rows
+
+
+def test_dataframe_preview_made_after_write_shows_the_snapshot(spool: Spool) -> None:
+    df = pd.DataFrame({"alpha": range(10)})
+    snap = snapshot(df, spool)
+    df["alpha"] = -1
+    write(snap, spool)  # the preview may be made on the writer thread, after the payload
+    assert snap.preview.splitlines()[2].split() == ["0", "0"]
 
 
 def test_dataframe_unsupported_extension_lists_the_allowed(spool: Spool) -> None:
@@ -640,6 +649,31 @@ def test_folder_preview_counts_files_and_bytes(spool: Spool, tmp_path: Path) -> 
     first = snap.preview.splitlines()[0]
     assert first == "folder many: 30 files, 2.9 KB (1 non-regular entries skipped)"
     assert "f00.bin - 100 B" in snap.preview and "... and 10 more" in snap.preview
+
+
+def test_folder_of_small_and_large_files_stores_the_snapshot(spool: Spool, tmp_path: Path) -> None:
+    """Small files travel through one pack temp file, large ones through their own."""
+    from artisync._trees import PACK_MAX
+
+    src = tmp_path / "mixed"
+    (src / "sub").mkdir(parents=True)
+    big = os.urandom(PACK_MAX + 123)
+    (src / "big.bin").write_bytes(big)
+    (src / "sub" / "big-again.bin").write_bytes(big)  # same content: one blob
+    (src / "empty").write_bytes(b"")
+    (src / "small.txt").write_bytes(b"small")
+    snap = snapshot(src, spool)
+    (src / "big.bin").write_bytes(b"changed")
+    (src / "small.txt").write_bytes(b"changed too")
+    payload = write(snap, spool)
+    assert len(payload.blobs) == 1 + 3 and payload.size == 2 * len(big) + 5
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "out")
+    assert tree(out) == {
+        "big.bin": big,
+        "sub/big-again.bin": big,
+        "empty": b"",
+        "small.txt": b"small",
+    }
 
 
 def test_empty_folder_is_an_empty_tree(spool: Spool, tmp_path: Path) -> None:

@@ -67,6 +67,15 @@ class CloudStorage:
     _prefix: Prefix
     # False where the server itself verifies the SHA-256 of a small body (S3)
     hash_small_locally: ClassVar[bool] = True
+    # the service's limit on parts per object (S3 10,000 parts; Azure 50,000 blocks)
+    max_parts: int | None = None
+
+    def part_size_for(self, size: int) -> int:
+        """``part_size``, grown (in whole MiB) when ``size`` would need more parts than
+        the service allows: the default 8 MiB parts would cap S3 objects at ~78 GiB."""
+        if self.max_parts is None or -(-size // self.part_size) <= self.max_parts:
+            return self.part_size
+        return -(-size // (self.max_parts * MiB)) * MiB
 
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
         raise NotImplementedError
@@ -125,12 +134,13 @@ class CloudStorage:
         concurrency: int,
         send: Callable[[int, bytes], Awaitable[None]],
     ) -> tuple[str, bytes]:
-        """Read ``src`` in parts, in order, hashing the whole file on the way, and
-        ``send(number, data)`` them (numbered from 1), ``concurrency`` at a time, each
-        retried alone. Memory stays under concurrency x part_size. Returns the file's
-        SHA-256 (hex) and MD5 (raw)."""
+        """Read ``src`` in parts (of :meth:`part_size_for`), in order, hashing the whole
+        file on the way, and ``send(number, data)`` them (numbered from 1),
+        ``concurrency`` at a time, each retried alone. Memory stays under concurrency x
+        part size. Returns the file's SHA-256 (hex) and MD5 (raw)."""
         sha, md5 = hashlib.sha256(), hashlib.md5()
         slots = asyncio.Semaphore(concurrency)
+        part_size = self.part_size_for(size)
 
         def read(offset: int, length: int) -> bytes:
             data = read_range(src, offset, length)
@@ -146,9 +156,9 @@ class CloudStorage:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                for number, offset in enumerate(range(0, size, self.part_size), start=1):
+                for number, offset in enumerate(range(0, size, part_size), start=1):
                     await slots.acquire()
-                    length = min(self.part_size, size - offset)
+                    length = min(part_size, size - offset)
                     data = await asyncio.to_thread(read, offset, length)
                     if len(data) != length:
                         raise self._integrity("source shrank while reading", key)

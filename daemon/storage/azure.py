@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core.exceptions import (
@@ -84,6 +85,7 @@ class AzureStorage(CloudStorage):
 
     scheme: ClassVar[str] = "azure"
     atomic_put = True
+    max_parts = 50_000
 
     def __init__(
         self,
@@ -146,7 +148,7 @@ class AzureStorage(CloudStorage):
             await stack.aclose()
 
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
-        ctx = {"op": op, "key": key, "backend": self.uri}
+        ctx: dict[str, Any] = {"op": op, "key": key, "backend": self.uri}
         if isinstance(exc, HttpResponseError):
             return self._translate_status(exc, ctx)
         if isinstance(exc, ServiceRequestError):  # the request did not get out
@@ -160,7 +162,7 @@ class AzureStorage(CloudStorage):
             return PermanentStorageError(f"invalid Azure configuration: {_short(exc)}", **ctx)
         return TransientStorageError(f"unexpected {type(exc).__name__}: {_short(exc)}", **ctx)
 
-    def _translate_status(self, exc: HttpResponseError, ctx: dict[str, str]) -> StorageError:
+    def _translate_status(self, exc: HttpResponseError, ctx: dict[str, Any]) -> StorageError:
         code, status = _code(exc), int(exc.status_code or 0)
         text = code or str(status)
         if code in _CONTAINER_MISSING:
@@ -208,7 +210,8 @@ class AzureStorage(CloudStorage):
         digest, md5 = await self._upload_parts(key, src, size, self.part_concurrency, stage)
         if digest != sha256:  # the staged blocks are never committed; the service drops them
             raise self._integrity(f"source sha256 is {digest}, expected {sha256}", key)
-        blocks = [BlobBlock(_block_id(n)) for n in range(1, -(-size // self.part_size) + 1)]
+        count = -(-size // self.part_size_for(size))
+        blocks = [BlobBlock(_block_id(n)) for n in range(1, count + 1)]
         settings = ContentSettings(content_type=OCTET, content_md5=bytearray(md5))
         with self._errors("put", key):
             await blob.commit_block_list(
@@ -318,8 +321,22 @@ def _client_args(options: Mapping[str, Any]) -> dict[str, Any]:
         url = f"https://{account}.blob.core.windows.net"
     if not url:
         return {}
-    credential: Any = {"account_name": account, "account_key": key} if key and account else sas
+    credential: Any = sas
+    if key:  # a shared key signs with the account name: take it from the URL if not given
+        account = account or _account_in(url)
+        if not account:
+            raise ValueError("account_key needs account_name (not found in account_url)")
+        credential = {"account_name": account, "account_key": key}
     return {"account_url": url, "credential": credential, **extra}
+
+
+def _account_in(url: str) -> str | None:
+    """``https://NAME.blob.core.windows.net`` or an emulator's ``http://host:port/NAME``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ".blob." in host:
+        return host.split(".", 1)[0]
+    return parts.path.strip("/").split("/", 1)[0] or None
 
 
 def _factory(uri: str, options: Mapping[str, Any]) -> AzureStorage:
@@ -336,4 +353,17 @@ def _factory(uri: str, options: Mapping[str, Any]) -> AzureStorage:
     )
 
 
-register("azure", _factory)
+OPTIONS = (
+    "account_key",
+    "account_name",
+    "account_url",
+    "api_version",
+    "concurrency",
+    "connection_string",
+    "list_page_size",
+    "multipart_threshold",
+    "part_concurrency",
+    "part_size",
+    "sas_token",
+)
+register("azure", _factory, OPTIONS)

@@ -10,10 +10,11 @@ prefix and must refuse a key that would escape it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from artisync.protocol import (
@@ -38,6 +39,7 @@ __all__ = [
     "open_storage",
     "parse_uri",
     "register",
+    "unknown_options",
 ]
 
 
@@ -60,10 +62,25 @@ class Storage(Protocol):
     Cancellation propagates untouched.
     """
 
-    scheme: ClassVar[str]
-    uri: str  # the destination, without credentials
-    max_concurrency: int  # uploads worth running at once against this backend
-    atomic_put: bool  # a reader never sees a partial object under its final key
+    @property
+    def scheme(self) -> str:
+        """The URI scheme this backend serves (a class attribute in implementations)."""
+        ...
+
+    @property
+    def uri(self) -> str:
+        """The destination, without credentials."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int:
+        """Uploads worth running at once against this backend."""
+        ...
+
+    @property
+    def atomic_put(self) -> bool:
+        """A reader never sees a partial object under its final key."""
+        ...
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
         """Upload the file ``src`` to ``key``; the backend verifies ``sha256``
@@ -104,13 +121,18 @@ class Storage(Protocol):
 
 Factory = Callable[[str, Mapping[str, Any]], Storage]
 _REGISTRY: dict[str, Factory] = {}
+_OPTIONS: dict[str, frozenset[str]] = {}
 _MODULES = {"file": "file", "s3": "s3", "gs": "gs", "azure": "azure"}
+log = logging.getLogger("artisync.daemon.storage")
 
 
-def register(scheme: str, factory: Factory) -> None:
+def register(scheme: str, factory: Factory, options: Iterable[str] | None = None) -> None:
+    """Register ``factory`` for ``scheme``; ``options`` names every option it reads."""
     if scheme in _REGISTRY:
         raise RuntimeError(f"storage scheme {scheme!r} registered twice")
     _REGISTRY[scheme] = factory
+    if options is not None:
+        _OPTIONS[scheme] = frozenset(options)
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
@@ -151,9 +173,34 @@ def check_key(key: str) -> str:
     return key
 
 
-def open_storage(uri: str, options: Mapping[str, Any] | None = None) -> Storage:
-    """Build the backend for ``uri``; imports its module (and cloud client) lazily."""
-    scheme, _, _ = parse_uri(uri)
+def _load(scheme: str) -> None:
     if scheme not in _REGISTRY:
         importlib.import_module(f"artisync.daemon.storage.{_MODULES[scheme]}")
+
+
+def unknown_options(uri: str, options: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(names in ``options`` that the backend for ``uri`` does not read, the names it does):
+    a typo such as ``endpoint`` for ``endpoint_url`` would otherwise go unnoticed."""
+    scheme, _, _ = parse_uri(uri)
+    _load(scheme)
+    known = _OPTIONS.get(scheme)
+    if known is None:
+        return [], []
+    return sorted(set(options) - known), sorted(known)
+
+
+def open_storage(uri: str, options: Mapping[str, Any] | None = None) -> Storage:
+    """Build the backend for ``uri``; imports its module (and cloud client) lazily.
+    Options the backend does not know are logged (names only, never values)."""
+    scheme, _, _ = parse_uri(uri)
+    _load(scheme)
+    unknown, known = unknown_options(uri, options or {})
+    if unknown:
+        log.warning(
+            "ignoring unknown %s storage option(s) %s for %s (known: %s)",
+            scheme,
+            ", ".join(unknown),
+            uri,
+            ", ".join(known),
+        )
     return _REGISTRY[scheme](uri, options or {})

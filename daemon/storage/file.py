@@ -61,6 +61,10 @@ class FileStorage:
         except StorageError:
             raise
         except FileNotFoundError as exc:
+            if op == "put":  # the folder itself vanished (an unmounted share): it may return
+                raise TransientStorageError(
+                    f"storage folder unreachable: {exc.strerror}", op=op, key=key, backend=self.uri
+                ) from exc
             raise NotFound(
                 f"no such object: {exc.strerror}", op=op, key=key, backend=self.uri
             ) from exc
@@ -227,4 +231,5 @@ def _factory(uri: str, options: Mapping[str, Any]) -> FileStorage:
     )
 
 
-register("file", _factory)
+OPTIONS = ("concurrency", "fsync")
+register("file", _factory, OPTIONS)

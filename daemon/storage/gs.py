@@ -148,7 +148,7 @@ class GSStorage(CloudStorage):
         return f"{self._root}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
 
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
-        ctx = {"op": op, "key": key, "backend": self.uri}
+        ctx: dict[str, Any] = {"op": op, "key": key, "backend": self.uri}
         if isinstance(exc, aiohttp.ClientResponseError):
             return self._translate_status(exc, ctx)
         if isinstance(exc, aiohttp.ClientConnectorError):
@@ -161,12 +161,12 @@ class GSStorage(CloudStorage):
         return TransientStorageError(f"unexpected {type(exc).__name__}: {exc}", **ctx)
 
     def _translate_status(
-        self, exc: aiohttp.ClientResponseError, ctx: dict[str, str]
+        self, exc: aiohttp.ClientResponseError, ctx: dict[str, Any]
     ) -> StorageError:
         status, text = exc.status, f"HTTP {exc.status}: {_google_message(exc.message)}"
         if status == 404 and ctx["op"] in ("put", "list"):
             message = f"bucket {self.bucket!r} does not exist ({text})"
-            return AccessDenied(message, **ctx, hint="bucket missing: create it or fix the URI")
+            return AccessDenied(message, **ctx, hint="create the bucket or fix the URI")
         if status == 404:
             return NotFound(f"no such object ({text})", **ctx)
         if status in (401, 403):
@@ -442,4 +442,12 @@ def _factory(uri: str, options: Mapping[str, Any]) -> GSStorage:
     )
 
 
-register("gs", _factory)
+OPTIONS = (
+    "concurrency",
+    "endpoint_url",
+    "list_page_size",
+    "multipart_threshold",
+    "part_size",
+    "service_file",
+)
+register("gs", _factory, OPTIONS)

@@ -91,6 +91,7 @@ class S3Storage(CloudStorage):
 
     scheme: ClassVar[str] = "s3"
     atomic_put = True
+    max_parts = 10_000
     hash_small_locally = False  # x-amz-checksum-sha256: the server checks it
 
     def __init__(
@@ -151,7 +152,7 @@ class S3Storage(CloudStorage):
             await stack.aclose()
 
     def _translate(self, exc: Exception, op: str, key: str) -> StorageError:
-        ctx = {"op": op, "key": key, "backend": self.uri}
+        ctx: dict[str, Any] = {"op": op, "key": key, "backend": self.uri}
         if isinstance(exc, ClientError):
             return self._translate_client_error(exc, ctx)
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
@@ -168,7 +169,7 @@ class S3Storage(CloudStorage):
         # unknown: transient, bounded by the retry wrapper's time budget
         return TransientStorageError(f"unexpected {type(exc).__name__}: {exc}", **ctx)
 
-    def _translate_client_error(self, exc: ClientError, ctx: dict[str, str]) -> StorageError:
+    def _translate_client_error(self, exc: ClientError, ctx: dict[str, Any]) -> StorageError:
         err = exc.response.get("Error", {})
         meta = exc.response.get("ResponseMetadata", {})
         code = str(err.get("Code", ""))
@@ -351,4 +352,18 @@ def _factory(uri: str, options: Mapping[str, Any]) -> S3Storage:
     )
 
 
-register("s3", _factory)
+OPTIONS = (
+    "access_key_id",
+    "addressing_style",
+    "concurrency",
+    "endpoint_url",
+    "list_page_size",
+    "multipart_threshold",
+    "part_concurrency",
+    "part_size",
+    "profile",
+    "region",
+    "secret_access_key",
+    "session_token",
+)
+register("s3", _factory, OPTIONS)

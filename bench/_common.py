@@ -1,0 +1,178 @@
+"""Shared by the benchmarks: an isolated artisync world, a real daemon, tables.
+
+Everything lives in a short temp folder under /tmp (the AF_UNIX path limit),
+on the same filesystem as the spool, and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class World:
+    """Spool, socket, storage, empty config and cache of one benchmark run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.spool = root / "spool"
+        self.socket = root / "run" / "d.sock"
+        self.storage = root / "storage"
+        self.config = root / "config.toml"
+        self.config.write_text("")
+        self.scratch = root / "scratch"  # inputs and plain writes: same filesystem as the spool
+        self.scratch.mkdir()
+        self.vars = {
+            "ARTISYNC_SPOOL": str(self.spool),
+            "ARTISYNC_SOCKET": str(self.socket),
+            "ARTISYNC_OUTPUT_URI": str(self.storage),
+            "ARTISYNC_CONFIG": str(self.config),
+            "ARTISYNC_AUTOSTART": "0",
+            "XDG_CACHE_HOME": str(root / "cache"),
+        }
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARTISYNC_")}
+        env.update(self.vars)
+        env.update(extra)
+        return env
+
+    def apply(self) -> None:
+        """Point this process's artisync at the world (before ``Task.init``)."""
+        for k in [k for k in os.environ if k.startswith("ARTISYNC_")]:
+            del os.environ[k]
+        os.environ.update(self.vars)
+
+
+@contextlib.contextmanager
+def world() -> Iterator[World]:
+    root = Path(tempfile.mkdtemp(prefix="asb-", dir="/tmp"))
+    try:
+        yield World(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Daemon:
+    """A real ``python -m artisync.daemon`` process serving the world's spool."""
+
+    def __init__(self, w: World) -> None:
+        self.world = w
+        self.log = w.root / "daemon.log"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "artisync.daemon", "--log-level", "WARNING"],
+            env=w.environ(),
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> Daemon:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited:\n{self.log.read_text(errors='replace')}")
+            try:
+                call(self.world.socket, {"op": "hello", "version": _protocol_version()})
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"daemon not ready:\n{self.log.read_text(errors='replace')}")
+
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until everything the daemon acknowledged is committed."""
+        call(self.world.socket, {"op": "wait", "task_id": None, "timeout": timeout}, timeout + 5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._logf.close()
+
+
+def _protocol_version() -> int:
+    from artisync.protocol import PROTOCOL_VERSION
+
+    return int(PROTOCOL_VERSION)
+
+
+def call(path: Path, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One request on a fresh connection (after the hello); returns the final reply."""
+    from artisync.protocol import FrameDecoder, encode
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        decoder = FrameDecoder()
+        msgs = [{"op": "hello", "version": _protocol_version()}]
+        if msg["op"] != "hello":
+            msgs.append(msg)
+        reply: dict[str, Any] = {}
+        for rid, m in enumerate(msgs, 1):
+            s.sendall(encode({**m, "id": rid}))
+            reply = _read_reply(s, decoder, rid)
+        return reply
+
+
+def _read_reply(s: socket.socket, decoder: Any, rid: int) -> dict[str, Any]:
+    while True:
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("daemon closed the connection")
+        for reply in decoder.feed(data):
+            if reply.get("id") == rid and "progress" not in reply:
+                if not reply.get("ok"):
+                    raise RuntimeError(f"daemon error: {reply}")
+                return dict(reply)
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1000.0
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (readable as plain text too); columns of
+    numbers are right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    right = [all(_numeric(r[i]) for r in rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    rule = ["-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right, strict=True)]
+    return "\n".join([line(headers), "|" + "|".join(rule) + "|", *(line(r) for r in rows)])
+
+
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.lstrip("+"))
+    except ValueError:
+        return cell == "-"
+    return True
+
+
+def machine() -> str:
+    import platform
+
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
