@@ -308,35 +308,28 @@ class Journal:
         self, task_id: str | None = None, max_seq: int | None = None
     ) -> tuple[int, int]:
         """(records, bytes) acknowledged but not yet committed."""
-
-        def q(db: sqlite3.Connection) -> tuple[int, int]:
-            sql = (
-                "SELECT count(*), coalesce(sum(size),0) FROM records "
-                "WHERE state IN ('pending','uploading','uploaded')"
-            )
-            args: list[Any] = []
-            if task_id is not None:
-                sql += " AND task_id=?"
-                args.append(task_id)
-            if max_seq is not None:
-                sql += " AND seq<=?"
-                args.append(max_seq)
-            n, b = db.execute(sql, args).fetchone()
-            return int(n), int(b)
-
-        return await self._run(q)
+        n, b = await self._count("state IN ('pending','uploading','uploaded')", task_id, max_seq)
+        return n, b
 
     async def failed_count(self, task_id: str | None = None, max_seq: int | None = None) -> int:
-        def q(db: sqlite3.Connection) -> int:
-            sql = "SELECT count(*) FROM records WHERE state='failed'"
-            args: list[Any] = []
-            if task_id is not None:
-                sql += " AND task_id=?"
-                args.append(task_id)
-            if max_seq is not None:
-                sql += " AND seq<=?"
-                args.append(max_seq)
-            return int(db.execute(sql, args).fetchone()[0])
+        return (await self._count("state='failed'", task_id, max_seq))[0]
+
+    async def _count(
+        self, state_sql: str, task_id: str | None, max_seq: int | None
+    ) -> tuple[int, int]:
+        """(records, bytes) in the given states, optionally of one task and up to a seq."""
+        sql = f"SELECT count(*), coalesce(sum(size),0) FROM records WHERE {state_sql}"
+        args: list[Any] = []
+        if task_id is not None:
+            sql += " AND task_id=?"
+            args.append(task_id)
+        if max_seq is not None:
+            sql += " AND seq<=?"
+            args.append(max_seq)
+
+        def q(db: sqlite3.Connection) -> tuple[int, int]:
+            n, b = db.execute(sql, args).fetchone()
+            return int(n), int(b)
 
         return await self._run(q)
 

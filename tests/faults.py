@@ -590,7 +590,12 @@ def flaky_network(size: Size, target: Target, root: Path) -> Result:
     flapper.start()
     start = time.monotonic()
     try:
-        with running(env, ARTISYNC_CONCURRENCY="6", ARTISYNC_RETRY_MAX_ELAPSED="20") as d:
+        with running(
+            env,
+            ARTISYNC_CONCURRENCY="6",
+            ARTISYNC_RETRY_MAX_ELAPSED="20",
+            ARTISYNC_OFFLINE_MAX_BACKOFF="4",  # the chaos may take it offline: probe often
+        ) as d:
             acked = submit_all(env, records)
             res.acknowledged = sum(r["kind"] == "artifact" for r in acked)
             wait_until(lambda: committed_count(env) == len(acked), 240, "all uploads", step=0.3)
