@@ -33,6 +33,7 @@ from artisync.protocol import Spool, encode
 from artisync.protocol._layout import artifact_version_key, object_key, task_key
 from tests.faultproxy import FaultProxy, _drain_body, _Fault
 from tests.harness import Conn, DaemonProc, Env, run_py
+from tests.records import record_for_blob
 
 MiB = 1024 * 1024
 CLI = "import sys; from artisync.daemon.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -354,25 +355,7 @@ def quick_blob(spool: Spool, data: bytes) -> tuple[str, int]:
 
 def artifact(spool: Spool, dest: str, data: bytes, task_id: str, name: str = "a") -> dict[str, Any]:
     sha, size = quick_blob(spool, data)
-    return {
-        "kind": "artifact",
-        "record_id": uuid.uuid4().hex,
-        "task_id": task_id,
-        "created": time.time(),
-        "dest": dest,
-        "host": "h",
-        "user": "u",
-        "pid": os.getpid(),
-        "name": name,
-        "type": "bytes",
-        "format": "bytes",
-        "extension": ".bin",
-        "sha256": sha,
-        "size": size,
-        "blobs": [[sha, size]],
-        "metadata": {},
-        "preview": "",
-    }
+    return record_for_blob(sha, size, dest, name, task_id, extension=".bin")
 
 
 def task_event(dest: str, task_id: str, status: str = "in_progress") -> dict[str, Any]:

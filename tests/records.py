@@ -40,10 +40,17 @@ def artifact_record(
     spool: Spool, dest: str, data: bytes, name: str = "a", task_id: str | None = None
 ) -> dict[str, Any]:
     sha, size = spool.write_blob_bytes(data)
+    return record_for_blob(sha, size, dest, name, task_id or uuid.uuid4().hex)
+
+
+def record_for_blob(
+    sha: str, size: int, dest: str, name: str, task_id: str, extension: str = ""
+) -> dict[str, Any]:
+    """An artifact record for a payload already in the spool."""
     return {
         "kind": "artifact",
         "record_id": uuid.uuid4().hex,
-        "task_id": task_id or uuid.uuid4().hex,
+        "task_id": task_id,
         "created": time.time(),
         "dest": dest,
         "host": "h",
@@ -52,7 +59,7 @@ def artifact_record(
         "name": name,
         "type": "bytes",
         "format": "bytes",
-        "extension": "",
+        "extension": extension,
         "sha256": sha,
         "size": size,
         "blobs": [[sha, size]],
