@@ -34,6 +34,7 @@ from artisync.protocol._layout import artifact_version_key, object_key, task_key
 from tests.faultproxy import FaultProxy, _drain_body, _Fault
 from tests.harness import Conn, DaemonProc, Env, run_py
 from tests.records import record_for_blob
+from tests.storage_fixtures import _s3_admin
 
 MiB = 1024 * 1024
 CLI = "import sys; from artisync.daemon.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -181,20 +182,6 @@ class FileTarget(Target):
         ]
 
 
-def s3_admin(server: Any) -> Any:
-    import botocore.session
-    from botocore.config import Config
-
-    return botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
-    )
-
-
 class S3Target(Target):
     """A fresh SeaweedFS bucket; the daemon reaches it through a fault proxy."""
 
@@ -205,7 +192,7 @@ class S3Target(Target):
     ) -> None:
         self.server = server
         self.bucket = f"fx-{secrets.token_hex(6)}"
-        self.admin = s3_admin(server)
+        self.admin = _s3_admin(server, max_attempts=2)
         self.admin.create_bucket(Bucket=self.bucket)
         self.proxy = (proxy or FaultProxy(("127.0.0.1", int(server.port)))).start()
         self.prefix = "runs"

@@ -143,7 +143,8 @@ def _unique() -> str:
     return f"at-{secrets.token_hex(6)}"  # valid S3 bucket / GCS bucket / Azure container
 
 
-def _s3_admin(server: SeaweedFS) -> Any:
+def _s3_admin(server: SeaweedFS, max_attempts: int = 1) -> Any:
+    """A plain botocore client for setting up and inspecting buckets in tests."""
     import botocore.session
     from botocore.config import Config
 
@@ -153,7 +154,7 @@ def _s3_admin(server: SeaweedFS) -> Any:
         region_name="us-east-1",
         aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": max_attempts}),
     )
 
 
