@@ -8,6 +8,7 @@ the whole object or nothing. Blocking file I/O runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -15,8 +16,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-
-from artisync.protocol import fsync_dir
 
 from .base import (
     AccessDenied,
@@ -99,20 +98,29 @@ class FileStorage:
             ) from exc
 
     def _write_atomic(self, path: Path, fill: Callable[[Any], str]) -> str:
+        # Every step goes through one descriptor of the target folder: if the path to
+        # it changes meanwhile (an unmounted share, a replaced symlink), the temp file
+        # is still renamed or removed where it was created, never left behind.
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            with open(tmp, "xb") as out:
-                digest = fill(out)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.fsync:
-            fsync_dir(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    digest = fill(out)
+                    out.flush()
+                    if self.fsync:
+                        os.fsync(out.fileno())
+                os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise
+            if self.fsync:
+                os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         return digest
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
