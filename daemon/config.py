@@ -33,10 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from artisync.protocol import Settings, load_settings
-from artisync.protocol._frames import DEFAULT_MAX_FRAME
+from artisync.protocol import DEFAULT_MAX_FRAME, Settings, load_settings
 
-from .storage.base import parse_uri
+from .storage import StorageOptions
 
 
 @dataclass(frozen=True)
@@ -54,28 +53,14 @@ class DaemonConfig:
     idle_exit: float = 0.0  # 0: serve forever
     exit_when_idle: bool = False  # exit as soon as the backlog is empty (tests, one-shot sync)
     group: str | None = None
-    storage_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    storage_overrides: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
     def gid(self) -> int | None:
         return None if self.group is None else grp.getgrnam(self.group).gr_gid
 
     def options_for(self, uri: str) -> dict[str, Any]:
-        """``[storage.<scheme>]``, then every matching override, the longest match last."""
-        scheme, _, _ = parse_uri(uri)
-        opts = dict(self.storage_defaults.get(scheme, {}))
-        matching = [(m, extra) for m, extra in self.storage_overrides if _covers(m, uri)]
-        for _, extra in sorted(matching, key=lambda o: len(o[0].rstrip("/"))):
-            opts.update(extra)
-        return opts
-
-
-def _covers(match: str, uri: str) -> bool:
-    """Whole segments only: ``s3://data`` covers ``s3://data`` and ``s3://data/runs``,
-    not ``s3://data-old``; a trailing slash on either side makes no difference."""
-    match, uri = match.rstrip("/"), uri.rstrip("/")
-    return uri == match or uri.startswith(match + "/")
+        return self.storage.options_for(uri)
 
 
 def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = None) -> float:
@@ -95,16 +80,9 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
     settings = settings or load_settings()
     raw = settings.raw
     daemon = raw.get("daemon", {})
-    storage = raw.get("storage", {})
-    if not isinstance(daemon, dict) or not isinstance(storage, dict):
-        raise ValueError("[daemon] and [storage] must be tables")
-    defaults = {k: v for k, v in storage.items() if isinstance(v, dict)}
-    overrides_list = []
-    for entry in storage.get("override", []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
-            raise ValueError("each [[storage.override]] needs a string 'match' URI prefix")
-        parse_uri(entry["match"])
-        overrides_list.append((entry["match"], {k: v for k, v in entry.items() if k != "match"}))
+    if not isinstance(daemon, dict):
+        raise ValueError("[daemon] must be a table")
+    storage = StorageOptions.from_table(raw.get("storage", {}))
     group = os.environ.get("ARTISYNC_GROUP") or daemon.get("group")
     if group is not None:
         try:
@@ -122,8 +100,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
         group=group,
-        storage_defaults=defaults,
-        storage_overrides=tuple(overrides_list),
+        storage=storage,
     )
     values.update(overrides)
     return DaemonConfig(**values)

@@ -77,7 +77,3 @@ class FrameDecoder:
             del self._buf[:end]
             out.append(unpack_body(body))
         return out
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._sizes import parse_size
+
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -32,6 +34,7 @@ class Settings:
     spool_limit: int = 0  # bytes the spool may hold (payloads, temp files, outbox); 0: no limit
     spool_full: str = "wait"  # when full: "wait" for room (up to spool_wait_timeout) or "error"
     spool_wait_timeout: float = 300.0
+    allow_pickle: bool = False  # let Artifact.get() unpickle (it runs arbitrary code)
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -88,9 +91,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     spool = Path(pick("ARTISYNC_SPOOL", "spool", state / "artisync" / "spool")).expanduser()
     sock = Path(pick("ARTISYNC_SOCKET", "socket", default_socket(env))).expanduser()
     output = str(pick("ARTISYNC_OUTPUT_URI", "output_uri", str(data / "artisync" / "storage")))
-    auto = pick("ARTISYNC_AUTOSTART", "autostart", True)
-    if isinstance(auto, str):
-        auto = auto.strip().lower() not in _FALSE
+    auto = _flag(pick("ARTISYNC_AUTOSTART", "autostart", True))
     try:
         idle = float(pick("ARTISYNC_IDLE_EXIT", "idle_exit", 300.0))
         ack = float(pick("ARTISYNC_ACK_TIMEOUT", "ack_timeout", 10.0))
@@ -104,7 +105,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spool=spool,
         socket=sock,
         output_uri=output,
-        autostart=bool(auto),
+        autostart=auto,
         idle_exit=idle,
         ack_timeout=ack,
         wait_timeout=wait,
@@ -113,31 +114,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spool_limit=spool_limit,
         spool_full=spool_full,
         spool_wait_timeout=spool_wait,
+        allow_pickle=_flag(table.get("allow_pickle", False)),
     )
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE
+    return bool(value)
+
+
 SPOOL_FULL_MODES = ("wait", "error")
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
-
-
-def parse_size(value: Any) -> int:
-    """``1073741824``, ``"500M"``, ``"20GiB"``, ``"1.5G"`` -> bytes (``"k"`` is 1000,
-    ``"Ki"`` 1024)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number, unit = float(value), ""
-    elif isinstance(value, str):
-        text = value.strip().lower().removesuffix("b")
-        binary = text.endswith("i")
-        text = text.removesuffix("i")
-        unit = text[-1:] if text[-1:] in _UNITS else ""
-        number = float(text[: len(text) - len(unit)] if unit else text)
-        if binary:
-            return int(number * 1024 ** list(_UNITS).index(unit))
-    else:
-        raise ValueError(f"not a size: {value!r}")
-    if number < 0 or number != number:
-        raise ValueError(f"not a size: {value!r}")
-    return int(number * _UNITS[unit])
 
 
 def _quota(pick: Any) -> tuple[int, str, float]:

@@ -117,9 +117,6 @@ class Spool:
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / sha256
 
-    def has_blob(self, sha256: str) -> bool:
-        return self.blob_path(sha256).exists()
-
     def open_temp(self) -> tuple[BinaryIO, Path]:
         """A new temp file named after this process, for a payload being written."""
         path = self.tmp / f"{os.getpid()}.{secrets.token_hex(8)}.part"

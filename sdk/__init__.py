@@ -8,8 +8,9 @@ from artisync.protocol import ArtisyncError, InvalidName
 
 from ._artifact import Artifact
 from ._client import DaemonError, DaemonUnavailable
+from ._errors import UploadFailed, UploadTimeout
 from ._quota import SpoolFull
-from ._task import Task, UploadFailed, UploadTimeout
+from ._task import Task
 
 __all__ = [
     "Artifact",

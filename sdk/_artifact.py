@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol._layout import object_key
+from artisync.protocol import object_key
 
 # Given a sha256, return a local path holding exactly those bytes.
 Locator = Callable[[str], Path]
@@ -23,13 +23,17 @@ class Artifact:
     """
 
     def __init__(
-        self, record: dict[str, Any], locator: Locator, pending: Any = None, live: Any = None
+        self,
+        record: dict[str, Any],
+        locator: Locator,
+        *,
+        pending: Any = None,
+        allow_pickle: bool = False,
     ) -> None:
         self._record = record
         self._locator = locator
         self._pending = pending  # the writer job, until the payload is in the spool
-        self._lock = threading.Lock()
-        self._live = live
+        self._allow_pickle = allow_pickle  # the default of get(allow_pickle=None)
 
     # -- ClearML's attributes ----------------------------------------------------------
     @property
@@ -101,7 +105,7 @@ class Artifact:
             return None
 
     def _local_copy(self, extract_archive: bool) -> Path:
-        from ._serializers import materialize_tree
+        from artisync.protocol.formats import materialize_tree
 
         rec = self._settled()
         main = self._locator(rec["sha256"])
@@ -141,17 +145,13 @@ class Artifact:
         Pickled artifacts are refused unless ``allow_pickle=True`` (or the config
         setting ``allow_pickle``): unpickling runs arbitrary code.
         """
-        from ._serializers import load
+        from artisync.protocol.formats import load
 
         rec = self._settled()
         if rec["format"] == "tree":
             return str(self._local_copy(True))
         if allow_pickle is None:
-            from ._session import Session
-
-            allow_pickle = bool(
-                Session.get().settings.raw.get("artisync", {}).get("allow_pickle", False)
-            )
+            allow_pickle = self._allow_pickle
         path = self._locator(rec["sha256"])
         if rec["type"] == "file":
             return str(self._local_copy(True))

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from artisync.protocol import ArtisyncError, Settings, Spool
+from artisync.protocol import ArtisyncError, Settings, Spool, format_size
 
 log = logging.getLogger("artisync")
 
@@ -29,14 +29,6 @@ RESCAN = 1.0  # seconds a measured spool size is trusted (own additions are coun
 class SpoolFull(ArtisyncError):
     """The spool has no room for this artifact: its ``spool_limit`` or its disk is full.
     Nothing of the artifact was written or recorded."""
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def estimate_size(obj: Any) -> int:
@@ -109,8 +101,8 @@ class Quota:
         """
         if self.limit and need > self.limit:
             raise SpoolFull(
-                f"{what} needs about {_human(need)}, more than the whole spool_limit "
-                f"({_human(self.limit)}) of {spool.root}; raise spool_limit"
+                f"{what} needs about {format_size(need)}, more than the whole spool_limit "
+                f"({format_size(self.limit)}) of {spool.root}; raise spool_limit"
             )
         deadline: float | None = None
         while True:
@@ -138,8 +130,8 @@ class Quota:
         free, reserve = _disk_free(spool)
         if free is not None and free - need < reserve:
             return (
-                f"the spool's disk ({spool.root}) has {_human(free)} free, "
-                f"{_human(need)} needed plus {_human(reserve)} kept free"
+                f"the spool's disk ({spool.root}) has {format_size(free)} free, "
+                f"{format_size(need)} needed plus {format_size(reserve)} kept free"
             )
         if not self.limit:
             return None
@@ -149,8 +141,8 @@ class Quota:
         used = self._measured + self._pending
         if used + need > self.limit:
             return (
-                f"the spool {spool.root} holds {_human(used)} of its spool_limit "
-                f"{_human(self.limit)}, {_human(need)} more needed"
+                f"the spool {spool.root} holds {format_size(used)} of its spool_limit "
+                f"{format_size(self.limit)}, {format_size(need)} more needed"
             )
         return None
 

@@ -15,15 +15,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from artisync.protocol import Settings, Spool, load_settings
 
 from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
+from ._errors import UploadFailed, UploadTimeout
 from ._quota import Quota, SpoolFull, estimate_size
 
 log = logging.getLogger("artisync")
+
+
+_shutdown_hooks: list[Callable[[], None]] = []
+
+
+def on_shutdown(hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the session shuts down (interpreter exit), before the last
+    queued writes are drained; e.g. tasks register their final close here."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
 
 
 class Job:
@@ -55,8 +65,6 @@ class Session:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_autostart = 0.0
-        self.errors: list[str] = []
-        self.outboxed = 0
         self._quota: Quota | None = None
         self._lost: SpoolFull | None = None  # a write the disk refused, not yet reported
         self._lost_count = 0
@@ -127,7 +135,6 @@ class Session:
                 job.result = job.fn()
             except BaseException as exc:  # reported through the job; the thread lives on
                 job.error = exc
-                self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.error("artisync: background write failed: %s", exc)
                 if _disk_full(exc):  # nothing kept anywhere: the caller must hear of it
                     self._lost_count += 1
@@ -157,9 +164,12 @@ class Session:
         return True
 
     def shutdown(self) -> None:
-        from ._task import Task
-
-        Task._close_all_at_exit()
+        """At exit (or reset): run the shutdown hooks, then write out what is queued."""
+        for hook in list(_shutdown_hooks):
+            try:
+                hook()
+            except Exception as exc:  # at exit, report and go on with the others
+                log.error("artisync: shutdown hook failed: %s", exc)
         try:
             self.drain()
         except SpoolFull as exc:
@@ -183,7 +193,6 @@ class Session:
         except DaemonUnavailable:
             self._maybe_autostart()
         self.spool.write_outbox(record)
-        self.outboxed += 1
         return "outbox"
 
     def _maybe_autostart(self) -> None:
@@ -194,6 +203,39 @@ class Session:
             autostart_daemon(self.settings, self.spool.root)
         except OSError as exc:
             log.warning("artisync: could not start a daemon: %s", exc)
+
+    def wait_committed(self, task_id: str, timeout: float | None) -> None:
+        """Until every record of ``task_id`` acknowledged so far is committed in storage.
+
+        :raises UploadTimeout: not within ``timeout`` (default: ``wait_timeout``).
+        :raises UploadFailed: a record failed permanently."""
+        limit = self.settings.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                reply = self.request(
+                    {"op": "wait", "task_id": task_id, "timeout": left}, timeout=left + 5
+                )
+            except DaemonUnavailable as exc:
+                last = exc
+                time.sleep(min(0.2, left))
+                continue
+            except DaemonError as exc:
+                if exc.code == "timeout":
+                    break
+                raise
+            if reply.get("failed"):
+                raise UploadFailed(
+                    f"{reply['failed']} records of task {task_id} failed; see `artisync status`"
+                )
+            return
+        hint = f" (no daemon answered: {last})" if last else ""
+        raise UploadTimeout(
+            f"uploads of task {task_id} not committed after {limit:.0f} s{hint}; "
+            "they stay in the spool and upload when a daemon runs"
+        )
 
     def request(
         self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
@@ -208,10 +250,3 @@ def _disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
-
-
-def cache_dir(settings: Settings) -> Path:
-    import os
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "artisync"

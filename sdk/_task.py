@@ -7,48 +7,36 @@ serializes it into the spool and hands the record to the daemon.
 
 from __future__ import annotations
 
-import functools
-import getpass
-import json
 import logging
 import os
-import socket
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from artisync.protocol import ArtisyncError, InvalidName
-from artisync.protocol._layout import check_name
+from artisync.protocol import (
+    TaskRecord,
+    check_name,
+    new_task_record,
+    task_event,
+)
 
+from . import _lookup
 from ._artifact import Artifact
-from ._client import DaemonError, DaemonUnavailable
-from ._session import Job, Session
+from ._checks import (
+    checked_metadata,
+    checked_name,
+    delete_spec,
+    is_dataframe,
+    resolve_destination,
+)
+from ._errors import UploadTimeout
+from ._session import Session, on_shutdown
 from ._tracking import Tracked, Tracker, content_hash
+from ._versions import origin, store_version
 
 log = logging.getLogger("artisync")
-
-
-class UploadTimeout(ArtisyncError, TimeoutError):
-    """Uploads were not committed in time (or no daemon is there to upload them)."""
-
-
-class UploadFailed(ArtisyncError):
-    """The daemon gave up on a record permanently; ``artisync status`` says why."""
-
-
-_HOST = socket.gethostname()
-
-
-@functools.cache  # getpass.getuser() reads the password database when $USER is unset
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 class Task:
@@ -63,12 +51,12 @@ class Task:
 
     def __init__(
         self,
-        record: dict[str, Any],
+        record: TaskRecord | dict[str, Any],
         artifacts: dict[str, Artifact] | None = None,
         *,
         owned: bool = False,
     ) -> None:
-        self._record = record
+        self._record: dict[str, Any] = dict(record)
         self._artifacts: dict[str, Artifact] = artifacts or {}
         self._owned = owned  # created by Task.init in this process
         self._closed = not owned
@@ -102,26 +90,14 @@ class Task:
             name = check_name(
                 task_name or os.path.basename(sys.argv[0] or "") or "task", "task_name"
             )
-            dest = output_uri if isinstance(output_uri, str) and output_uri else None
-            dest = _resolve_dest(dest or session.settings.output_uri)
-            now = time.time()
-            record = {
-                "kind": "task",
-                "event": "started",
-                "record_id": uuid.uuid4().hex,
-                "task_id": uuid.uuid4().hex,
-                "created": now,
-                "dest": dest,
-                "host": _HOST,
-                "user": _user(),
-                "pid": os.getpid(),
-                "project": project,
-                "name": name,
-                "status": "in_progress",
-                "started": now,
-                "ended": None,
-                "tags": list(tags or []),
-            }
+            chosen = output_uri if isinstance(output_uri, str) and output_uri else None
+            record = new_task_record(
+                project=project,
+                name=name,
+                dest=resolve_destination(chosen or session.settings.output_uri),
+                tags=list(tags or []),
+                origin=origin(),
+            )
             task = cls(record, owned=True)
             cls._local[task.id] = task
             cls._current = task
@@ -152,103 +128,36 @@ class Task:
         statuses = list((task_filter or {}).get("status") or []) or None
         if task_id is None and project_name is None and task_name is None:
             raise ValueError("get_task needs task_id, or project_name and/or task_name")
-        for finder in (cls._find_local, cls._find_daemon, cls._find_storage):
-            found = finder(task_id, project_name, task_name, statuses, output_uri)
-            if found is not None:
-                return found
+        q = _lookup.Query(task_id, project_name, task_name, statuses)
+        local = cls._find_local(q)
+        if local is not None:
+            return local
+        session = Session.get()
+        uri = resolve_destination(output_uri or session.settings.output_uri)
+        found = _lookup.in_daemon(session, q) or _lookup.in_storage(session.settings, uri, q)
+        if found is not None:
+            return cls(found.record, found.artifacts)
         what = task_id or f"{project_name!r}/{task_name!r}"
         raise ValueError(
             f"no task {what} found" + (f" with status in {statuses}" if statuses else "")
         )
 
     @classmethod
-    def _find_local(
-        cls,
-        task_id: str | None,
-        project: str | None,
-        name: str | None,
-        statuses: list[str] | None,
-        uri: str | None,
-    ) -> Task | None:
+    def _find_local(cls, q: _lookup.Query) -> Task | None:
+        folded = q.name.casefold() if q.name is not None else None
         with cls._class_lock:
             matches = [
                 t
                 for t in cls._local.values()
-                if (task_id is None or t.id == task_id)
-                and (project is None or t.project == project)
-                and (name is None or t.name.casefold() == name.casefold())
-                and (not statuses or t.status in statuses)
+                if (q.task_id is None or t.id == q.task_id)
+                and (q.project is None or t.project == q.project)
+                and (folded is None or t.name.casefold() == folded)
+                and (not q.statuses or t.status in q.statuses)
             ]
         matches.sort(key=lambda t: t._record["started"], reverse=True)
-        exact = [t for t in matches if name is None or t.name == name]
+        exact = [t for t in matches if q.name is None or t.name == q.name]
         best = exact or matches
         return best[0] if best else None
-
-    @classmethod
-    def _find_daemon(
-        cls,
-        task_id: str | None,
-        project: str | None,
-        name: str | None,
-        statuses: list[str] | None,
-        uri: str | None,
-    ) -> Task | None:
-        session = Session.get()
-        try:
-            reply = session.request(
-                {
-                    "op": "query_task",
-                    "task_id": task_id,
-                    "project": project,
-                    "name": name,
-                    "statuses": statuses,
-                },
-                timeout=5,
-            )
-        except (DaemonUnavailable, DaemonError):
-            return None
-        tasks = reply.get("tasks") or []
-        if name is not None:
-            tasks = [t for t in tasks if t["name"] == name] or tasks
-        if not tasks:
-            return None
-        rec = tasks[0]
-        if reply.get("artifacts") is not None and tasks[0]["task_id"] != rec["task_id"]:
-            return None
-        spool = session.spool
-        arts = {
-            a["name"]: Artifact(a, _locator(a["dest"], spool)) for a in reply.get("artifacts", [])
-        }
-        return cls(rec, arts)
-
-    @classmethod
-    def _find_storage(
-        cls,
-        task_id: str | None,
-        project: str | None,
-        name: str | None,
-        statuses: list[str] | None,
-        uri: str | None,
-    ) -> Task | None:
-        from . import _reader
-
-        uri = _resolve_dest(uri or Session.get().settings.output_uri)
-        if task_id is not None:
-            rec = _reader.task_record(uri, task_id)
-            if rec is None or (statuses and rec.get("status") not in statuses):
-                return None
-        else:
-            found = _reader.find_tasks(uri, project, name, statuses)
-            if not found:
-                return None
-            rec = found[0]
-        rec.setdefault("dest", rec.get("storage", uri))
-        spool = _local_spool()
-        arts = {
-            a["name"]: Artifact(a, _locator(a["dest"], spool))
-            for a in _reader.artifact_records(uri, rec["task_id"])
-        }
-        return cls(rec, arts)
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -307,10 +216,10 @@ class Task:
         file do not affect what is stored. With ``wait_on_upload=True``, returns
         only when the artifact is committed in storage.
         """
-        from ._serializers import snapshot
+        from artisync.protocol.formats import snapshot
 
-        name = _checked_name(name)
-        meta = _checked_metadata(metadata)
+        name = checked_name(name)
+        meta = checked_metadata(metadata)
         session = Session.get()
         spool = session.spool
         session.reserve_space(artifact_object, f"artifact {name!r}")  # may raise SpoolFull
@@ -322,7 +231,7 @@ class Task:
             serialization_function=serialization_function,
             preview=preview,
         )
-        delete_after = _delete_spec(artifact_object) if delete_after_upload else None
+        delete_after = delete_spec(artifact_object) if delete_after_upload else None
         self._enqueue(session, name, snap, meta, delete_after)
         if wait_on_upload:
             self.flush(wait_for_uploads=True)
@@ -336,36 +245,7 @@ class Task:
         meta: dict[str, Any] | None,
         delete_after: dict[str, Any] | None,
     ) -> Artifact:
-        now = time.time()
-        record: dict[str, Any] = {
-            "kind": "artifact",
-            "record_id": uuid.uuid4().hex,
-            "task_id": self.id,
-            "created": now,
-            "dest": self.output_uri,
-            "host": _HOST,
-            "user": _user(),
-            "pid": os.getpid(),
-            "name": name,
-            "type": snap.type,
-            "format": snap.format,
-            "extension": snap.extension,
-            "metadata": meta or {},
-            "delete_after": delete_after,
-        }
-        spool = session.spool
-
-        def store() -> dict[str, Any]:
-            record["preview"] = snap.preview  # may format a copy's head: not on the caller
-            payload = snap.write(spool)
-            record.update(
-                sha256=payload.sha256, size=payload.size, blobs=[[s, n] for s, n in payload.blobs]
-            )
-            session.submit(record)
-            return record
-
-        job: Job = session.run(store)
-        art = Artifact(record, _locator(self.output_uri, spool), pending=job)
+        art = store_version(session, self.id, self.output_uri, name, snap, meta, delete_after)
         with self._lock:
             self._artifacts[name] = art
         return art
@@ -379,16 +259,13 @@ class Task:
     ) -> None:
         """Track a DataFrame: a new version is stored whenever its content changes
         (checked in the background), and a last one at close or exit."""
-        if (
-            not type(artifact).__module__.startswith("pandas")
-            or type(artifact).__name__ != "DataFrame"
-        ):
+        if not is_dataframe(artifact):
             raise TypeError(
                 "register_artifact() tracks pandas DataFrames; "
                 f"got {type(artifact).__name__}. Use upload_artifact() instead."
             )
-        name = _checked_name(name)
-        meta = _checked_metadata(metadata)
+        name = checked_name(name)
+        meta = checked_metadata(metadata)
         if uniqueness_columns is not True and uniqueness_columns:
             missing = [c for c in uniqueness_columns if c not in artifact.columns]
             if missing:
@@ -405,12 +282,12 @@ class Task:
         self._tracker_instance().add(item)
 
     def _store_tracked(self, item: Tracked) -> None:
-        from ._serializers import snapshot
+        from artisync.protocol.formats import snapshot
 
         session = Session.get()
         session.reserve_space(item.obj, f"artifact {item.name!r}")  # may raise SpoolFull
         snap = snapshot(item.obj, session.spool)
-        self._enqueue(session, item.name, snap, item.metadata, None)._live = item.obj
+        self._enqueue(session, item.name, snap, item.metadata, None)
 
     def unregister_artifact(self, name: str) -> None:
         self._tracker_instance().remove(self.id, name)
@@ -446,33 +323,8 @@ class Task:
             raise UploadTimeout(f"artifacts not yet written to the spool after {timeout} s")
         if not wait_for_uploads:
             return True
-        limit = session.settings.wait_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            left = max(0.1, deadline - time.monotonic())
-            try:
-                reply = session.request(
-                    {"op": "wait", "task_id": self.id, "timeout": left}, timeout=left + 5
-                )
-            except DaemonUnavailable as exc:
-                last = exc
-                time.sleep(min(0.2, left))
-                continue
-            except DaemonError as exc:
-                if exc.code == "timeout":
-                    break
-                raise
-            if reply.get("failed"):
-                raise UploadFailed(
-                    f"{reply['failed']} records of task {self.id} failed; see `artisync status`"
-                )
-            return True
-        hint = f" (no daemon answered: {last})" if last else ""
-        raise UploadTimeout(
-            f"uploads of task {self.id} not committed after {limit:.0f} s{hint}; "
-            "they stay in the spool and upload when a daemon runs"
-        )
+        session.wait_committed(self.id, timeout)
+        return True
 
     def mark_completed(self, **kwargs: Any) -> None:
         self._set_status("completed", "closed")
@@ -485,14 +337,9 @@ class Task:
     def _set_status(self, status: str, event: str) -> None:
         session = Session.get()
         with self._lock:
-            self._record = {
-                **self._record,
-                "status": status,
-                "event": event,
-                "record_id": uuid.uuid4().hex,
-                "created": time.time(),
-                "ended": time.time(),
-            }
+            self._record = dict(
+                task_event(cast(TaskRecord, self._record), status=status, event=event)
+            )
             rec = dict(self._record)
         session.run(lambda: session.submit(rec))
 
@@ -527,6 +374,7 @@ class Task:
         if cls._hook_installed:
             return
         cls._hook_installed = True
+        on_shutdown(cls._close_all_at_exit)
         previous = sys.excepthook
 
         def hook(et: type[BaseException], ev: BaseException, tb: TracebackType | None) -> None:
@@ -546,57 +394,3 @@ class Task:
                 task.close()
             except Exception as exc:  # at exit, report and go on with the others
                 log.error("artisync: closing task %s at exit failed: %s", task.id, exc)
-
-
-def _checked_name(name: str) -> str:
-    try:
-        return check_name(name, "artifact name")
-    except ValueError as exc:
-        raise InvalidName(str(exc)) from None
-
-
-def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-    try:
-        text = json.dumps(dict(metadata), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
-    if len(text) > 1_000_000:
-        raise ValueError("metadata is larger than 1 MB once serialised")
-    checked: dict[str, Any] = json.loads(text)
-    return checked
-
-
-def _delete_spec(obj: Any) -> dict[str, Any] | None:
-    if not isinstance(obj, str | os.PathLike):
-        return None
-    path = os.path.abspath(os.fspath(obj))
-    if not os.path.isfile(path):
-        return None
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _resolve_dest(uri: str) -> str:
-    if "://" not in uri:
-        return os.path.abspath(os.path.expanduser(uri))
-    return uri
-
-
-def _local_spool() -> Any:
-    from artisync.protocol import Spool
-
-    root = Session.get().settings.spool
-    return Spool(root) if (root / "blobs").is_dir() else None
-
-
-def _locator(dest: str, spool: Any) -> Callable[[str], Any]:
-    def locate(sha: str) -> Any:
-        from ._reader import locate as _locate
-
-        return _locate(sha, dest, spool)
-
-    return locate

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from artisync.protocol import Spool, encode
-from artisync.protocol._layout import artifact_version_key, object_key, task_key
+from artisync.protocol import artifact_version_key, object_key, task_key
 from tests.faultproxy import FaultProxy, _drain_body, _Fault
 from tests.harness import Conn, DaemonProc, Env, run_py
 from tests.records import record_for_blob
 from tests.storage_fixtures import _s3_admin
 
 MiB = 1024 * 1024
-CLI = "import sys; from artisync.daemon.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from artisync.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @dataclass(frozen=True)

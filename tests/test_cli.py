@@ -17,7 +17,7 @@ def cli(
     env: Env, *args: str, timeout: float = 60, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "artisync.daemon.cli", *args],
+        [sys.executable, "-m", "artisync.cli", *args],
         env=env.environ(**extra),
         capture_output=True,
         text=True,

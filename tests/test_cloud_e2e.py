@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artisync.protocol._layout import project_prefix, task_key
+from artisync.protocol import project_prefix, task_key
 from tests.harness import REPO, DaemonProc, Env, run_py, short_tmpdir
 from tests.storage_fixtures import Backend
 
@@ -65,7 +65,7 @@ def cli(
     env: Env, *args: str, timeout: float = 60, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     """``artisync ARGS`` in a subprocess with the env's settings."""
-    code = "import sys; from artisync.daemon.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from artisync.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         env=env.environ(**extra),

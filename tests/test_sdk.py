@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from artisync import InvalidName, Task, UploadTimeout
-from artisync.protocol._layout import artifact_prefix
+from artisync.protocol import artifact_prefix
 from tests.harness import DaemonProc, Env, run_py, stored_objects
 
 

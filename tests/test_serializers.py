@@ -1,4 +1,4 @@
-"""Serializers: snapshot -> write -> load, on real files in a real spool."""
+"""Artifact formats: snapshot -> write -> load, on real files in a real spool."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artisync import _serializers
-from artisync._serializers import (
+from artisync.protocol import ArtisyncError, IntegrityError, Spool, hash_file
+from artisync.protocol.formats import (
     SerializationError,
     Snapshot,
     StoredPayload,
     UnpicklingRefused,
+    dataframe,
     load,
     materialize_tree,
     snapshot,
 )
-from artisync.protocol import ArtisyncError, IntegrityError, Spool, hash_file
 
 
 @dataclass
@@ -140,7 +140,7 @@ def test_dataframe_pickle_is_refused_unless_allowed(spool: Spool) -> None:
 def test_dataframe_defaults_to_csv_gz_without_pyarrow(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
+    monkeypatch.setattr(dataframe, "_have_pyarrow", lambda: False)
     snap, _, back = roundtrip(make_df(), spool)
     assert (snap.format, snap.extension) == ("csv.gz", ".csv.gz")
     pd.testing.assert_frame_equal(back, make_df())
@@ -151,7 +151,7 @@ def test_dataframe_defaults_to_csv_gz_without_pyarrow(
 def test_dataframe_multiindex_without_pyarrow_falls_back_to_pickle(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_serializers, "_have_pyarrow", lambda: False)
+    monkeypatch.setattr(dataframe, "_have_pyarrow", lambda: False)
     df = make_df().set_index(["i", "s"])
     snap, _, back = roundtrip(df, spool, allow_pickle=True)
     assert (snap.type, snap.format, snap.extension) == ("pandas", "pickle", ".pickle")
@@ -647,13 +647,13 @@ def test_folder_preview_counts_files_and_bytes(spool: Spool, tmp_path: Path) -> 
     snap = snapshot(src, spool)
     snap.discard()
     first = snap.preview.splitlines()[0]
-    assert first == "folder many: 30 files, 2.9 KB (1 non-regular entries skipped)"
+    assert first == "folder many: 30 files, 2.9 KiB (1 non-regular entries skipped)"
     assert "f00.bin - 100 B" in snap.preview and "... and 10 more" in snap.preview
 
 
 def test_folder_of_small_and_large_files_stores_the_snapshot(spool: Spool, tmp_path: Path) -> None:
     """Small files travel through one pack temp file, large ones through their own."""
-    from artisync._trees import PACK_MAX
+    from artisync.protocol.formats.trees import PACK_MAX
 
     src = tmp_path / "mixed"
     (src / "sub").mkdir(parents=True)
@@ -840,9 +840,9 @@ def test_snapshot_of_folder_with_unreadable_file_leaves_no_temps(
         snapshot(src / "zz-unreadable", spool)
 
 
-def test_importing_serializers_loads_no_heavy_module() -> None:
+def test_importing_formats_loads_no_heavy_module() -> None:
     code = (
-        "import sys, artisync._serializers, artisync._trees; "
+        "import sys, artisync.protocol.formats; "
         "print(sorted(m for m in ('pandas', 'numpy', 'PIL', 'pyarrow', 'yaml') "
         "if m in sys.modules))"
     )

@@ -1,36 +1,16 @@
-"""Path artifacts: a file, a folder, or the files a wildcard matches.
+"""Folders, and the files a wildcard matches: stored as trees.
 
-Every file is copied into the spool at snapshot time (``copy_file_range``: a
-reflink or in-kernel copy where the filesystem allows it), so that rewriting
-the original afterwards cannot change what is stored; hashing waits for
-``write()``. Creating a file costs about as much as copying 64 KiB, so the
+Every file is copied into the spool at snapshot time, as a single file is
+(see ``files``). Creating a file costs about as much as copying 64 KiB, so the
 small files of a folder are appended to one pack temp file on the caller's
 thread and split into their own temp files by ``write()``, in the background;
 a file of ``PACK_MAX`` bytes or more gets its own temp file at once (copied
-once, never twice). A folder or wildcard is stored as a tree: each file its own
-content-addressed blob, plus a JSON listing blob, the tree's main blob::
+once, never twice). A tree is stored as each file its own content-addressed
+blob, plus a JSON listing blob, the tree's main blob::
 
     {"files": [{"path": "rel/posix/path", "sha256": "...", "size": 123}, ...], "version": 1}
 
 sorted by path; paths are relative, POSIX, and never contain ``..``.
-
-How a ``str`` is read (``pathlib.Path`` and other ``os.PathLike`` objects are
-always paths):
-
-1. An existing file or folder (after ``~`` expansion) is that file or folder,
-   even when the string was meant as text: the file wins, as in ClearML.
-2. Otherwise a string that *looks like a path* is one: if it holds a glob
-   wildcard (``*``, ``?``, ``[``) it is a wildcard, which must match at least
-   one file; if not, ``SerializationError("... does not exist")``.
-3. Anything else is text.
-
-A string looks like a path when it is one line of under 4096 characters, is
-not a URL (``scheme://``), and either starts with ``/``, ``./``, ``../`` or
-``~``; or contains a ``/`` and has no whitespace, or a ``/`` and an existing
-parent folder; or has no whitespace and ends with a file-like suffix (a dot,
-a letter, then up to nine letters/digits: ``results.csv``, ``*.jpg``). So
-``"runs/a.csv"`` and ``"a.csv"`` must exist, while ``"train/val loss: 0.3"``,
-``"why?"`` and ``"s3://bucket/key"`` are stored as text.
 
 Wildcards follow ``glob.glob(recursive=True)``: ``**`` spans folders, ``*``
 does not, hidden files match only explicitly. Stored paths are relative to the
@@ -43,7 +23,6 @@ in the preview.
 
 from __future__ import annotations
 
-import errno
 import glob
 import hashlib
 import json
@@ -55,162 +34,47 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from artisync.protocol import IntegrityError, Spool, copy_file_fast
+from artisync.protocol import IntegrityError, Spool, copy_file_fast, format_size
 
-from ._serializers import (
+from ._base import (
+    Format,
+    Request,
     SerializationError,
     Snapshot,
     StoredPayload,
-    human_size,
     make_snapshot,
-    write_bytes_blob,
 )
+from ._paths import CHUNK, WILDCARD, copy_fd
 
 LISTING_VERSION = 1
 PACK_MAX = 1024 * 1024  # smaller files of a tree share one temp file at snapshot time
-_COPY_MAX = 1 << 30  # bytes per copy_file_range call
-CHUNK = 1024 * 1024  # bytes per read where the kernel cannot copy
-_MAX_PATH_STR = 4096
-_MAGIC = re.compile(r"[*?[]")
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_FILE_SUFFIX = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,9}\Z")
-_HOME = re.compile(r"~[\w.-]*(/|\Z)")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
-def looks_like_path(text: str) -> bool:
-    """The rule in the module docstring (after the single-line/URL checks)."""
-    if text.startswith(("/", "./", "../")) or _HOME.match(text):
-        return True
-    spaced = any(c.isspace() for c in text)
-    if "/" in text:
-        return not spaced or Path(text).expanduser().parent.is_dir()
-    return not spaced and _FILE_SUFFIX.search(text) is not None
-
-
-def _may_be_path(text: str) -> bool:
-    return (
-        0 < len(text) < _MAX_PATH_STR
-        and not any(c in text for c in "\n\r\0")
-        and _URL.match(text) is None
-    )
-
-
-def snapshot_path(obj: Any, spool: Spool, ext: str | None, pv: str | None) -> Snapshot | None:
-    """A file/folder/wildcard snapshot, or None when ``obj`` is a str to store as text."""
-    is_str = isinstance(obj, str)
-    text = obj if is_str else os.fsdecode(os.fspath(obj))
-    if is_str and not _may_be_path(text):
+def snapshot(obj: Any, req: Request) -> Snapshot | None:
+    target = req.path
+    if target is None or target.kind == "file":
         return None
-    path = Path(text).expanduser()
-    try:
-        st: os.stat_result | None = os.stat(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
-            raise SerializationError(f"cannot access artifact path {text!r}: {exc}") from exc
-        st = None
-    pathish = not is_str or looks_like_path(text)
-    if st is None and _MAGIC.search(text) and pathish:
-        return _snap_wildcard(text, spool, ext, pv)
-    if st is None and pathish:
-        raise SerializationError(
-            f"artifact path {text!r} does not exist (resolved to {path.absolute()}); to "
-            "store the string itself, pass serialization_function=str.encode"
-        )
-    if st is None:
-        return None
-    if stat.S_ISREG(st.st_mode):
-        return _snap_file(path, spool, ext, pv)
-    if ext is not None:
-        raise SerializationError(f"extension_name does not apply to folders ({text!r})")
-    if stat.S_ISDIR(st.st_mode):
-        files, skipped = _walk(str(path))
-        name = os.path.basename(os.path.abspath(path)) or "/"
-        return _snap_tree("folder", name, files, skipped, spool, pv)
-    raise SerializationError(f"artifact path {text!r} is not a regular file or a folder")
+    if target.kind == "wildcard":
+        return _snap_wildcard(target.text, req)
+    if req.ext is not None:
+        raise SerializationError(f"extension_name does not apply to folders ({target.text!r})")
+    if target.kind != "folder":
+        raise SerializationError(f"artifact path {target.text!r} is not a regular file or a folder")
+    files, skipped = _walk(str(target.path))
+    name = os.path.basename(os.path.abspath(target.path)) or "/"
+    return _snap_tree("folder", name, files, skipped, req)
 
 
-def file_suffix(name: str) -> str:
-    """``a.csv`` -> ``.csv``; ``a.tar.gz`` -> ``.tar.gz``; ``README`` -> ``""``."""
-    stem, ext = os.path.splitext(name)
-    if ext.lower() in _COMPRESSED:
-        inner = os.path.splitext(stem)[1]
-        if _FILE_SUFFIX.search(inner):
-            return inner + ext
-    return ext
+def is_tree(type_: str, format_: str) -> bool:
+    return type_ in ("folder", "wildcard") or format_ == "tree"
 
 
-def _copy_fd(fd: int, size: int, out_fd: int) -> int:
-    """Copy an open file (``size`` bytes when opened) to the end of ``out_fd``, kernel-side
-    where possible; returns the bytes copied. Raw descriptors: for a 64 KiB file,
-    Python file objects would cost as much as the copy itself."""
-    total = 0
-    if size:  # st_size 0: empty, or a pseudo-file (/proc) whose bytes only read() gives
-        try:
-            while total < size:
-                n = os.copy_file_range(fd, out_fd, size - total)
-                if n == 0:
-                    break
-                total += n
-            return total
-        except OSError:
-            pass  # cross-device on old kernels, or a filesystem that cannot: read and write
-    while total < size or not size:
-        chunk = os.read(fd, min(CHUNK, size - total) if size else CHUNK)
-        if not chunk:
-            break
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(out_fd, view) :]
-        total += len(chunk)
-    return total
+def load(type_: str, format_: str, path: Path, allow_pickle: bool) -> Any:
+    raise SerializationError("folders and wildcards are read with materialize_tree()")
 
 
-def _copy_to_temp(src: str, spool: Spool) -> tuple[Path, int]:
-    f, tmp = spool.open_temp()
-    try:
-        with f:
-            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                return tmp, _copy_fd(fd, os.fstat(fd).st_size, f.fileno())
-            finally:
-                os.close(fd)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise SerializationError(f"cannot copy {src}: {exc}") from exc
-        raise
-
-
-def _commit_one(tmp: Path) -> Callable[[Spool], StoredPayload]:
-    def write(spool: Spool) -> StoredPayload:
-        sha, size = spool.commit_temp(tmp)
-        return StoredPayload(sha, size, [(sha, size)])
-
-    return write
-
-
-def _snap_file(path: Path, spool: Spool, ext: str | None, pv: str | None) -> Snapshot:
-    suffix = file_suffix(path.name)
-    if ext is not None and ext != suffix.lower():
-        raise SerializationError(
-            f"a file is stored as it is: extension_name={ext!r} does not match {path.name!r}; "
-            f"allowed: None or {suffix.lower() or '(no extension)'}"
-        )
-    tmp, size = _copy_to_temp(str(path), spool)
-    return make_snapshot(
-        "file",
-        "file",
-        suffix,
-        pv or f"{path.name} - {human_size(size)}",
-        _commit_one(tmp),
-        [tmp],
-        filename=path.name,
-    )
-
-
-# ------------------------------------------------------------------------------ trees
+FORMAT = Format("tree", snapshot, is_tree, load)
 
 
 def _regular(path: str) -> bool:
@@ -255,14 +119,14 @@ def _walk(root: str) -> tuple[dict[str, str], int]:
 def _glob_base(pattern: str) -> Path:
     lead: list[str] = []
     for part in Path(pattern).parts[:-1]:
-        if _MAGIC.search(part):
+        if WILDCARD.search(part):
             break
         lead.append(part)
     return Path(*lead) if lead else Path(".")
 
 
-def _snap_wildcard(pattern: str, spool: Spool, ext: str | None, pv: str | None) -> Snapshot:
-    if ext is not None:
+def _snap_wildcard(pattern: str, req: Request) -> Snapshot:
+    if req.ext is not None:
         raise SerializationError("extension_name does not apply to wildcard artifacts")
     expanded = os.path.expanduser(pattern)
     base = _glob_base(expanded)
@@ -280,7 +144,7 @@ def _snap_wildcard(pattern: str, spool: Spool, ext: str | None, pv: str | None) 
             skipped += 1
     if not files:
         raise SerializationError(f"wildcard {pattern!r} matches no files")
-    return _snap_tree("wildcard", pattern, files, skipped, spool, pv)
+    return _snap_tree("wildcard", pattern, files, skipped, req)
 
 
 class _Entry(NamedTuple):
@@ -291,7 +155,7 @@ class _Entry(NamedTuple):
 
 
 def _snap_tree(
-    kind: str, label: str, files: dict[str, str], skipped: int, spool: Spool, pv: str | None
+    kind: str, label: str, files: dict[str, str], skipped: int, req: Request
 ) -> Snapshot:
     order = sorted(files)
     for rel in order:
@@ -299,6 +163,7 @@ def _snap_tree(
             check_rel_path(rel)
         except ValueError as exc:
             raise SerializationError(str(exc)) from None
+    spool = req.spool
     pack_file, pack = spool.open_temp()
     temps = [pack]
     entries: list[_Entry] = []
@@ -313,6 +178,7 @@ def _snap_tree(
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
+    pv = req.preview
     if pv is None:
         pv = _tree_preview(kind, label, [(e.rel, e.size) for e in entries], skipped)
     filename = None if kind == "wildcard" else label
@@ -330,11 +196,11 @@ def _copy_into(
         try:
             size = os.fstat(fd).st_size
             if size < PACK_MAX:
-                return _Entry(rel, None, offset, _copy_fd(fd, size, pack_fd))
+                return _Entry(rel, None, offset, copy_fd(fd, size, pack_fd))
             f, tmp = spool.open_temp()
             temps.append(tmp)
             with f:
-                return _Entry(rel, tmp, 0, _copy_fd(fd, size, f.fileno()))
+                return _Entry(rel, tmp, 0, copy_fd(fd, size, f.fileno()))
         finally:
             os.close(fd)
     except OSError as exc:
@@ -344,10 +210,10 @@ def _copy_into(
 def _tree_preview(kind: str, label: str, entries: list[tuple[str, int]], skipped: int) -> str:
     total = sum(n for _, n in entries)
     lines = [
-        f"{kind} {label}: {len(entries)} files, {human_size(total)}"
+        f"{kind} {label}: {len(entries)} files, {format_size(total)}"
         + (f" ({skipped} non-regular entries skipped)" if skipped else "")
     ]
-    lines += [f"{rel} - {human_size(n)}" for rel, n in entries[:20]]
+    lines += [f"{rel} - {format_size(n)}" for rel, n in entries[:20]]
     if len(entries) > 20:
         lines.append(f"... and {len(entries) - 20} more")
     return "\n".join(lines)
@@ -364,7 +230,7 @@ def _tree_writer(pack: Path, entries: list[_Entry]) -> Callable[[Spool], StoredP
         data = json.dumps(
             {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
         ).encode("ascii")
-        main = write_bytes_blob(spool, data)
+        main = spool.write_blob_bytes(data)
         blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
         return StoredPayload(main[0], sum(size for _, _, size in committed), blobs)
 

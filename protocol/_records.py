@@ -1,0 +1,259 @@
+"""Records: the durable events a client hands the daemon, typed and validated here.
+
+Two kinds. A *task event* (``kind="task"``) carries a task's whole state at one
+moment: started, closed. An *artifact version* (``kind="artifact"``) describes
+one stored version of one artifact: what it is, its payload's SHA-256 and size,
+and every payload it needs (``blobs``; a folder has one per file plus its listing).
+The SDK builds records with :func:`new_task_record`, :func:`task_event` and
+:func:`new_artifact_record`; the daemon checks every record with
+:func:`validate_record` before it journals it. Keys are the wire format: they are
+also the JSON the daemon publishes, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+from ._errors import InvalidMessage
+from ._layout import check_name
+
+TASK_STATUSES = ("in_progress", "completed", "failed")
+RECORD_KINDS = ("task", "artifact")
+MAX_BLOBS = 200_000
+MAX_METADATA_BYTES = 1_000_000  # a version's metadata, once serialised as JSON
+
+Spec = dict[str, tuple[type | tuple[type, ...], bool]]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_ID = re.compile(r"[0-9a-f]{32}\Z")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who produced a record: written into every record, shown with every version."""
+
+    host: str
+    user: str
+    pid: int
+
+
+class TaskRecord(TypedDict):
+    kind: Literal["task"]
+    record_id: str
+    task_id: str
+    created: float
+    dest: str  # the destination URI every artifact of the task goes to
+    host: str
+    user: str
+    pid: int
+    event: str  # "started", "closed"
+    project: str
+    name: str
+    status: str  # one of TASK_STATUSES
+    started: float
+    ended: float | None
+    tags: list[str]
+    comment: NotRequired[str]
+
+
+class ArtifactRecord(TypedDict):
+    kind: Literal["artifact"]
+    record_id: str
+    task_id: str
+    created: float
+    dest: str
+    host: str
+    user: str
+    pid: int
+    name: str
+    type: str  # what the object was: dataframe, ndarray, image, file, tree...
+    format: str  # how it is stored: parquet, npz, png, json, tree...
+    extension: str  # suffix a local copy gets ("" for none)
+    metadata: dict[str, Any]
+    delete_after: dict[str, Any] | None
+    # set once the payload is in the spool:
+    sha256: NotRequired[str]
+    size: NotRequired[int]
+    blobs: NotRequired[list[list[Any]]]  # [[sha256, size], ...]
+    preview: NotRequired[str]
+
+
+Record = TaskRecord | ArtifactRecord
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_task_record(
+    *, project: str, name: str, dest: str, tags: list[str], origin: Origin
+) -> TaskRecord:
+    now = time.time()
+    return TaskRecord(
+        kind="task",
+        record_id=new_id(),
+        task_id=new_id(),
+        created=now,
+        dest=dest,
+        host=origin.host,
+        user=origin.user,
+        pid=origin.pid,
+        event="started",
+        project=project,
+        name=name,
+        status="in_progress",
+        started=now,
+        ended=None,
+        tags=list(tags),
+    )
+
+
+def task_event(task: TaskRecord, *, status: str, event: str) -> TaskRecord:
+    """The task's next state: a new record (new id, new time), never an edit."""
+    now = time.time()
+    return {
+        **task,
+        "status": status,
+        "event": event,
+        "record_id": new_id(),
+        "created": now,
+        "ended": now,
+    }
+
+
+def new_artifact_record(
+    *,
+    task_id: str,
+    dest: str,
+    name: str,
+    type: str,
+    format: str,
+    extension: str,
+    metadata: dict[str, Any] | None,
+    delete_after: dict[str, Any] | None,
+    origin: Origin,
+) -> ArtifactRecord:
+    return ArtifactRecord(
+        kind="artifact",
+        record_id=new_id(),
+        task_id=task_id,
+        created=time.time(),
+        dest=dest,
+        host=origin.host,
+        user=origin.user,
+        pid=origin.pid,
+        name=name,
+        type=type,
+        format=format,
+        extension=extension,
+        metadata=metadata or {},
+        delete_after=delete_after,
+    )
+
+
+_COMMON: Spec = {
+    "kind": (str, True),
+    "record_id": (str, True),
+    "task_id": (str, True),
+    "created": ((float, int), True),
+    "dest": (str, True),
+    "host": (str, True),
+    "user": (str, True),
+    "pid": (int, True),
+}
+_TASK: Spec = {
+    "event": (str, True),
+    "project": (str, True),
+    "name": (str, True),
+    "status": (str, True),
+    "started": ((float, int), True),
+    "ended": ((float, int, type(None)), False),
+    "tags": (list, False),
+    "comment": (str, False),
+}
+_ARTIFACT: Spec = {
+    "name": (str, True),
+    "type": (str, True),
+    "format": (str, True),
+    "sha256": (str, True),
+    "size": (int, True),
+    "blobs": (list, True),
+    "metadata": (dict, False),
+    "preview": (str, False),
+    "extension": (str, False),
+    "delete_after": ((dict, type(None)), False),
+}
+
+
+def check_fields(obj: dict[str, Any], spec: Spec, what: str) -> None:
+    """Every required field present, every present field of its type (bool is not int)."""
+    for field, (types, required) in spec.items():
+        if field not in obj:
+            if required:
+                raise InvalidMessage(f"{what}: missing field {field!r}")
+            continue
+        value = obj[field]
+        if isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
+            raise InvalidMessage(f"{what}: field {field!r} must not be a boolean")
+        if not isinstance(value, types):
+            raise InvalidMessage(f"{what}: field {field!r} has type {type(value).__name__}")
+
+
+def validate_record(rec: Any) -> dict[str, Any]:
+    """Check a record (task event or artifact version); return it unchanged."""
+    if not isinstance(rec, dict):
+        raise InvalidMessage("record must be a map")
+    check_fields(rec, _COMMON, "record")
+    kind = rec["kind"]
+    if kind not in RECORD_KINDS:
+        raise InvalidMessage(f"unknown record kind {kind!r}"[:200])
+    for field in ("record_id", "task_id"):
+        if not _ID.match(rec[field]):
+            raise InvalidMessage(f"record: {field} must be 32 lowercase hex digits")
+    if kind == "task":
+        check_fields(rec, _TASK, "task record")
+        if rec["status"] not in TASK_STATUSES:
+            raise InvalidMessage(f"task record: unknown status {rec['status']!r}"[:200])
+        _checked_name(rec["project"], "project")
+        _checked_name(rec["name"], "task name")
+    else:
+        check_fields(rec, _ARTIFACT, "artifact record")
+        _checked_name(rec["name"], "artifact name")
+        _check_blobs(rec)
+    return rec
+
+
+def _checked_name(name: str, what: str) -> None:
+    try:
+        check_name(name, what)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from exc
+
+
+def _check_blobs(rec: dict[str, Any]) -> None:
+    if not _HEX64.match(rec["sha256"]):
+        raise InvalidMessage("artifact record: sha256 must be 64 lowercase hex digits")
+    if rec["size"] < 0:
+        raise InvalidMessage("artifact record: negative size")
+    blobs = rec["blobs"]
+    if not blobs or len(blobs) > MAX_BLOBS:
+        raise InvalidMessage("artifact record: blobs must list 1..200000 entries")
+    for entry in blobs:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not _HEX64.match(entry[0])
+            or not isinstance(entry[1], int)
+            or isinstance(entry[1], bool)
+            or entry[1] < 0
+        ):
+            raise InvalidMessage("artifact record: each blob must be [sha256, size]")
+    if not any(b[0] == rec["sha256"] for b in blobs):
+        raise InvalidMessage("artifact record: its sha256 is not among its blobs")

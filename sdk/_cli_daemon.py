@@ -1,0 +1,118 @@
+"""``artisync status``, ``wait`` and ``retry``: the daemon's view, through its socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from artisync.protocol import Settings, format_size
+
+from ._client import DaemonClient, DaemonError, DaemonUnavailable
+
+
+def _client(settings: Settings) -> DaemonClient:
+    return DaemonClient(settings)
+
+
+def _outbox_count(settings: Settings) -> int:
+    outbox = settings.spool / "outbox"
+    return sum(1 for p in outbox.glob("*.rec")) if outbox.is_dir() else 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        st = _client(settings).request({"op": "status"}, timeout=10)["status"]
+    except DaemonUnavailable as exc:
+        waiting = _outbox_count(settings)
+        if args.json:
+            print(json.dumps({"running": False, "outbox": waiting, "error": str(exc)}))
+        else:
+            print(
+                f"daemon: not running ({settings.socket})\noutbox: {waiting} records waiting "
+                f"in {settings.spool}"
+            )
+        return 3
+    if args.json:
+        print(json.dumps({"running": True, **st}, indent=2))
+    else:
+        print(_format_status(st))
+    if st["failed"]["records"]:
+        return 1
+    return 0 if st["online"] else 2
+
+
+def _format_status(st: dict[str, Any]) -> str:
+    lines = [
+        f"daemon: pid {st['pid']}, up {st['uptime']:.0f} s, spool {st['spool']}",
+        f"state: {'online' if st['online'] else 'OFFLINE'}",
+        f"backlog: {st['backlog']['records']} records, {format_size(st['backlog']['bytes'])}",
+        f"in flight: {st['in_flight']} records, {format_size(st['bytes_in_flight'])}",
+        f"committed: {st['committed']['records']} records; uploaded {st['uploaded_objects']} "
+        f"objects, {format_size(st['uploaded_bytes'])}",
+        f"failed: {st['failed']['records']} records",
+    ]
+    if "spool_bytes" in st:
+        limit = f" of spool_limit {format_size(st['spool_limit'])}" if st.get("spool_limit") else ""
+        lines.append(f"spool: {format_size(st['spool_bytes'])}{limit}")
+    for item in st.get("retrying", [])[:3]:
+        lines.append(
+            f"  retrying {item['record_id'][:12]} -> {item['dest']} "
+            f"(attempt {item['attempts']}): {item['reason']}"
+        )
+    for item in st["failed"]["items"]:
+        lines.append(
+            f"  {item['kind']} {item['record_id'][:12]} -> {item['dest']}: {item['reason']}"
+        )
+    for d in st["destinations"]:
+        if not d["online"]:
+            lines.append(
+                f"  offline {d['uri']}: {d['last_error']} (next probe in "
+                f"{d['next_probe_in']:.0f} s)"
+            )
+    if st["failed"]["records"]:
+        lines.append("fix the cause, then run `artisync retry`")
+    return "\n".join(lines)
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    start = time.monotonic()
+
+    def progress(p: dict[str, Any]) -> None:
+        off = f", offline: {', '.join(p['offline'])}" if p.get("offline") else ""
+        sys.stderr.write(
+            f"\rwaiting: {p['remaining']} records, {format_size(p['bytes'])} "
+            f"left ({time.monotonic() - start:.0f} s){off}   "
+        )
+        sys.stderr.flush()
+
+    try:
+        reply = _client(settings).request(
+            {"op": "wait", "task_id": args.task, "timeout": args.timeout, "progress": True},
+            timeout=None if args.timeout is None else args.timeout + 10,
+            on_progress=progress,
+        )
+    except DaemonUnavailable as exc:
+        print(f"\nartisync wait: {exc}", file=sys.stderr)
+        return 3
+    except DaemonError as exc:
+        print(f"\nartisync wait: {exc}", file=sys.stderr)
+        return 2
+    sys.stderr.write("\n")
+    if reply["failed"]:
+        print(f"done, but {reply['failed']} records failed: see `artisync status`")
+        return 1
+    print("everything acknowledged so far is committed")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        n = _client(settings).request({"op": "retry"}, timeout=10)["retried"]
+    except DaemonUnavailable as exc:
+        print(f"artisync retry: {exc} (failed records are retried when it starts)", file=sys.stderr)
+        return 3
+    print(f"{n} failed records queued again")
+    return 0

@@ -1,0 +1,94 @@
+"""Finding a task that is not in this process: through the local daemon (records
+acknowledged but not yet uploaded), then in storage (any machine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from artisync.protocol import Settings, Spool
+
+from ._artifact import Artifact, Locator
+from ._client import DaemonError, DaemonUnavailable
+from ._session import Session
+
+
+@dataclass(frozen=True)
+class Query:
+    task_id: str | None
+    project: str | None
+    name: str | None
+    statuses: list[str] | None
+
+
+@dataclass
+class Found:
+    record: dict[str, Any]
+    artifacts: dict[str, Artifact]
+
+
+def locator(settings: Settings, destination_uri: str, spool: Spool | None) -> Locator:
+    """sha256 -> a verified local copy: from the spool while it is there, else storage."""
+
+    def locate(sha: str) -> Any:
+        from ._reader import Reader  # loads asyncio and a storage client: only when read
+
+        return Reader(settings).locate(sha, destination_uri, spool)
+
+    return locate
+
+
+def artifact_from(record: dict[str, Any], settings: Settings, spool: Spool | None) -> Artifact:
+    return Artifact(
+        record, locator(settings, record["dest"], spool), allow_pickle=settings.allow_pickle
+    )
+
+
+def in_daemon(session: Session, q: Query) -> Found | None:
+    try:
+        reply = session.request(
+            {
+                "op": "query_task",
+                "task_id": q.task_id,
+                "project": q.project,
+                "name": q.name,
+                "statuses": q.statuses,
+            },
+            timeout=5,
+        )
+    except (DaemonUnavailable, DaemonError):
+        return None
+    tasks = reply.get("tasks") or []
+    exact = [t for t in tasks if t["name"] == q.name] if q.name is not None else tasks
+    chosen = (exact or tasks or [None])[0]
+    if chosen is None:
+        return None
+    if chosen["task_id"] != tasks[0]["task_id"]:  # the artifacts are of a case-folded match
+        return in_daemon(session, Query(chosen["task_id"], None, None, q.statuses))
+    spool = session.spool
+    arts = {
+        a["name"]: artifact_from(a, session.settings, spool) for a in reply.get("artifacts") or []
+    }
+    return Found(chosen, arts)
+
+
+def in_storage(settings: Settings, uri: str, q: Query) -> Found | None:
+    from ._reader import Reader
+
+    reader = Reader(settings)
+    if q.task_id is not None:
+        rec = reader.task_record(uri, q.task_id)
+        if rec is None or (q.statuses and rec.get("status") not in q.statuses):
+            return None
+    else:
+        found = reader.find_tasks(uri, q.project, q.name, q.statuses)
+        if not found:
+            return None
+        rec = found[0]
+    rec.setdefault("dest", rec.get("storage", uri))
+    spool = Spool(settings.spool) if (settings.spool / "blobs").is_dir() else None
+    arts = {
+        a["name"]: artifact_from(a, settings, spool)
+        for a in reader.artifact_records(uri, rec["task_id"])
+    }
+    return Found(rec, arts)

@@ -1,0 +1,73 @@
+"""``artisync``: the command line. It sits above both the SDK and the daemon.
+
+``status``, ``wait`` and ``retry`` talk to the daemon like any training process
+(:mod:`._cli_daemon`); ``ls``, ``get`` and ``doctor`` read storage directly
+(:mod:`._cli_storage`); ``daemon`` runs the daemon in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from artisync.protocol import ArtisyncError, load_settings
+
+from . import _cli_daemon, _cli_storage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from artisync.daemon.cli import add_daemon_args
+
+    p = argparse.ArgumentParser(prog="artisync", description="artifacts out of training jobs")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("daemon", help="run the daemon in the foreground")
+    add_daemon_args(d)
+    s = sub.add_parser("status", help="backlog, uploads, failures, online/offline")
+    s.add_argument("--json", action="store_true")
+    ls = sub.add_parser("ls", help="list projects, tasks, or a task's artifacts")
+    ls.add_argument("project", nargs="?")
+    ls.add_argument("task", nargs="?")
+    ls.add_argument("--uri", help="storage to read (default: the configured output URI)")
+    g = sub.add_parser("get", help="download an artifact")
+    g.add_argument("path", metavar="PROJECT/TASK/ARTIFACT")
+    g.add_argument("-o", "--output", help="where to put it (default: the local cache)")
+    g.add_argument("--uri", help="storage to read (default: the configured output URI)")
+    w = sub.add_parser("wait", help="wait until everything acknowledged is committed")
+    w.add_argument("--task", help="only this task id")
+    w.add_argument("--timeout", type=float, help="give up after this many seconds")
+    sub.add_parser("retry", help="queue failed records again")
+    doc = sub.add_parser("doctor", help="check a destination: reach, write, read, list, delete")
+    doc.add_argument("uri", nargs="?")
+    return p
+
+
+HANDLERS = {
+    "status": _cli_daemon.cmd_status,
+    "wait": _cli_daemon.cmd_wait,
+    "retry": _cli_daemon.cmd_retry,
+    "ls": _cli_storage.cmd_ls,
+    "get": _cli_storage.cmd_get,
+    "doctor": _cli_storage.cmd_doctor,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "daemon":
+        from artisync.daemon.cli import run_daemon
+
+        return run_daemon(args)
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"artisync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(HANDLERS[args.command](args, settings))
+    except (ArtisyncError, ValueError, KeyError) as exc:
+        print(f"artisync {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
