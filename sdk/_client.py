@@ -47,7 +47,6 @@ class DaemonClient:
         self._decoder = FrameDecoder()
         self._next_id = 0
         self.spool: Path | None = None  # told by the daemon's hello
-        self.daemon_pid: int | None = None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -77,7 +76,6 @@ class DaemonClient:
             timeout,
         )
         self.spool = Path(reply["spool"])
-        self.daemon_pid = reply.get("pid")
 
     def request(
         self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None

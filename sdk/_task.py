@@ -58,8 +58,7 @@ class Task:
     ) -> None:
         self._record: dict[str, Any] = dict(record)
         self._artifacts: dict[str, Artifact] = artifacts or {}
-        self._owned = owned  # created by Task.init in this process
-        self._closed = not owned
+        self._closed = not owned  # only a task made by Task.init here is open
         self._lock = threading.RLock()
 
     # -- creation and lookup ---------------------------------------------------------------

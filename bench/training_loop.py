@@ -1,0 +1,177 @@
+"""What reporting costs a training loop: no reporting, the plain write inline, artisync.
+
+    python bench/training_loop.py [--reps 3] [--steps 300] [--every 20] [--only DataFrame]
+
+A stand-in training loop (numpy matrix work plus pure-Python work, ~3 ms a step)
+reports one artifact every ``--every`` steps. Each run is a fresh process (so the
+first call in a process is included), the daemon is a real one, and the three
+modes of one artifact type run interleaved, rep after rep. Two placements:
+
+- ``shared``: trainer and daemon float over both cores (the daemon competes);
+- ``pinned``: the trainer on core 0, the daemon on core 1 (``sched_setaffinity``).
+
+The table prints each mode's median loop time, its slowdown against no reporting
+measured in the same run, the per-step p99, and the first call's blocking time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Daemon, World, machine, table, world
+
+MODES = ("none", "inline", "artisync")
+KINDS = ("DataFrame", "ndarray", "image", "dict", "file")
+
+# The trainer: one fresh interpreter per run; prints one JSON line.
+TRAINER = r"""
+import json, os, sys, time
+kind, mode, steps, every, scratch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+import numpy as np
+
+def make():
+    if kind == "DataFrame":
+        import pandas as pd
+        rng = np.random.default_rng(0)
+        return pd.DataFrame(rng.standard_normal((10_000, 10)), columns=[f"c{i}" for i in range(10)])
+    if kind == "ndarray":
+        return np.eye(1000)
+    if kind == "image":
+        from PIL import Image
+        return Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+    if kind == "dict":
+        return {f"key{i}": [i, i * 0.5, str(i)] for i in range(2000)}
+    path = os.path.join(scratch, "weights.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(16 << 20))
+    return path
+
+def plain(obj, i):
+    out = os.path.join(scratch, f"inline-{i}")
+    if kind == "DataFrame":
+        obj.to_parquet(out)
+    elif kind == "ndarray":
+        np.save(out, obj)
+    elif kind == "image":
+        obj.save(out + ".png")
+    elif kind == "dict":
+        with open(out, "w") as f:
+            json.dump(obj, f)
+    else:
+        import shutil
+        shutil.copyfile(obj, out)
+
+obj = make()
+task = None
+if mode == "artisync":
+    from artisync import Task
+    task = Task.init(project_name="bench", task_name=f"loop-{kind}")
+a = np.random.default_rng(1).standard_normal((120, 120))
+step_times, call_times = [], []
+start = time.perf_counter()
+for step in range(steps):
+    t0 = time.perf_counter()
+    b = a @ a.T                      # the "GPU" part
+    s = 0
+    for j in range(12_000):          # the Python part: data loading, logging...
+        s += j * j % 7
+    if step % every == 0 and mode != "none":
+        c0 = time.perf_counter()
+        if mode == "inline":
+            plain(obj, step)
+        else:
+            task.upload_artifact(f"{kind}-{step}", obj)
+        call_times.append(time.perf_counter() - c0)
+    step_times.append(time.perf_counter() - t0)
+loop = time.perf_counter() - start
+if task is not None:
+    task.close()
+step_times.sort()
+print(json.dumps({
+    "loop": loop,
+    "p99": step_times[int(0.99 * (len(step_times) - 1))],
+    "first_call": call_times[0] if call_times else 0.0,
+}))
+"""
+
+
+def run_trainer(w: World, kind: str, mode: str, args: argparse.Namespace, cpu: int | None) -> Any:
+    scratch = w.scratch / f"{kind}-{mode}"
+    scratch.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-c", TRAINER, kind, mode, str(args.steps), str(args.every)]
+    out = subprocess.run(
+        [*cmd, str(scratch)],
+        env=w.environ(),
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
+    )
+    for child in scratch.iterdir():
+        child.unlink()
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[str]]:
+    pinned = placement == "pinned" and (os.cpu_count() or 1) > 1
+    with world() as w:
+        daemon = Daemon(w).wait_ready()
+        if pinned:
+            os.sched_setaffinity(daemon.proc.pid, {1})
+        runs: dict[str, list[Any]] = {m: [] for m in MODES}
+        try:
+            for _ in range(args.reps):
+                for mode in MODES:
+                    runs[mode].append(run_trainer(w, kind, mode, args, 0 if pinned else None))
+                    daemon.wait_idle()
+        finally:
+            daemon.stop()
+    base = statistics.median(r["loop"] for r in runs["none"])
+    rows = []
+    for mode in MODES:
+        loop = statistics.median(r["loop"] for r in runs[mode])
+        p99 = statistics.median(r["p99"] for r in runs[mode])
+        first = statistics.median(r["first_call"] for r in runs[mode])
+        rows.append(
+            [
+                kind,
+                placement,
+                mode,
+                f"{loop * 1000:.0f}",
+                f"{(loop / base - 1) * 100:+.1f}",
+                f"{p99 * 1000:.1f}",
+                "-" if mode == "none" else f"{first * 1000:.1f}",
+            ]
+        )
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=20)
+    p.add_argument("--only", choices=KINDS, action="append")
+    p.add_argument("--placement", choices=("shared", "pinned"), action="append")
+    args = p.parse_args()
+    rows = []
+    for kind in args.only or KINDS:
+        for placement in args.placement or ("shared", "pinned"):
+            rows += measure(kind, placement, args)
+    print(f"training loop, {args.steps} steps, one artifact every {args.every} ({machine()})")
+    headers = ["artifact", "cores", "reporting", "loop ms", "slowdown %", "p99 step ms"]
+    print(table([*headers, "first call ms"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
