@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._frames import DEFAULT_MAX_FRAME, MAGIC, FrameDecoder, encode, unpack_body
 from ._layout import (
+    DESTINATION_SCHEMES,
     MAX_NAME_BYTES,
     artifact_prefix,
     artifact_version_key,
@@ -30,6 +31,7 @@ from ._layout import (
     encode_name,
     index_key,
     object_key,
+    parse_destination,
     parse_index_key,
     project_prefix,
     task_key,
@@ -58,6 +60,8 @@ from ._sizes import format_size, parse_size
 from ._spool import Spool, atomic_write_bytes, copy_file_fast, fsync_dir, hash_file
 
 __all__ = [
+    "DESTINATION_SCHEMES",
+    "parse_destination",
     "MAX_METADATA_BYTES",
     "ArtifactRecord",
     "Origin",

@@ -8,7 +8,7 @@ name can never contain ``/`` or climb out of its prefix, on any backend.
 from __future__ import annotations
 
 import unicodedata
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 MAX_NAME_BYTES = 180  # encoded; leaves room under the common 255-byte component limit
 
@@ -82,3 +82,33 @@ def parse_index_key(key: str) -> tuple[str, str, float, str] | None:
     if not stamp.isdigit() or len(task_id) != 32:
         return None
     return decode_name(parts[1]), decode_name(parts[2]), int(stamp) / 1e6, task_id
+
+
+DESTINATION_SCHEMES = ("file", "s3", "gs", "azure")  # one storage backend each
+
+
+def parse_destination(uri: str) -> tuple[str, str, str]:
+    """A destination URI -> (scheme, bucket-or-root, prefix). A bare absolute path is
+    ``file``. Checked by the SDK at ``Task.init`` and by the daemon for every record.
+
+    :raises ValueError: not a destination, with what would be one."""
+    if not uri or not isinstance(uri, str):
+        raise ValueError("storage URI must be a non-empty string")
+    if "://" not in uri:
+        if not uri.startswith("/"):
+            raise ValueError(f"storage path {uri!r} must be absolute (or a URI)")
+        return "file", uri, ""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in DESTINATION_SCHEMES:
+        raise ValueError(
+            f"unknown storage scheme {scheme!r} in {uri!r}; "
+            f"use one of: {', '.join(sorted(DESTINATION_SCHEMES))}"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI {uri!r} must be file:///absolute/path")
+        return "file", parts.path, ""
+    if not parts.netloc:
+        raise ValueError(f"storage URI {uri!r} has no bucket or container")
+    return scheme, parts.netloc, parts.path.strip("/")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from artisync.protocol import MAX_METADATA_BYTES, InvalidName, check_name
+from artisync.protocol import MAX_METADATA_BYTES, InvalidName, check_name, parse_destination
 
 
 def checked_name(name: str) -> str:
@@ -46,9 +46,12 @@ def delete_spec(obj: Any) -> dict[str, Any] | None:
 
 
 def resolve_destination(uri: str) -> str:
-    """A bare path becomes absolute, so every process means the same folder."""
+    """A bare path becomes absolute, so every process means the same folder.
+
+    :raises ValueError: not a destination URI (an unknown scheme, say ``gcs://``)."""
     if "://" not in uri:
-        return os.path.abspath(os.path.expanduser(uri))
+        uri = os.path.abspath(os.path.expanduser(uri))
+    parse_destination(uri)
     return uri
 
 

@@ -203,6 +203,13 @@ def test_bad_input_is_refused_before_anything_is_written(env: Env) -> None:
     assert list((env.spool / "tmp").iterdir()) == []
 
 
+def test_unknown_destination_scheme_is_refused_at_init(env: Env) -> None:
+    with pytest.raises(ValueError, match=r"unknown storage scheme 'gcs'.*azure, file, gs, s3"):
+        Task.init(project_name="typo", task_name="t", output_uri="gcs://bucket/runs")
+    assert Task.current_task() is None
+    assert not (env.spool / "outbox").exists() or list((env.spool / "outbox").iterdir()) == []
+
+
 def test_wait_without_daemon_raises_clear_error(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTISYNC_WAIT_TIMEOUT", "1")
     from artisync._session import Session
