@@ -32,7 +32,7 @@ from .ingest import (
     housekeeping_loop,
     outbox_loop,
 )
-from .journal import Journal
+from .journal import OUTSTANDING, Journal, State
 from .server import Committer, Server
 from .uploader import Uploader
 
@@ -66,10 +66,8 @@ class Daemon:
         self.group_mode = config.group is not None
         self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
         self.journal = Journal(self.spool.journal_path, 0o660 if self.group_mode else 0o600)
-        self.dests = Destinations(config)
-        self.uploader = Uploader(
-            self.journal, self.spool, self.dests, config.concurrency, config.offline_max_backoff
-        )
+        self.destinations = Destinations(config)
+        self.uploader = Uploader(self.journal, self.spool, self.destinations, config.concurrency)
         self.committer = Committer(self.journal, self.uploader.poke)
         self.server = Server(self)
         self.accepting = True
@@ -171,7 +169,7 @@ class Daemon:
         finally:
             watcher.stop()
             server.close()
-            await self.dests.aclose()
+            await self.destinations.aclose()
             await self.journal.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -211,12 +209,8 @@ class Daemon:
 
         :raises ValueError: the configuration is invalid; nothing changes."""
         fresh = load_config(load_settings())
-        self.config = replace(
-            self.config,
-            storage_defaults=fresh.storage_defaults,
-            storage_overrides=fresh.storage_overrides,
-        )
-        self.dests.reconfigure(self.config)
+        self.config = replace(self.config, storage=fresh.storage)
+        self.destinations.reconfigure(self.config)
 
     async def _shutdown(self, server: asyncio.Server) -> None:
         await self.stop_event.wait()
@@ -268,26 +262,26 @@ class Daemon:
     async def status(self) -> dict[str, Any]:
         stats = await self.journal.stats()
         counts = stats["records"]
-        backlog = [
-            sum(counts[s][0] for s in ("pending", "uploading", "uploaded")),
-            sum(counts[s][1] for s in ("pending", "uploading", "uploaded")),
-        ]
-        dests = self.dests.status()
+        backlog = [sum(counts[s][0] for s in OUTSTANDING), sum(counts[s][1] for s in OUTSTANDING)]
+        destinations = self.destinations.status()
         return {
             "pid": os.getpid(),
             "spool": str(self.spool.root),
             "socket": str(self.config.settings.socket),
             "uptime": time.time() - self.started,
-            "online": all(d["online"] for d in dests),
+            "online": all(d["online"] for d in destinations),
             "backlog": {"records": backlog[0], "bytes": backlog[1]},
             "in_flight": len(self.uploader.in_flight),
             "bytes_in_flight": self.uploader.bytes_in_flight,
-            "committed": {"records": counts["committed"][0], "bytes": counts["committed"][1]},
+            "committed": {
+                "records": counts[State.COMMITTED][0],
+                "bytes": counts[State.COMMITTED][1],
+            },
             "uploaded_objects": stats["objects_uploaded"],
             "uploaded_bytes": stats["bytes_uploaded"],
-            "failed": {"records": counts["failed"][0], "items": stats["failed"]},
+            "failed": {"records": counts[State.FAILED][0], "items": stats["failed"]},
             "retrying": stats["retrying"],
-            "destinations": dests,
+            "destinations": destinations,
             "spool_bytes": await asyncio.to_thread(self.spool.usage),
             "spool_limit": self.config.settings.spool_limit,
             "connections": self.server.connections,

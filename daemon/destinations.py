@@ -7,33 +7,35 @@ growing intervals (with jitter, capped) until a probe succeeds.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import DaemonConfig
 from .storage.base import PermanentStorageError, open_storage
-from .storage.retry import RetryingStorage
+from .storage.retry import STORAGE_RETRY, RetryingStorage, RetryPolicy
 
 log = logging.getLogger("artisync.daemon")
+
+
+def probe_policy(max_backoff: float) -> RetryPolicy:
+    """Probes of an offline destination: 1 s doubling up to ``max_backoff``, in the upper
+    half of each step (jitter 0.5), never sooner than the server's Retry-After."""
+    return RetryPolicy(initial=1.0, max_delay=max_backoff, jitter=0.5, max_elapsed=None)
 
 
 @dataclass
 class Destination:
     uri: str
     storage: RetryingStorage
+    probes: RetryPolicy
     online: bool = True
     failures: int = 0
     last_error: str | None = None
     retry_at: float = 0.0
     probing: bool = False
     probe_seq: int | None = None  # the record let through as the probe
-    uploaded: int = 0
     sweep_warned: bool = False
 
     def ready(self, now: float) -> bool:
@@ -46,13 +48,7 @@ class Destination:
             )
         self.online, self.failures, self.probing, self.last_error = True, 0, False, None
 
-    def failed(
-        self,
-        err: Exception,
-        max_backoff: float,
-        retry_after: float | None,
-        escalate: bool = True,
-    ) -> float:
+    def failed(self, err: Exception, retry_after: float | None, escalate: bool = True) -> float:
         """Take the destination offline; returns when to try again. Only the first
         failure and failed probes ``escalate`` the backoff: the other uploads that were
         in flight when the network went down fail too, and must not push the first
@@ -63,15 +59,28 @@ class Destination:
         self.failures += 1
         self.probing = False
         self.last_error = str(err)[:500]
-        delay = min(max_backoff, 1.0 * 2 ** min(self.failures - 1, 20))
-        delay = delay / 2 + random.uniform(0, delay / 2)
-        if retry_after:
-            delay = max(delay, retry_after)
+        delay = self.probes.delay(self.failures, retry_after)
         if self.online:
             log.warning("destination offline: %s: %s", self.uri, self.last_error)
         self.online = False
         self.retry_at = time.time() + delay
         return self.retry_at
+
+    async def abort_incomplete(self, key: str, started: float, size: int | None = None) -> int:
+        """Remove what an interrupted upload of ``key`` may have left here (see
+        :meth:`Storage.abort_incomplete`; ``started``: this daemon's start). Call it only
+        while this daemon has no upload of ``key`` here in flight.
+
+        Returns how many were removed. A transient error propagates (the record is
+        retried); lacking the permission to list uploads is logged once and otherwise
+        ignored."""
+        try:
+            return await self.storage.abort_incomplete(key, size=size, started=started)
+        except PermanentStorageError as exc:
+            if not self.sweep_warned:
+                self.sweep_warned = True
+                log.warning("cannot clean up interrupted uploads at %s: %s", self.uri, exc)
+        return 0
 
     def status(self) -> dict[str, Any]:
         return {
@@ -88,7 +97,6 @@ class Destinations:
         self.config = config
         self._by_uri: dict[str, Destination] = {}
         self._retired: list[Destination] = []
-        self.broken: dict[str, str] = {}  # uri -> why it cannot even be opened
 
     def reconfigure(self, config: DaemonConfig) -> None:
         """New storage options (``artisync retry`` after a fix): clients are rebuilt on
@@ -99,15 +107,17 @@ class Destinations:
         self._by_uri = {}
 
     def get(self, uri: str) -> Destination:
-        dest = self._by_uri.get(uri)
-        if dest is None:
+        destination = self._by_uri.get(uri)
+        if destination is None:
             try:
                 inner = open_storage(uri, self.config.options_for(uri))
             except (ValueError, ImportError) as exc:
                 raise PermanentStorageError(f"cannot open destination: {exc}", backend=uri) from exc
-            storage = RetryingStorage(inner, max_elapsed=self.config.retry_max_elapsed)
-            dest = self._by_uri[uri] = Destination(uri, storage)
-        return dest
+            policy = replace(STORAGE_RETRY, max_elapsed=self.config.retry_max_elapsed)
+            probes = probe_policy(self.config.offline_max_backoff)
+            destination = Destination(uri, RetryingStorage(inner, policy), probes)
+            self._by_uri[uri] = destination
+        return destination
 
     def offline(self) -> list[str]:
         now = time.time()
@@ -117,71 +127,8 @@ class Destinations:
         return [d.status() for d in self._by_uri.values()]
 
     async def aclose(self) -> None:
-        for dest in [*self._retired, *self._by_uri.values()]:
+        for destination in [*self._retired, *self._by_uri.values()]:
             try:
-                await dest.storage.aclose()
+                await destination.storage.aclose()
             except Exception as exc:  # closing must not hide the real shutdown cause
-                log.warning("closing %s failed: %s", dest.uri, exc)
-
-
-async def abort_incomplete(
-    dest: Destination, key: str, started: float, size: int | None = None
-) -> int:
-    """Remove what an interrupted upload of ``key`` may have left at the destination:
-    unfinished S3 multipart uploads (invisible, but billed and kept forever without a
-    lifecycle rule) and the file backend's temp files (older than ``started``, this
-    daemon's start: another writer's may still be growing). Google Cloud Storage and
-    Azure expire theirs on their own. Call it only while this daemon has no upload
-    of ``key`` to ``dest`` in flight.
-
-    Returns how many were removed. A transient error propagates (the record is retried);
-    lacking the permission to list uploads is logged once and otherwise ignored.
-    """
-    inner: Any = getattr(dest.storage, "inner", dest.storage)
-    try:
-        if inner.scheme == "s3":
-            if size is None or size < getattr(inner, "multipart_threshold", 0):
-                return 0  # sent in one PUT: nothing can be left over
-            return await _abort_s3_uploads(inner, key, time.time())
-        if inner.scheme == "file":
-            return await asyncio.to_thread(_remove_file_temps, inner, key, started)
-    except PermanentStorageError as exc:
-        if not dest.sweep_warned:
-            dest.sweep_warned = True
-            log.warning("cannot clean up interrupted uploads at %s: %s", dest.uri, exc)
-    return 0
-
-
-async def _abort_s3_uploads(s3s: Any, key: str, before: float) -> int:
-    # S3Storage has no such operation (yet): this uses its client and key prefix
-    name = s3s._prefix.key(key)
-    n = 0
-    with s3s._errors("abort-incomplete", key):
-        client = await s3s._s3()
-        page = await client.list_multipart_uploads(Bucket=s3s.bucket, Prefix=name)
-        for up in page.get("Uploads", []):
-            if up.get("Key") != name or up["Initiated"].timestamp() >= before:
-                continue
-            await client.abort_multipart_upload(
-                Bucket=s3s.bucket, Key=name, UploadId=up["UploadId"]
-            )
-            n += 1
-    if n:
-        log.info("aborted %d unfinished multipart uploads of %s at %s", n, key, s3s.uri)
-    return n
-
-
-def _remove_file_temps(fs: Any, key: str, before: float) -> int:
-    path = fs._path(key)
-    n = 0
-    try:
-        with os.scandir(path.parent) as it:
-            for entry in it:
-                if entry.name.startswith(f".{path.name}.") and entry.name.endswith(".tmp"):
-                    with contextlib.suppress(FileNotFoundError):
-                        if entry.stat(follow_symlinks=False).st_mtime < before:
-                            os.unlink(entry.path)
-                            n += 1
-    except OSError:  # the folder is gone or unreachable: the upload itself will tell
-        return n
-    return n
+                log.warning("closing %s failed: %s", destination.uri, exc)

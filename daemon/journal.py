@@ -15,89 +15,29 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgpack
 
+from ._journal_schema import (
+    DUE,
+    OUTSTANDING,
+    ROW_COLUMNS,
+    SCHEMA,
+    Incoming,
+    Row,
+    State,
+    insert_one,
+    marks,
+    newest_event,
+    to_row,
+    transaction,
+)
+
+__all__ = ["OUTSTANDING", "Incoming", "Journal", "Row", "State"]
+
 T = TypeVar("T")
-OUTSTANDING = ("pending", "uploading", "uploaded")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id TEXT UNIQUE NOT NULL,
-    kind TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    project TEXT,
-    name TEXT,
-    dest TEXT NOT NULL,
-    body BLOB NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'pending',
-    reason TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL DEFAULT 0,
-    peer_uid INTEGER,
-    peer_pid INTEGER,
-    received REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_state ON records(state, next_try, seq);
-CREATE INDEX IF NOT EXISTS records_task ON records(task_id, kind);
-CREATE INDEX IF NOT EXISTS records_name ON records(kind, project, name);
-CREATE TABLE IF NOT EXISTS refs(
-    seq INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    PRIMARY KEY(seq, sha256)
-);
-CREATE INDEX IF NOT EXISTS refs_sha ON refs(sha256);
-CREATE TABLE IF NOT EXISTS objects(
-    dest TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded REAL NOT NULL,
-    PRIMARY KEY(dest, sha256)
-);
-"""
-
-
-@dataclass(frozen=True)
-class Row:
-    seq: int
-    record_id: str
-    kind: str
-    task_id: str
-    dest: str
-    body: dict[str, Any]
-    size: int
-    state: str
-    reason: str | None
-    attempts: int
-    peer_uid: int | None
-
-
-@dataclass(frozen=True)
-class Incoming:
-    record: dict[str, Any]
-    peer_uid: int | None
-    peer_pid: int | None
-
-
-_COLS = "seq, record_id, kind, task_id, dest, body, size, state, reason, attempts, peer_uid"
-
-
-def _row(t: Sequence[Any]) -> Row:
-    return Row(
-        t[0],
-        t[1],
-        t[2],
-        t[3],
-        t[4],
-        msgpack.unpackb(t[5], raw=False),
-        t[6],
-        t[7],
-        t[8],
-        t[9],
-        t[10],
-    )
 
 
 class Journal:
@@ -106,7 +46,7 @@ class Journal:
         self.mode = mode
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="artisync-journal")
         self._db: sqlite3.Connection | None = None
-        # (dest, seq) of records whose upload was interrupted by a crash or failed
+        # (destination URI, seq) of records whose upload was interrupted by a crash or failed
         # before: their destination may hold an unfinished multipart upload or temp file
         self.suspects: set[tuple[str, int]] = set()
 
@@ -124,9 +64,10 @@ class Journal:
             finally:
                 os.close(fd)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
             self._db = db
         return self._db
 
@@ -135,19 +76,23 @@ class Journal:
 
         def reset(db: sqlite3.Connection) -> int:
             self.suspects = {
-                (r[0], r[1])
+                (r["dest"], r["seq"])
                 for r in db.execute(
-                    "SELECT dest, seq FROM records WHERE state IN ('uploading','uploaded') "
-                    "OR (state='pending' AND attempts>0)"
+                    "SELECT dest, seq FROM records WHERE state IN (?,?) "
+                    "OR (state=? AND attempts>0)",
+                    (State.UPLOADING, State.UPLOADED, State.PENDING),
                 )
             }
             cur = db.execute(
-                "UPDATE records SET state='pending', updated=? WHERE state='uploading'",
-                (time.time(),),
+                "UPDATE records SET state=?, updated=? WHERE state=?",
+                (State.PENDING, time.time(), State.UPLOADING),
             )
             # a restart retries what failed for good before (the fix may have been a
             # configuration change); the reason stays until the next attempt
-            db.execute("UPDATE records SET state='pending', next_try=0 WHERE state='failed'")
+            db.execute(
+                "UPDATE records SET state=?, next_try=0 WHERE state=?",
+                (State.PENDING, State.FAILED),
+            )
             return cur.rowcount
 
         return await self._run(reset)
@@ -166,76 +111,59 @@ class Journal:
 
         def insert(db: sqlite3.Connection) -> list[bool]:
             now = time.time()
-            out = []
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for inc in batch:
-                    out.append(_insert_one(db, inc, now))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
-                    db.execute("ROLLBACK")
-                raise
-            return out
+            with transaction(db, "IMMEDIATE"):
+                return [insert_one(db, incoming, now) for incoming in batch]
 
         return await self._run(insert)
 
-    async def has_object(self, dest: str, sha256: str) -> bool:
+    async def has_object(self, destination_uri: str, sha256: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
-            return (
-                db.execute(
-                    "SELECT 1 FROM objects WHERE dest=? AND sha256=?", (dest, sha256)
-                ).fetchone()
-                is not None
-            )
+            sql = "SELECT 1 FROM objects WHERE dest=? AND sha256=?"
+            return db.execute(sql, (destination_uri, sha256)).fetchone() is not None
 
         return await self._run(q)
 
-    async def add_object(self, dest: str, sha256: str, size: int) -> None:
+    async def add_object(self, destination_uri: str, sha256: str, size: int) -> None:
         await self._run(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)", (dest, sha256, size, time.time())
+                "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)",
+                (destination_uri, sha256, size, time.time()),
             )
         )
 
     async def claim(
-        self, limit: int, skip_dests: Sequence[str], exclude: Sequence[int]
+        self, limit: int, skip_destinations: Sequence[str], exclude: Sequence[int]
     ) -> list[Row]:
-        """Move up to ``limit`` due pending records to ``uploading`` and return them."""
+        """Move up to ``limit`` due pending records to ``uploading`` and return them
+        (due ``uploaded`` ones too, as they are: only their publishing is left)."""
+        skip = list(skip_destinations)
 
         def q(db: sqlite3.Connection) -> list[Row]:
             now = time.time()
             # offline destinations are skipped in SQL: filtering afterwards let a long
             # backlog for one offline destination hide every other destination's records
-            marks = ",".join("?" * len(skip_dests))
-            skip = f"AND dest NOT IN ({marks}) " if skip_dests else ""
-            rows = db.execute(
-                f"SELECT {_COLS} FROM records WHERE state IN ('pending','uploaded') "
-                f"AND next_try<=? {skip}ORDER BY seq LIMIT ?",
-                (now, *skip_dests, limit + len(exclude)),
+            skip_sql = f"AND dest NOT IN ({marks(skip)}) " if skip else ""
+            found = db.execute(
+                f"SELECT {ROW_COLUMNS} FROM records WHERE state IN ({marks(DUE)}) "
+                f"AND next_try<=? {skip_sql}ORDER BY seq LIMIT ?",
+                (*DUE, now, *skip, limit + len(exclude)),
             ).fetchall()
-            picked = [r for r in rows if r[0] not in exclude][:limit]
-            db.execute("BEGIN")
-            try:
-                for r in picked:
-                    if r[7] == "pending":
+            picked = [to_row(r) for r in [r for r in found if r["seq"] not in exclude][:limit]]
+            with transaction(db):
+                for row in picked:
+                    if row.state is State.PENDING:
                         db.execute(
-                            "UPDATE records SET state='uploading', updated=? WHERE seq=?",
-                            (now, r[0]),
+                            "UPDATE records SET state=?, updated=? WHERE seq=?",
+                            (State.UPLOADING, now, row.seq),
                         )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return [_row(r) for r in picked]
+            return picked
 
         return await self._run(q)
 
     async def set_state(
         self,
         seq: int,
-        state: str,
+        state: State,
         reason: str | None = None,
         next_try: float = 0.0,
         bump: bool = False,
@@ -248,32 +176,29 @@ class Journal:
             )
         )
 
-    async def make_due(self, dest: str) -> int:
+    async def make_due(self, destination_uri: str) -> int:
         """A destination is reachable again: its waiting records are due now."""
         return await self._run(
             lambda db: (
                 db.execute(
                     "UPDATE records SET next_try=0 WHERE dest=? AND next_try>0 "
-                    "AND state IN ('pending','uploaded')",
-                    (dest,),
+                    f"AND state IN ({marks(DUE)})",
+                    (destination_uri, *DUE),
                 ).rowcount
             )
         )
 
     async def refs(self, seq: int) -> list[tuple[str, int]]:
-        return await self._run(
-            lambda db: db.execute(
-                "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256", (seq,)
-            ).fetchall()
-        )
+        def q(db: sqlite3.Connection) -> list[tuple[str, int]]:
+            sql = "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256"
+            return [(r["sha256"], r["size"]) for r in db.execute(sql, (seq,))]
+
+        return await self._run(q)
 
     async def latest_task_event(self, task_id: str) -> dict[str, Any] | None:
         """The task's newest event by its creation time (outbox files arrive in any order)."""
 
-        def q(db: sqlite3.Connection) -> dict[str, Any] | None:
-            return _newest_event(db, task_id)
-
-        return await self._run(q)
+        return await self._run(lambda db: newest_event(db, task_id))
 
     async def collectable(self, shas: Sequence[str], orphans: Sequence[str]) -> list[str]:
         """Of ``shas``, those that only committed records reference; plus the ``orphans``
@@ -283,23 +208,19 @@ class Journal:
 
         def q(db: sqlite3.Connection) -> list[str]:
             out = []
-            db.execute("BEGIN")
-            try:
+            with transaction(db):  # one snapshot
                 for i in range(0, len(shas), 500):
                     chunk = list(shas[i : i + 500])
-                    marks = ",".join("?" * len(chunk))
                     seen = {
-                        sha: bool(done)
-                        for sha, done in db.execute(
-                            "SELECT refs.sha256, min(records.state='committed') FROM refs "
-                            f"JOIN records USING(seq) WHERE refs.sha256 IN ({marks}) "
-                            "GROUP BY refs.sha256",
-                            chunk,
+                        r["sha256"]: bool(r["done"])
+                        for r in db.execute(
+                            "SELECT refs.sha256 AS sha256, min(records.state=?) AS done "
+                            f"FROM refs JOIN records USING(seq) WHERE refs.sha256 IN "
+                            f"({marks(chunk)}) GROUP BY refs.sha256",
+                            (State.COMMITTED, *chunk),
                         )
                     }
                     out += [s for s in chunk if (seen[s] if s in seen else s in orphan_set)]
-            finally:
-                db.execute("COMMIT")
             return out
 
         return await self._run(q)
@@ -308,18 +229,20 @@ class Journal:
         self, task_id: str | None = None, max_seq: int | None = None
     ) -> tuple[int, int]:
         """(records, bytes) acknowledged but not yet committed."""
-        n, b = await self._count("state IN ('pending','uploading','uploaded')", task_id, max_seq)
-        return n, b
+        return await self._count(OUTSTANDING, task_id, max_seq)
 
     async def failed_count(self, task_id: str | None = None, max_seq: int | None = None) -> int:
-        return (await self._count("state='failed'", task_id, max_seq))[0]
+        return (await self._count((State.FAILED,), task_id, max_seq))[0]
 
     async def _count(
-        self, state_sql: str, task_id: str | None, max_seq: int | None
+        self, states: tuple[State, ...], task_id: str | None, max_seq: int | None
     ) -> tuple[int, int]:
         """(records, bytes) in the given states, optionally of one task and up to a seq."""
-        sql = f"SELECT count(*), coalesce(sum(size),0) FROM records WHERE {state_sql}"
-        args: list[Any] = []
+        sql = (
+            "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
+            f"WHERE state IN ({marks(states)})"
+        )
+        args: list[Any] = [*states]
         if task_id is not None:
             sql += " AND task_id=?"
             args.append(task_id)
@@ -328,45 +251,51 @@ class Journal:
             args.append(max_seq)
 
         def q(db: sqlite3.Connection) -> tuple[int, int]:
-            n, b = db.execute(sql, args).fetchone()
-            return int(n), int(b)
+            r = db.execute(sql, args).fetchone()
+            return int(r["n"]), int(r["bytes"])
 
         return await self._run(q)
 
     async def max_seq(self) -> int:
         return await self._run(
-            lambda db: int(db.execute("SELECT coalesce(max(seq),0) FROM records").fetchone()[0])
+            lambda db: int(
+                db.execute("SELECT coalesce(max(seq),0) AS seq FROM records").fetchone()["seq"]
+            )
         )
 
     async def stats(self) -> dict[str, Any]:
         def q(db: sqlite3.Connection) -> dict[str, Any]:
-            counts = {s: [0, 0] for s in (*OUTSTANDING, "committed", "failed")}
-            for state, n, b in db.execute(
-                "SELECT state, count(*), coalesce(sum(size),0) FROM records GROUP BY state"
+            counts: dict[str, list[int]] = {str(s): [0, 0] for s in State}
+            for r in db.execute(
+                "SELECT state, count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
+                "GROUP BY state"
             ):
-                counts[state] = [n, b]
+                counts[r["state"]] = [r["n"], r["bytes"]]
             failed = [
-                {"record_id": r[0], "task_id": r[1], "kind": r[2], "dest": r[3], "reason": r[4]}
+                dict(r)  # "dest" is the status reply's key
                 for r in db.execute(
                     "SELECT record_id, task_id, kind, dest, reason FROM records "
-                    "WHERE state='failed' ORDER BY seq LIMIT 20"
+                    "WHERE state=? ORDER BY seq LIMIT 20",
+                    (State.FAILED,),
                 )
             ]
             retrying = [
-                {"record_id": r[0], "dest": r[1], "reason": r[2], "attempts": r[3]}
+                dict(r)
                 for r in db.execute(
                     "SELECT record_id, dest, reason, attempts FROM records "
-                    "WHERE state='pending' AND reason IS NOT NULL "
-                    "ORDER BY seq LIMIT 5"
+                    "WHERE state=? AND reason IS NOT NULL ORDER BY seq LIMIT 5",
+                    (State.PENDING,),
                 )
             ]
-            objects = db.execute("SELECT count(*), coalesce(sum(size),0) FROM objects").fetchone()
+            objects = db.execute(
+                "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM objects"
+            ).fetchone()
             return {
                 "records": counts,
                 "failed": failed,
                 "retrying": retrying,
-                "objects_uploaded": objects[0],
-                "bytes_uploaded": objects[1],
+                "objects_uploaded": objects["n"],
+                "bytes_uploaded": objects["bytes"],
             }
 
         return await self._run(q)
@@ -375,9 +304,8 @@ class Journal:
         return await self._run(
             lambda db: (
                 db.execute(
-                    "UPDATE records SET state='pending', reason=NULL, next_try=0, updated=? "
-                    "WHERE state='failed'",
-                    (time.time(),),
+                    "UPDATE records SET state=?, reason=NULL, next_try=0, updated=? WHERE state=?",
+                    (State.PENDING, time.time(), State.FAILED),
                 ).rowcount
             )
         )
@@ -408,8 +336,8 @@ class Journal:
                     args.append(name)
                 rows = db.execute(sql + " ORDER BY seq DESC LIMIT 200", args).fetchall()
             out = []
-            for (tid,) in rows:
-                body = _newest_event(db, tid)
+            for r in rows:
+                body = newest_event(db, r["task_id"])
                 if body is None:
                     continue
                 if statuses and body.get("status") not in statuses:
@@ -425,56 +353,12 @@ class Journal:
 
         def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
             latest: dict[str, dict[str, Any]] = {}
-            for (body,) in db.execute(
+            for r in db.execute(
                 "SELECT body FROM records WHERE kind='artifact' AND task_id=? ORDER BY seq",
                 (task_id,),
             ):
-                rec = msgpack.unpackb(body, raw=False)
+                rec = msgpack.unpackb(r["body"], raw=False)
                 latest[rec["name"]] = rec
             return list(latest.values())
 
         return await self._run(q)
-
-
-def _newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
-    events: list[dict[str, Any]] = [
-        msgpack.unpackb(r[0], raw=False)
-        for r in db.execute(
-            "SELECT body FROM records WHERE task_id=? AND kind='task' ORDER BY seq", (task_id,)
-        )
-    ]
-    if not events:
-        return None
-    # a closing event wins over a start that arrived later; then the newest
-    return max(events, key=lambda e: (e.get("event") != "started", e.get("created", 0)))
-
-
-def _insert_one(db: sqlite3.Connection, inc: Incoming, now: float) -> bool:
-    rec = inc.record
-    blobs = rec.get("blobs", [])
-    size = sum(int(b[1]) for b in blobs)
-    cur = db.execute(
-        "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
-        " peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            rec["record_id"],
-            rec["kind"],
-            rec["task_id"],
-            rec.get("project"),
-            rec.get("name") if rec["kind"] == "task" else None,
-            rec["dest"],
-            msgpack.packb(rec, use_bin_type=True),
-            size,
-            inc.peer_uid,
-            inc.peer_pid,
-            now,
-            now,
-        ),
-    )
-    if cur.rowcount == 0:
-        return False
-    seq = cur.lastrowid
-    db.executemany(
-        "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
-    )
-    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from artisync.protocol._layout import (
+from artisync.protocol import (
     artifact_version_key,
     index_key,
     object_key,

@@ -95,14 +95,12 @@ class Server:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.connections = 0
-        self.total_connections = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.connections >= self.app.max_connections:
             writer.close()
             return
         self.connections += 1
-        self.total_connections += 1
         peer = peer_credentials(writer.get_extra_info("socket"))
         try:
             await self._serve(reader, writer, peer)
@@ -228,7 +226,7 @@ class Server:
                         "progress": {
                             "remaining": n,
                             "bytes": nbytes,
-                            "offline": app.dests.offline(),
+                            "offline": app.destinations.offline(),
                         },
                     },
                 )

@@ -17,17 +17,19 @@ import sqlite3
 import stat
 import time
 
-from artisync.protocol import Spool
-from artisync.protocol._layout import object_key
+from artisync.protocol import Spool, object_key
 
-from .destinations import Destination, Destinations, abort_incomplete
-from .journal import Journal, Row
+from .destinations import Destination, Destinations
+from .journal import Journal, Row, State
 from .publish import publish_artifact, publish_task, record_keys
 from .storage.base import PermanentStorageError, TransientStorageError
+from .storage.retry import RetryPolicy
 
 log = logging.getLogger("artisync.daemon")
 
 _STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
+# a journal that cannot be written: the record goes again after 1 s, doubling up to 30 s
+_JOURNAL_RETRY = RetryPolicy(initial=1.0, max_delay=30.0, jitter=0.0, max_elapsed=None)
 
 
 class Uploader:
@@ -35,15 +37,13 @@ class Uploader:
         self,
         journal: Journal,
         spool: Spool,
-        dests: Destinations,
+        destinations: Destinations,
         concurrency: int,
-        offline_max_backoff: float,
     ) -> None:
         self.journal = journal
         self.spool = spool
-        self.dests = dests
+        self.destinations = destinations
         self.concurrency = concurrency
-        self.offline_max_backoff = offline_max_backoff
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=concurrency)
         self.wakeup = asyncio.Event()
         self.progress = asyncio.Condition()  # notified whenever a record settles
@@ -67,7 +67,7 @@ class Uploader:
             try:
                 if free > 0:
                     claimed = await self.journal.claim(
-                        free, self.dests.offline(), list(self.in_flight)
+                        free, self.destinations.offline(), list(self.in_flight)
                     )
                     rows = await self._gate_probes(claimed)
             except sqlite3.Error as exc:  # disk full: wait for room, do not stop the daemon
@@ -90,26 +90,21 @@ class Uploader:
         out, now = [], time.time()
         for row in rows:
             try:
-                dest = self.dests.get(row.dest)
+                destination = self.destinations.get(row.destination_uri)
             except PermanentStorageError:
                 out.append(row)  # fails permanently in the worker, with the reason
                 continue
-            if dest.online:
+            if destination.online:
                 out.append(row)
-            elif dest.ready(now):
-                dest.probing, dest.probe_seq = True, row.seq
+            elif destination.ready(now):
+                destination.probing, destination.probe_seq = True, row.seq
                 out.append(row)
             else:
                 await self._release(row)
         return out
 
     async def _release(self, row: Row) -> None:
-        await self.journal.set_state(
-            row.seq,
-            "pending" if row.state != "uploaded" else "uploaded",
-            row.reason,
-            time.time() + 1,
-        )
+        await self.journal.set_state(row.seq, _waiting(row), row.reason, time.time() + 1)
 
     async def worker(self) -> None:
         self.live_workers += 1
@@ -130,12 +125,14 @@ class Uploader:
     async def _process_until_journaled(self, row: Row) -> None:
         """A journal that cannot be written (its disk is full) pauses this record, it does
         not stop the daemon: processing is idempotent, so the record simply goes again."""
-        delay = 1.0
+        failures = 0
         while True:
             try:
                 await self._process(row)
                 return
             except sqlite3.Error as exc:
+                failures += 1
+                delay = _JOURNAL_RETRY.delay(failures)
                 log.error(
                     "journal write failed (%s): record %s goes again in %.0f s",
                     exc,
@@ -143,7 +140,6 @@ class Uploader:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
 
     async def stop_workers(self, n: int) -> None:
         self.accepting = False
@@ -152,25 +148,25 @@ class Uploader:
 
     async def _process(self, row: Row) -> None:
         try:
-            dest = self.dests.get(row.dest)
+            destination = self.destinations.get(row.destination_uri)
         except PermanentStorageError as exc:
             await self._fail(row, str(exc))
             return
-        suspect = (row.dest, row.seq) in self.journal.suspects
+        suspect = (row.destination_uri, row.seq) in self.journal.suspects
         try:
-            if row.state != "uploaded":
+            if row.state is not State.UPLOADED:
                 for sha, size in await self.journal.refs(row.seq):
-                    await self._ensure_object(dest, sha, size, suspect)
-                await self.journal.set_state(row.seq, "uploaded")
+                    await self._ensure_object(destination, sha, size, suspect)
+                await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
                 for key in record_keys(row.body):
-                    await abort_incomplete(dest, key, self.started)
-            await self._publish(dest, row)
+                    await destination.abort_incomplete(key, self.started)
+            await self._publish(destination, row)
         except TransientStorageError as exc:
-            await self._retry_later(dest, row, exc)
+            await self._retry_later(destination, row, exc)
             return
         except PermanentStorageError as exc:
-            dest.probing = False
+            destination.probing = False
             await self._fail(row, str(exc))
             return
         except sqlite3.Error:
@@ -178,51 +174,51 @@ class Uploader:
         except Exception as exc:  # a bug must cost one record (kept, with the reason), not
             # the daemon: raised out of a worker it would stop every upload, at every start
             log.exception("record %s: unexpected error", row.record_id)
-            dest.probing = False
+            destination.probing = False
             await self._fail(row, f"internal error: {type(exc).__name__}: {exc}")
             return
-        if not dest.online:
-            await self.journal.make_due(dest.uri)  # the records that waited: now
-        dest.succeeded()
-        dest.uploaded += 1
-        await self.journal.set_state(row.seq, "committed")
-        self.journal.suspects.discard((row.dest, row.seq))
+        if not destination.online:
+            await self.journal.make_due(destination.uri)  # the records that waited: now
+        destination.succeeded()
+        await self.journal.set_state(row.seq, State.COMMITTED)
+        self.journal.suspects.discard((row.destination_uri, row.seq))
         await self._delete_original(row)
 
-    async def _retry_later(self, dest: Destination, row: Row, exc: TransientStorageError) -> None:
-        probe = dest.probing and dest.probe_seq == row.seq
-        retry_at = dest.failed(
-            exc, self.offline_max_backoff, exc.retry_after, escalate=dest.online or probe
-        )
-        state = "uploaded" if row.state == "uploaded" else "pending"
-        await self.journal.set_state(row.seq, state, str(exc)[:500], retry_at, bump=True)
+    async def _retry_later(
+        self, destination: Destination, row: Row, exc: TransientStorageError
+    ) -> None:
+        probe = destination.probing and destination.probe_seq == row.seq
+        retry_at = destination.failed(exc, exc.retry_after, escalate=destination.online or probe)
+        await self.journal.set_state(row.seq, _waiting(row), str(exc)[:500], retry_at, bump=True)
         # an S3 multipart upload whose abort failed too may be left over: the next
         # attempt cleans it up first
-        self.journal.suspects.add((row.dest, row.seq))
+        self.journal.suspects.add((row.destination_uri, row.seq))
 
     async def _fail(self, row: Row, reason: str) -> None:
         log.error("record %s failed permanently: %s", row.record_id, reason)
-        await self.journal.set_state(row.seq, "failed", reason[:1000], bump=True)
+        await self.journal.set_state(row.seq, State.FAILED, reason[:1000], bump=True)
 
-    async def _publish(self, dest: Destination, row: Row) -> None:
+    async def _publish(self, destination: Destination, row: Row) -> None:
         if row.kind == "artifact":
-            await publish_artifact(dest.storage, row.body)
+            await publish_artifact(destination.storage, row.body)
             return
         # one writer per task at a time, reading the newest event under the lock, so
         # an older state can never land after a newer one
         lock = self._task_locks.setdefault(row.task_id, asyncio.Lock())
         async with lock:
             latest = await self.journal.latest_task_event(row.task_id) or row.body
-            if latest.get("dest") != row.dest:
+            if latest.get("dest") != row.destination_uri:
                 latest = row.body
-            await publish_task(dest.storage, latest)
+            await publish_task(destination.storage, latest)
         if not lock.locked():
             self._task_locks.pop(row.task_id, None)
 
-    async def _ensure_object(self, dest: Destination, sha: str, size: int, suspect: bool) -> None:
+    async def _ensure_object(
+        self, destination: Destination, sha: str, size: int, suspect: bool
+    ) -> None:
         """Upload one object unless the destination has it; share concurrent uploads."""
-        key = (dest.uri, sha)
-        if not suspect and await self.journal.has_object(dest.uri, sha):
+        key = (destination.uri, sha)
+        if not suspect and await self.journal.has_object(destination.uri, sha):
             return
         fut = self._objects.get(key)
         if fut is not None:
@@ -234,12 +230,12 @@ class Uploader:
             # while we hold the key no upload of ours for it is in flight: whatever
             # unfinished upload the destination lists for it was abandoned
             if suspect:  # by a killed daemon, or by a failed attempt whose abort failed too
-                await abort_incomplete(dest, object_key(sha), self.started, size)
-            if not await self.journal.has_object(dest.uri, sha):
-                await self._upload_object(dest, sha, size)
-                await self.journal.add_object(dest.uri, sha, size)
-                if dest.storage.scheme == "s3":  # by attempts retried inside this put
-                    await abort_incomplete(dest, object_key(sha), self.started, size)
+                await destination.abort_incomplete(object_key(sha), self.started, size)
+            if not await self.journal.has_object(destination.uri, sha):
+                await self._upload_object(destination, sha, size)
+                await self.journal.add_object(destination.uri, sha, size)
+                # by attempts retried inside this put (whose own clean-up failed)
+                await destination.abort_incomplete(object_key(sha), self.started, size)
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc)
@@ -248,9 +244,9 @@ class Uploader:
         finally:
             del self._objects[key]
 
-    async def _upload_object(self, dest: Destination, sha: str, size: int) -> None:
+    async def _upload_object(self, destination: Destination, sha: str, size: int) -> None:
         okey = object_key(sha)
-        info = await dest.storage.head(okey)
+        info = await destination.storage.head(okey)
         if info is not None and info.size == size:
             return
         path = self.spool.blob_path(sha)
@@ -262,7 +258,7 @@ class Uploader:
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
         self.bytes_in_flight += size
         try:
-            await dest.storage.put(okey, path, size=size, sha256=sha)
+            await destination.storage.put(okey, path, size=size, sha256=sha)
         finally:
             self.bytes_in_flight -= size
 
@@ -285,3 +281,8 @@ class Uploader:
                 os.unlink(path)
         except OSError as exc:
             log.info("not deleting %s after upload: %s", path, exc)
+
+
+def _waiting(row: Row) -> State:
+    """The state a record waits in: ``uploaded`` keeps its payloads' progress."""
+    return State.UPLOADED if row.state is State.UPLOADED else State.PENDING

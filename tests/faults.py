@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, encode
-from artisync.protocol import artifact_version_key, object_key, task_key
+from artisync.protocol import Spool, artifact_version_key, encode, object_key, task_key
 from tests.faultproxy import FaultProxy, _drain_body, _Fault
 from tests.harness import Conn, DaemonProc, Env, run_py
 from tests.records import record_for_blob

@@ -13,8 +13,7 @@ import time
 
 import msgpack
 
-from artisync.protocol import MAGIC, Spool, encode
-from artisync.protocol._layout import artifact_prefix, object_key
+from artisync.protocol import MAGIC, Spool, artifact_prefix, encode, object_key
 from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
 from tests.records import artifact_record, task_record
 

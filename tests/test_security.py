@@ -13,8 +13,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool
-from artisync.protocol import decode_name
+from artisync.protocol import Spool, decode_name
 from tests import faults
 from tests.harness import Conn, DaemonProc, Env, run_py
 from tests.records import artifact_record, task_record

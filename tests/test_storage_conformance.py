@@ -28,7 +28,7 @@ from artisync.daemon.storage.base import (
 )
 from artisync.daemon.storage.file import FileStorage
 from artisync.daemon.storage.gs import GSStorage
-from artisync.daemon.storage.retry import RetryingStorage
+from artisync.daemon.storage.retry import RetryingStorage, RetryPolicy
 from artisync.daemon.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy
 from tests.servers import FakeGCS, find_fake_gcs
@@ -346,7 +346,7 @@ def test_retrying_storage_honours_retry_after_through_503s(backend: Backend) -> 
 
         async def go() -> float:
             async with backend.opened(**backend.options_via(proxy.endpoint)) as inner:
-                s = RetryingStorage(inner, max_elapsed=30, base=0.05)
+                s = RetryingStorage(inner, RetryPolicy(initial=0.05, max_elapsed=30))
                 proxy.set("503", count=2, retry_after=1)
                 start = time.monotonic()
                 await s.put_bytes("objects/r", b"retried")
@@ -367,7 +367,7 @@ def test_retrying_storage_does_not_retry_permanent_errors(storage_uri_factory: A
 
         async def go() -> None:
             async with backend.opened(**options) as inner:
-                s = RetryingStorage(inner, max_elapsed=30)
+                s = RetryingStorage(inner, RetryPolicy(max_elapsed=30))
                 start = time.monotonic()
                 with pytest.raises(AccessDenied):
                     await s.put_bytes("k", b"x")
@@ -384,7 +384,7 @@ def test_retrying_storage_gives_up_after_max_elapsed(storage_uri_factory: Any) -
 
         async def go() -> None:
             async with backend.opened(**backend.options_via(proxy.endpoint)) as inner:
-                s = RetryingStorage(inner, max_elapsed=1.5, base=0.1, cap=0.3)
+                s = RetryingStorage(inner, RetryPolicy(initial=0.1, max_delay=0.3, max_elapsed=1.5))
                 start = time.monotonic()
                 with pytest.raises(TransientStorageError, match="InternalError"):
                     await s.get_bytes("k")
@@ -421,7 +421,7 @@ def test_retrying_list_recovers_before_first_item(backend: Backend) -> None:
                 await asyncio.gather(*(inner.put_bytes(f"l/{i}", b"x") for i in range(4)))
                 proxy.drop_connections()
                 proxy.set("close", count=3)
-                s = RetryingStorage(inner, max_elapsed=30, base=0.05)
+                s = RetryingStorage(inner, RetryPolicy(initial=0.05, max_elapsed=30))
                 return await keys(s, "l/")
 
         assert run(go()) == [f"l/{i}" for i in range(4)]
@@ -490,7 +490,7 @@ def test_gs_chunked_upload_survives_cut_chunks(
                 }
                 async with Backend("gs", "cut", "gs://cut/p", options, "gs://cut").opened() as s:
                     proxy.set("cut", count=2, cut_after=chunk // 2)
-                    await RetryingStorage(s, max_elapsed=30, base=0.05).put(
+                    await RetryingStorage(s, RetryPolicy(initial=0.05, max_elapsed=30)).put(
                         "objects/big", src, size=size, sha256=digest
                     )
                     got = await s.get("objects/big", tmp_path / "back")

@@ -10,14 +10,13 @@ import email.utils
 import hashlib
 import logging
 import os
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar
 
 from .base import (
     IntegrityError,
@@ -27,12 +26,16 @@ from .base import (
     TransientStorageError,
     check_key,
 )
+from .retry import Backoff, RetryPolicy, retry_transient
 
 log = logging.getLogger("artisync.daemon.storage")
-T = TypeVar("T")
 
 MiB = 1024 * 1024
-PART_ATTEMPTS = 4  # per part, inside one put: a flaky network never re-sends finished parts
+# one part (block, chunk) of a large upload, retried alone inside one put, so that a
+# flaky network never re-sends finished parts: 4 tries, 0.4 s doubling to 5 s
+PART_RETRY = RetryPolicy(
+    initial=0.4, max_delay=5.0, max_elapsed=None, max_attempts=4, max_retry_after=30.0
+)
 
 
 class Prefix:
@@ -149,8 +152,17 @@ class CloudStorage:
             return data
 
         async def one(number: int, data: bytes) -> None:
+            def report(backoff: Backoff, exc: TransientStorageError, delay: float) -> None:
+                fields = {"backend": self.uri, "key": key, "part": number}
+                log.warning(
+                    "part upload failed, retrying the part in %.2fs: %s",
+                    delay,
+                    exc,
+                    extra={**fields, "attempt": backoff.failures},
+                )
+
             try:
-                await retry_part(lambda: send(number, data), backend=self.uri, key=key, part=number)
+                await retry_transient(PART_RETRY, lambda _: send(number, data), on_retry=report)
             finally:
                 slots.release()
 
@@ -221,28 +233,6 @@ def read_range(path: Path, offset: int, length: int) -> bytes:
         return f.read(length)
 
 
-def backoff(attempt: int, exc: TransientStorageError) -> float:
-    """Delay before retrying a part: full jitter, at least the server's Retry-After."""
-    return max(random.uniform(0, min(5.0, 0.2 * 2**attempt)), min(exc.retry_after or 0.0, 30.0))
-
-
-async def retry_part(send: Callable[[], Awaitable[T]], *, backend: str, key: str, part: int) -> T:
-    """Retry one part (or block) of a large upload alone, a few times."""
-    for attempt in range(1, PART_ATTEMPTS + 1):
-        try:
-            return await send()
-        except TransientStorageError as exc:
-            if attempt == PART_ATTEMPTS:
-                raise
-            delay = backoff(attempt, exc)
-            fields = {"backend": backend, "key": key, "part": part, "attempt": attempt}
-            log.warning(
-                "part upload failed, retrying the part in %.2fs: %s", delay, exc, extra=fields
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The most telling error out of a TaskGroup: a permanent StorageError, else any
     StorageError, else the first."""
@@ -259,21 +249,21 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class AtomicDownload:
-    """Write a download to a temp file beside ``dest``, hashing it; rename on success.
+    """Write a download to a temp file beside ``target``, hashing it; rename on success.
 
-    ``async with AtomicDownload(dest) as out: await out.write(chunk)``, then
+    ``async with AtomicDownload(target) as out: await out.write(chunk)``, then
     ``out.sha256`` and ``out.size``; call :func:`verify_download` inside the block.
     """
 
-    def __init__(self, dest: Path) -> None:
-        self.dest = Path(dest)
-        self.tmp = self.dest.with_name(f".{self.dest.name}.{secrets.token_hex(6)}.tmp")
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+        self.tmp = self.target.with_name(f".{self.target.name}.{secrets.token_hex(6)}.tmp")
         self._hash = hashlib.sha256()
         self._file: IO[bytes] | None = None
         self.size = 0
 
     def _open(self) -> IO[bytes]:
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
         return open(self.tmp, "xb")
 
     async def __aenter__(self) -> AtomicDownload:
@@ -294,7 +284,7 @@ class AtomicDownload:
         assert self._file is not None
         self._file.close()
         if ok:
-            os.replace(self.tmp, self.dest)
+            os.replace(self.tmp, self.target)
         else:
             self.tmp.unlink(missing_ok=True)
 

@@ -48,10 +48,9 @@ from ._common import (
     parse_retry_after,
     verify_download,
 )
+from ._http_errors import HttpErrors
 from .base import (
     AccessDenied,
-    IntegrityError,
-    NotFound,
     ObjectInfo,
     PermanentStorageError,
     StorageError,
@@ -61,9 +60,17 @@ from .base import (
 )
 
 OCTET = "application/octet-stream"
-_INTEGRITY = {"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}
-_TRANSIENT = {"ServerBusy", "OperationTimedOut", "InternalError"}
-_CONTAINER_MISSING = {"ContainerNotFound", "ContainerBeingDeleted"}
+_CONTAINER_MISSING = frozenset({"ContainerNotFound", "ContainerBeingDeleted"})
+_ERRORS = HttpErrors(
+    container_missing="container {name!r} does not exist",
+    container_hint="create the container or fix the URI",
+    denied_hint="check credentials (account key, SAS token or connection string)",
+    thing="blob",
+    service="service",
+    missing_codes=_CONTAINER_MISSING,
+    integrity_codes=frozenset({"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}),
+    transient_codes=frozenset({"ServerBusy", "OperationTimedOut", "InternalError"}),
+)
 _NO_CREDENTIALS = (
     "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY "
     "or AZURE_STORAGE_SAS_TOKEN, or the equivalent options"
@@ -84,7 +91,6 @@ class AzureStorage(CloudStorage):
     """
 
     scheme: ClassVar[str] = "azure"
-    atomic_put = True
     max_parts = 50_000
 
     def __init__(
@@ -165,23 +171,21 @@ class AzureStorage(CloudStorage):
     def _translate_status(self, exc: HttpResponseError, ctx: dict[str, Any]) -> StorageError:
         code, status = _code(exc), int(exc.status_code or 0)
         text = code or str(status)
-        if code in _CONTAINER_MISSING:
-            message = f"container {self.container!r} does not exist"
-            return AccessDenied(message, **ctx, hint="create the container or fix the URI")
-        if isinstance(exc, ResourceNotFoundError) or status == 404:
-            return NotFound(f"no such blob ({text})", **ctx)
-        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            hint = "check credentials (account key, SAS token or connection string)"
-            return AccessDenied(f"access denied ({text})", **ctx, hint=hint)
-        if code in _INTEGRITY:
-            return IntegrityError(f"checksum rejected by the service ({text})", **ctx)
-        if code in _TRANSIENT or status in (408, 429) or status >= 500:
-            headers = getattr(exc.response, "headers", None) or {}
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-            return TransientStorageError(text, retry_after=retry_after, **ctx)
-        if 400 <= status < 500:
-            return PermanentStorageError(f"{text}: {_short(exc)}", **ctx)
-        return TransientStorageError(text, **ctx)
+        # the SDK's own classes say what its status may not (a mapped error code)
+        if isinstance(exc, ResourceNotFoundError):
+            status = 404
+        elif isinstance(exc, ClientAuthenticationError) and status != 404:
+            status = 401
+        headers = getattr(exc.response, "headers", None) or {}
+        return _ERRORS.error(
+            status,
+            code,
+            text,
+            ctx,
+            container=self.container,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+            detail=_short(exc),
+        )
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -232,13 +236,13 @@ class AzureStorage(CloudStorage):
                 return None
         return _info(key, props)
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
+    async def get(self, key: str, target: Path) -> ObjectInfo:
         name = self._prefix.key(key)
         with self._errors("get", key):
             blob = (await self._cc()).get_blob_client(name)
             stream = await blob.download_blob(max_concurrency=1)
             info = _info(key, stream.properties)
-            async with AtomicDownload(dest) as out:
+            async with AtomicDownload(target) as out:
                 async for chunk in stream.chunks():
                     await out.write(chunk)
                 verify_download(out, info.sha256, info.size, key, self.uri)
@@ -280,6 +284,11 @@ class AzureStorage(CloudStorage):
             except ResourceNotFoundError as exc:
                 if _code(exc) in _CONTAINER_MISSING:
                     raise
+
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Nothing to do: the service discards uncommitted blocks by itself (after a
+        week), and they are never visible under the key."""
+        return 0
 
 
 def _block_id(number: int) -> str:

@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from artisync.protocol import (
+    DESTINATION_SCHEMES,
     AccessDenied,
     IntegrityError,
     NotFound,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
+    parse_destination,
 )
 
 __all__ = [
@@ -53,7 +54,7 @@ class ObjectInfo:
 
 @runtime_checkable
 class Storage(Protocol):
-    """Five data-path operations plus small-object helpers; all idempotent.
+    """Five data-path operations, small-object helpers and one clean-up; all idempotent.
 
     Errors: every method raises only :class:`StorageError` subclasses —
     :class:`TransientStorageError` for what a retry may fix (connection,
@@ -72,16 +73,6 @@ class Storage(Protocol):
         """The destination, without credentials."""
         ...
 
-    @property
-    def max_concurrency(self) -> int:
-        """Uploads worth running at once against this backend."""
-        ...
-
-    @property
-    def atomic_put(self) -> bool:
-        """A reader never sees a partial object under its final key."""
-        ...
-
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
         """Upload the file ``src`` to ``key``; the backend verifies ``sha256``
         (natively, or by hashing while it streams) and raises
@@ -96,8 +87,8 @@ class Storage(Protocol):
         """Size (and hash where known) of ``key``, or None if it does not exist."""
         ...
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
-        """Stream ``key`` into the file ``dest`` (written atomically).
+    async def get(self, key: str, target: Path) -> ObjectInfo:
+        """Stream ``key`` into the file ``target`` (written atomically).
 
         :raises NotFound: the key does not exist."""
         ...
@@ -114,6 +105,23 @@ class Storage(Protocol):
         """Remove ``key``; a missing key is success."""
         ...
 
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Remove what interrupted uploads of ``key`` left at the destination: parts
+        invisible under the key but kept (and billed), such as unfinished S3 multipart
+        uploads or a folder's temp files. Returns how many were removed; a backend
+        whose service discards them by itself does nothing.
+
+        Call it only while this process has no upload of ``key`` in flight.
+        ``started`` is when this process started: a leftover that may belong to
+        another, live writer (a temp file on a shared folder) is kept unless older.
+        ``size`` is the object's size, None for a small object written whole
+        (:meth:`put_bytes`): what goes up in one request leaves nothing behind
+        where the service makes a whole object visible or nothing.
+
+        :raises PermanentStorageError: e.g. no permission to list unfinished uploads.
+        :raises TransientStorageError: not retried here; the caller tries again later."""
+        ...
+
     async def aclose(self) -> None:
         """Release clients and connection pools."""
         ...
@@ -122,7 +130,7 @@ class Storage(Protocol):
 Factory = Callable[[str, Mapping[str, Any]], Storage]
 _REGISTRY: dict[str, Factory] = {}
 _OPTIONS: dict[str, frozenset[str]] = {}
-_MODULES = {"file": "file", "s3": "s3", "gs": "gs", "azure": "azure"}
+_MODULES = {scheme: scheme for scheme in DESTINATION_SCHEMES}  # module named after it
 log = logging.getLogger("artisync.daemon.storage")
 
 
@@ -136,27 +144,8 @@ def register(scheme: str, factory: Factory, options: Iterable[str] | None = None
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
-    """``uri`` -> (scheme, bucket-or-root, prefix). A bare path is ``file``."""
-    if not uri or not isinstance(uri, str):
-        raise ValueError("storage URI must be a non-empty string")
-    if "://" not in uri:
-        if not uri.startswith("/"):
-            raise ValueError(f"storage path {uri!r} must be absolute (or a URI)")
-        return "file", uri, ""
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme not in _MODULES:
-        raise ValueError(
-            f"unknown storage scheme {scheme!r} in {uri!r}; "
-            f"use one of: {', '.join(sorted(_MODULES))}"
-        )
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI {uri!r} must be file:///absolute/path")
-        return "file", parts.path, ""
-    if not parts.netloc:
-        raise ValueError(f"storage URI {uri!r} has no bucket or container")
-    return scheme, parts.netloc, parts.path.strip("/")
+    """``uri`` -> (scheme, bucket-or-root, prefix); see ``artisync.protocol.parse_destination``."""
+    return parse_destination(uri)
 
 
 def check_key(key: str) -> str:

@@ -36,7 +36,6 @@ T = TypeVar("T")
 
 class FileStorage:
     scheme: ClassVar[str] = "file"
-    atomic_put = True
 
     def __init__(self, root: Path | str, *, max_concurrency: int = 8, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -169,21 +168,21 @@ class FileStorage:
 
         return await self._run("head", key, stat)
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
+    async def get(self, key: str, target: Path) -> ObjectInfo:
         path = self._path(key)
 
         def copy() -> ObjectInfo:
             h = hashlib.sha256()
             n = 0
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
             try:
                 with open(path, "rb") as f, open(tmp, "xb") as out:
                     while chunk := f.read(CHUNK):
                         h.update(chunk)
                         out.write(chunk)
                         n += len(chunk)
-                os.replace(tmp, dest)
+                os.replace(tmp, target)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -225,6 +224,28 @@ class FileStorage:
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await self._run("delete", key, lambda: path.unlink(missing_ok=True))
+
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Remove the temp files of ``key`` older than ``started`` (those of a writer
+        killed before its rename); a younger one may be another node's, still growing
+        on a shared folder. An unreachable folder removes nothing: the upload says why."""
+        path = self._path(key)
+
+        def remove() -> int:
+            removed = 0
+            try:
+                with os.scandir(path.parent) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(f".{path.name}.") and entry.name.endswith(".tmp"):
+                            with contextlib.suppress(FileNotFoundError):
+                                if entry.stat(follow_symlinks=False).st_mtime < started:
+                                    os.unlink(entry.path)
+                                    removed += 1
+            except OSError:
+                pass
+            return removed
+
+        return await asyncio.to_thread(remove)
 
     async def aclose(self) -> None:
         return None

@@ -9,7 +9,8 @@ Integrity: the source's SHA-256 and size are checked while it is read, before it
 last byte is sent, so a mismatch never completes an upload. Small objects go up
 in one multipart request carrying ``md5Hash``, which GCS verifies. Large objects
 use a resumable session fed in chunks read from disk (bounded memory); a chunk
-that fails is resumed from the offset the session reports. Either way the
+that fails is resumed from the offset the session reports (see
+:mod:`._gs_resumable`). Either way the
 ``md5Hash`` GCS reports for the finished object is compared with the MD5 computed
 locally; a mismatching object is deleted before :class:`IntegrityError` is raised.
 """
@@ -21,7 +22,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -40,21 +40,19 @@ from gcloud.aio.storage.storage import (
 )
 
 from ._common import (
-    PART_ATTEMPTS,
     AtomicDownload,
     CloudStorage,
     MiB,
     Prefix,
-    backoff,
     opt_int,
     opt_str,
     parse_retry_after,
     read_range,
     verify_download,
 )
+from ._gs_resumable import JSON, OCTET, TIMEOUT, Resource, ResumableUpload
+from ._http_errors import HttpErrors
 from .base import (
-    AccessDenied,
-    IntegrityError,
     NotFound,
     ObjectInfo,
     PermanentStorageError,
@@ -64,14 +62,17 @@ from .base import (
     register,
 )
 
-log = logging.getLogger(__name__)
-
-OCTET = "application/octet-stream"
-JSON = "application/json; charset=UTF-8"
 GRANULE = 256 * 1024  # resumable chunks must be multiples of this (all but the last)
-_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-_LIB_TIMEOUT: Any = _TIMEOUT  # gcloud-aio annotates an int, passes it on to aiohttp
-Resource = dict[str, Any]
+_LIB_TIMEOUT: Any = TIMEOUT  # gcloud-aio annotates an int, passes it on to aiohttp
+_NO_BUCKET, _HASH_MISMATCH = "no bucket", "hash mismatch"  # our names (see _translate_status)
+_ERRORS = HttpErrors(
+    container_missing="bucket {name!r} does not exist ({text})",
+    container_hint="create the bucket or fix the URI",
+    denied_hint="check credentials (GOOGLE_APPLICATION_CREDENTIALS or service_file)",
+    missing_codes=frozenset({_NO_BUCKET}),
+    integrity_codes=frozenset({_HASH_MISMATCH}),
+    unclassified=PermanentStorageError,
+)
 
 
 class GSStorage(CloudStorage):
@@ -89,7 +90,6 @@ class GSStorage(CloudStorage):
     """
 
     scheme: ClassVar[str] = "gs"
-    atomic_put = True
 
     def __init__(
         self,
@@ -119,7 +119,7 @@ class GSStorage(CloudStorage):
         if self._client is None:
             connector = aiohttp.TCPConnector(limit=2 * self.max_concurrency)
             # typed Any: gcloud-aio annotates its sessions as the requests flavour's
-            session: Any = aiohttp.ClientSession(timeout=_TIMEOUT, connector=connector)
+            session: Any = aiohttp.ClientSession(timeout=TIMEOUT, connector=connector)
             self._session = session
             self._token = Token(service_file=self._service_file, session=session, scopes=SCOPES)
             self._http = AioSession(session)
@@ -164,21 +164,17 @@ class GSStorage(CloudStorage):
         self, exc: aiohttp.ClientResponseError, ctx: dict[str, Any]
     ) -> StorageError:
         status, text = exc.status, f"HTTP {exc.status}: {_google_message(exc.message)}"
+        # GCS answers with a status and words, no code of its own: name the two cases
+        code = ""
         if status == 404 and ctx["op"] in ("put", "list"):
-            message = f"bucket {self.bucket!r} does not exist ({text})"
-            return AccessDenied(message, **ctx, hint="create the bucket or fix the URI")
-        if status == 404:
-            return NotFound(f"no such object ({text})", **ctx)
-        if status in (401, 403):
-            hint = "check credentials (GOOGLE_APPLICATION_CREDENTIALS or service_file)"
-            return AccessDenied(f"access denied ({text})", **ctx, hint=hint)
-        if status == 400 and "hash" in text.lower():
-            return IntegrityError(f"checksum rejected by the server ({text})", **ctx)
-        if status in (408, 429) or status >= 500:
-            headers = exc.headers if isinstance(exc.headers, Mapping) else {}
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-            return TransientStorageError(text, retry_after=retry_after, **ctx)
-        return PermanentStorageError(text, **ctx)
+            code = _NO_BUCKET
+        elif status == 400 and "hash" in text.lower():
+            code = _HASH_MISMATCH
+        headers = exc.headers if isinstance(exc.headers, Mapping) else {}
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return _ERRORS.error(
+            status, code, text, ctx, container=self.bucket, retry_after=retry_after
+        )
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -194,24 +190,25 @@ class GSStorage(CloudStorage):
             headers = {**await self._auth(), "Content-Type": content_type}
             params = {"uploadType": "multipart"}
             resp = await self._http.post(
-                self._upload_url, headers=headers, data=body, params=params, timeout=_TIMEOUT
+                self._upload_url, headers=headers, data=body, params=params, timeout=TIMEOUT
             )
             resource = await resp.json(content_type=None)
         await self._verify_upload(resource, key, name, len(data), md5)
 
     async def _put_large(self, key: str, name: str, src: Path, size: int, sha256: str) -> None:
-        meta = {"name": name, "contentType": OCTET, "metadata": {"sha256": sha256}}
         with self._errors("put", key):
-            headers = {**await self._auth(), "Content-Type": JSON, "X-Upload-Content-Type": OCTET}
-            resp = await self._http.post(
-                self._upload_url,
-                headers={**headers, "X-Upload-Content-Length": str(size)},
-                data=json.dumps(meta),
-                params={"uploadType": "resumable", "name": name},
-                timeout=_TIMEOUT,
-            )
-            session_uri = resp.headers["Location"]
-            resp.release()
+            self._gcs()  # the session the upload uses
+        assert self._session is not None
+        upload = ResumableUpload(
+            http=self._http,
+            session=self._session,
+            auth=self._auth,
+            errors=self._errors,
+            backend=self.uri,
+            key=key,
+            size=size,
+        )
+        await upload.start(self._upload_url, name, sha256)
         md5, whole = hashlib.md5(), hashlib.sha256()
 
         def read(offset: int, length: int) -> bytes:
@@ -232,94 +229,15 @@ class GSStorage(CloudStorage):
                     raise self._integrity(
                         f"source sha256 is {whole.hexdigest()}, not {sha256}", key
                     )
-                resource = await self._send_chunk(session_uri, key, data, offset, size, last)
+                resource = await upload.send(data, offset, last)
                 if resource is not None and not last:
                     break  # the session ended early; _verify_upload finds the short object
             await self._verify_upload(
                 resource, key, name, size, base64.b64encode(md5.digest()).decode()
             )
         except BaseException:
-            await asyncio.shield(self._cancel_session(session_uri))
+            await asyncio.shield(upload.cancel())
             raise
-
-    async def _send_chunk(
-        self, uri: str, key: str, data: bytes, offset: int, size: int, last: bool
-    ) -> Resource | None:
-        """PUT one chunk; after a transient failure ask the session how much it holds
-        and send only the rest. Returns the object resource once the upload is done."""
-        end = offset + len(data)
-        for attempt in range(1, PART_ATTEMPTS + 1):
-            try:
-                pos = offset
-                if attempt > 1:
-                    done, pos, resource = await self._query_session(uri, key, size)
-                    if done:
-                        return resource
-                    if not offset <= pos <= end:
-                        message = f"resumable session holds {pos} bytes, expected {offset}..{end}"
-                        raise TransientStorageError(message, op="put", key=key, backend=self.uri)
-                    if pos == end and not last:
-                        return None
-                return await self._put_range(uri, key, data[pos - offset :], pos, size, last)
-            except TransientStorageError as exc:
-                if attempt == PART_ATTEMPTS:
-                    raise
-                delay = backoff(attempt, exc)
-                fields = {"backend": self.uri, "key": key, "offset": offset, "attempt": attempt}
-                log.warning(
-                    "gcs chunk upload failed, resuming in %.2fs: %s", delay, exc, extra=fields
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-    async def _put_range(
-        self, uri: str, key: str, chunk: bytes, pos: int, size: int, last: bool
-    ) -> Resource | None:
-        span = f"bytes {pos}-{pos + len(chunk) - 1}" if chunk else "bytes *"
-        total = size if last else "*"
-        headers = {**await self._auth(), "Content-Type": OCTET, "Content-Range": f"{span}/{total}"}
-        with self._errors("put", key), self._session_gone(key):
-            resp = await self._http.request(
-                "PUT", uri, headers=headers, data=chunk, timeout=_TIMEOUT, allow_redirects=False
-            )
-            if resp.status == 308:  # "resume incomplete": the chunk is in, send the next
-                resp.release()
-                return None
-            resource: Resource = await resp.json(content_type=None)
-        return resource
-
-    async def _query_session(
-        self, uri: str, key: str, size: int
-    ) -> tuple[bool, int, Resource | None]:
-        headers = {**await self._auth(), "Content-Range": f"bytes */{size}"}
-        with self._errors("put", key), self._session_gone(key):
-            resp = await self._http.request(
-                "PUT", uri, headers=headers, data=b"", timeout=_TIMEOUT, allow_redirects=False
-            )
-            if resp.status != 308:
-                return True, size, await resp.json(content_type=None)
-            held = resp.headers.get("Range", "")  # "bytes=0-N"; absent when nothing arrived
-            resp.release()
-        return False, int(held.rsplit("-", 1)[1]) + 1 if held else 0, None
-
-    @contextmanager
-    def _session_gone(self, key: str) -> Iterator[None]:
-        """A resumable session that expired (or was cancelled) answers 404/410: that is
-        not a missing bucket, the whole upload just has to start over."""
-        try:
-            yield
-        except aiohttp.ClientResponseError as exc:
-            if exc.status not in (404, 410):
-                raise
-            message = f"resumable upload session gone (HTTP {exc.status})"
-            raise TransientStorageError(message, op="put", key=key, backend=self.uri) from exc
-
-    async def _cancel_session(self, uri: str) -> None:
-        try:
-            assert self._session is not None
-            (await self._session.delete(uri, timeout=_TIMEOUT)).release()
-        except Exception as exc:  # an abandoned session expires after a week
-            log.debug("gcs resumable session cancel failed: %s", type(exc).__name__)
 
     async def _verify_upload(
         self, resource: Resource | None, key: str, name: str, size: int, md5: str
@@ -349,7 +267,7 @@ class GSStorage(CloudStorage):
         meta = await self._metadata("head", key, self._prefix.key(key))
         return None if meta is None else _info(key, meta)
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
+    async def get(self, key: str, target: Path) -> ObjectInfo:
         name = self._prefix.key(key)
         meta = await self._metadata("get", key, name)
         if meta is None:
@@ -362,9 +280,9 @@ class GSStorage(CloudStorage):
         }
         with self._errors("get", key):
             resp = await self._http.get(
-                self._object_url(name), headers=await self._auth(), params=params, timeout=_TIMEOUT
+                self._object_url(name), headers=await self._auth(), params=params, timeout=TIMEOUT
             )
-            async with resp, AtomicDownload(dest) as out:
+            async with resp, AtomicDownload(target) as out:
                 async for chunk in resp.content.iter_chunked(MiB):
                     await out.write(chunk)
                 verify_download(out, info.sha256, info.size, key, self.uri)
@@ -395,6 +313,11 @@ class GSStorage(CloudStorage):
 
     async def delete(self, key: str) -> None:
         await self._delete_name(self._prefix.key(key), key)
+
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Nothing to do: a failed upload cancels its resumable session, and GCS expires
+        an abandoned one (a week); neither is ever visible under the key."""
+        return 0
 
     async def _delete_name(self, name: str, key: str) -> None:
         with self._errors("delete", key), _unless_404():

@@ -1,22 +1,29 @@
-"""``RetryingStorage``: the one place where storage operations are retried.
+"""Retrying: the one backoff policy, the one retry loop, and ``RetryingStorage``.
 
-It wraps any :class:`~artisync.daemon.storage.base.Storage`. A
-:class:`TransientStorageError` is retried with exponential backoff and full
-jitter, never sooner than the server's Retry-After, until ``max_elapsed``
-seconds have passed; then the last error is re-raised. Permanent errors and
-cancellation pass straight through. Every operation is safe to repeat: keys are
-content addresses or immutable records, and ``put`` re-reads its source file.
+:class:`RetryPolicy` says how long to wait before each new try (exponential
+backoff with jitter, never sooner than the server's Retry-After) and when to give
+up (after ``max_attempts`` tries, or once ``max_elapsed`` seconds would be
+exceeded). :func:`retry_transient` is the loop that applies it to one operation;
+it serves the :class:`RetryingStorage` wrapper (every storage operation) and the
+parts, blocks and chunks of large uploads. The daemon's offline probing uses the
+same policy type, without the loop: it spaces out whole records.
+
+Permanent errors and cancellation pass straight through. Every operation is safe
+to repeat: keys are content addresses or immutable records, and ``put`` re-reads
+its source file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .base import ObjectInfo, Storage, TransientStorageError
 
@@ -24,88 +31,170 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class _Backoff:
-    """Decides, for one operation, whether and how long to wait before the next try."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter.
 
-    def __init__(self, owner: RetryingStorage, op: str, key: str) -> None:
-        self.owner, self.op, self.key = owner, op, key
+    The wait before retry ``n`` (from 1) is drawn below the ceiling
+    ``min(max_delay, initial * multiplier ** (n - 1))``: ``jitter`` is the part of
+    it that is random (1.0: anywhere from 0, "full jitter"; 0.5: the upper half;
+    0: exactly the ceiling). A server's Retry-After, capped at ``max_retry_after``,
+    is a floor (it may exceed ``max_delay``).
+
+    :param max_elapsed: give up when the next wait would end more than this many
+        seconds after the first try began (None: no time budget).
+    :param max_attempts: give up after this many tries in all (None: no limit).
+    """
+
+    initial: float = 0.2
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 1.0
+    max_elapsed: float | None = 60.0
+    max_attempts: int | None = None
+    max_retry_after: float = math.inf
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after the ``attempt``-th consecutive failure (from 1)."""
+        try:
+            ceiling = min(self.max_delay, self.initial * self.multiplier ** (attempt - 1))
+        except OverflowError:
+            ceiling = self.max_delay
+        wait = ceiling * (1 - self.jitter) + random.uniform(0, ceiling * self.jitter)
+        if retry_after:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return wait
+
+    def start(self) -> Backoff:
+        """The state of one operation's tries under this policy."""
+        return Backoff(self)
+
+
+class Backoff:
+    """One operation's failures so far, and whether (and how long) to wait for the next try."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
         self.started = time.monotonic()
         self.failures = 0
 
-    async def wait_or_raise(self, exc: TransientStorageError) -> None:
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def next_delay(self, exc: TransientStorageError) -> float | None:
+        """Count a failure; the wait before the next try, or None to give up."""
         self.failures += 1
-        owner = self.owner
-        delay = random.uniform(0, min(owner.cap, owner.base * 2 ** (self.failures - 1)))
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
-        elapsed = time.monotonic() - self.started
-        fields = {
-            "backend": owner.uri,
-            "op": self.op,
-            "key": self.key,
-            "attempt": self.failures,
-            "elapsed": round(elapsed, 3),
-            "error": str(exc),
-        }
-        if elapsed + delay > owner.max_elapsed:
-            log.warning(
-                "storage %s failed, giving up after %d attempts in %.1fs: %s",
-                self.op,
-                self.failures,
-                elapsed,
-                exc,
-                extra=fields,
-            )
-            raise exc
-        log.warning(
-            "storage %s failed, retry %d in %.2fs: %s",
-            self.op,
-            self.failures,
-            delay,
-            exc,
-            extra={**fields, "delay": round(delay, 3)},
-        )
-        await asyncio.sleep(delay)
-
-    def succeeded(self) -> None:
-        if self.failures:
-            log.info(
-                "storage %s succeeded after %d failed attempts",
-                self.op,
-                self.failures,
-                extra={
-                    "backend": self.owner.uri,
-                    "op": self.op,
-                    "key": self.key,
-                    "attempt": self.failures + 1,
-                    "elapsed": round(time.monotonic() - self.started, 3),
-                },
-            )
+        policy = self.policy
+        if policy.max_attempts is not None and self.failures >= policy.max_attempts:
+            return None
+        delay = policy.delay(self.failures, exc.retry_after)
+        if policy.max_elapsed is not None and self.elapsed + delay > policy.max_elapsed:
+            return None
+        return delay
 
 
-def _raise_if_cancelling() -> None:
+OnRetry = Callable[[Backoff, TransientStorageError, float], None]
+OnGiveUp = Callable[[Backoff, TransientStorageError], None]
+
+
+def raise_if_cancelling() -> None:
     """Do not start (or restart) an operation in a task that is being cancelled."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
 
 
+async def retry_transient(
+    policy: RetryPolicy,
+    attempt: Callable[[int], Awaitable[T]],
+    *,
+    on_retry: OnRetry,
+    on_give_up: OnGiveUp | None = None,
+    on_recovered: Callable[[Backoff], None] | None = None,
+) -> T:
+    """``await attempt(n)`` for n = 1, 2, ... until it does not raise a
+    :class:`TransientStorageError` or ``policy`` gives up (the last error is then
+    re-raised). ``on_retry`` reports each wait before it starts, ``on_give_up`` the
+    end, ``on_recovered`` a success after failures."""
+    backoff = policy.start()
+    while True:
+        raise_if_cancelling()
+        try:
+            result = await attempt(backoff.failures + 1)
+        except TransientStorageError as exc:
+            delay = backoff.next_delay(exc)
+            if delay is None:
+                if on_give_up is not None:
+                    on_give_up(backoff, exc)
+                raise
+            on_retry(backoff, exc, delay)
+            await asyncio.sleep(delay)
+            continue
+        if backoff.failures and on_recovered is not None:
+            on_recovered(backoff)
+        return result
+
+
+# RetryingStorage's default: 0.2 s doubling to 10 s, full jitter, a minute per operation
+STORAGE_RETRY = RetryPolicy()
+
+
+class _OperationLog:
+    """What RetryingStorage logs about one operation: each retry, giving up, recovering."""
+
+    def __init__(self, backend: str, op: str, key: str) -> None:
+        self.backend, self.op, self.key = backend, op, key
+
+    def _fields(self, backoff: Backoff, attempt: int) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "op": self.op,
+            "key": self.key,
+            "attempt": attempt,
+            "elapsed": round(backoff.elapsed, 3),
+        }
+
+    def retry(self, backoff: Backoff, exc: TransientStorageError, delay: float) -> None:
+        fields = {**self._fields(backoff, backoff.failures), "error": str(exc)}
+        log.warning(
+            "storage %s failed, retry %d in %.2fs: %s",
+            self.op,
+            backoff.failures,
+            delay,
+            exc,
+            extra={**fields, "delay": round(delay, 3)},
+        )
+
+    def give_up(self, backoff: Backoff, exc: TransientStorageError) -> None:
+        log.warning(
+            "storage %s failed, giving up after %d attempts in %.1fs: %s",
+            self.op,
+            backoff.failures,
+            backoff.elapsed,
+            exc,
+            extra={**self._fields(backoff, backoff.failures), "error": str(exc)},
+        )
+
+    def recovered(self, backoff: Backoff) -> None:
+        log.info(
+            "storage %s succeeded after %d failed attempts",
+            self.op,
+            backoff.failures,
+            extra=self._fields(backoff, backoff.failures + 1),
+        )
+
+
 class RetryingStorage:
-    """Retry transient failures of ``inner`` for up to ``max_elapsed`` seconds per call.
+    """Retry transient failures of ``inner`` under ``policy`` (per call).
 
     :param inner: the backend to wrap.
-    :param max_elapsed: time budget per operation, in seconds.
-    :param base: first backoff ceiling, doubled per failure (full jitter below it).
-    :param cap: largest backoff ceiling (a server's Retry-After may exceed it).
+    :param policy: backoff and time budget per operation.
     """
 
-    def __init__(
-        self, inner: Storage, *, max_elapsed: float = 60.0, base: float = 0.2, cap: float = 10.0
-    ) -> None:
+    def __init__(self, inner: Storage, policy: RetryPolicy = STORAGE_RETRY) -> None:
         self.inner = inner
-        self.max_elapsed = max_elapsed
-        self.base = base
-        self.cap = cap
+        self.policy = policy
 
     @property
     def scheme(self) -> str:
@@ -115,25 +204,15 @@ class RetryingStorage:
     def uri(self) -> str:
         return self.inner.uri
 
-    @property
-    def max_concurrency(self) -> int:
-        return self.inner.max_concurrency
-
-    @property
-    def atomic_put(self) -> bool:
-        return self.inner.atomic_put
-
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        backoff = _Backoff(self, op, key)
-        while True:
-            _raise_if_cancelling()
-            try:
-                result = await fn()
-            except TransientStorageError as exc:
-                await backoff.wait_or_raise(exc)
-                continue
-            backoff.succeeded()
-            return result
+        report = _OperationLog(self.uri, op, key)
+        return await retry_transient(
+            self.policy,
+            lambda _: fn(),
+            on_retry=report.retry,
+            on_give_up=report.give_up,
+            on_recovered=report.recovered,
+        )
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
         return await self._call(
@@ -146,8 +225,8 @@ class RetryingStorage:
     async def head(self, key: str) -> ObjectInfo | None:
         return await self._call("head", key, lambda: self.inner.head(key))
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
-        return await self._call("get", key, lambda: self.inner.get(key, dest))
+    async def get(self, key: str, target: Path) -> ObjectInfo:
+        return await self._call("get", key, lambda: self.inner.get(key, target))
 
     async def get_bytes(self, key: str) -> bytes:
         return await self._call("get", key, lambda: self.inner.get_bytes(key))
@@ -155,26 +234,23 @@ class RetryingStorage:
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Retried only until the first item arrives: after that a restart would
         repeat items the caller has already seen."""
-        backoff = _Backoff(self, "list", prefix)
-        while True:
-            _raise_if_cancelling()
+
+        async def first() -> tuple[AsyncIterator[ObjectInfo], ObjectInfo] | None:
             items = self.inner.list(prefix)
             try:
-                first = await anext(items)
+                return items, await anext(items)
             except StopAsyncIteration:
-                backoff.succeeded()
-                return
-            except TransientStorageError as exc:
-                await _aclose(items)
-                await backoff.wait_or_raise(exc)
-                continue
+                return None
             except BaseException:
                 await _aclose(items)
                 raise
-            break
-        backoff.succeeded()
+
+        started = await self._call("list", prefix, first)
+        if started is None:
+            return
+        items, item = started
         try:
-            yield first
+            yield item
             async for info in items:
                 yield info
         finally:
@@ -182,6 +258,11 @@ class RetryingStorage:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, lambda: self.inner.delete(key))
+
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Forwarded once, not retried: a transient failure sends the record back to
+        the journal with its own backoff, and the sweep runs again before its next try."""
+        return await self.inner.abort_incomplete(key, size=size, started=started)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -49,10 +50,9 @@ from ._common import (
     parse_retry_after,
     verify_download,
 )
+from ._http_errors import HttpErrors
 from .base import (
     AccessDenied,
-    IntegrityError,
-    NotFound,
     ObjectInfo,
     PermanentStorageError,
     StorageError,
@@ -63,14 +63,23 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
-           "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
-           "InvalidSecurity", "UnauthorizedAccess", "AuthorizationHeaderMalformed"}  # fmt: skip
-_INTEGRITY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
-_TRANSIENT = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
-              "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "500", "502",
-              "503", "504", "RequestThrottled", "TooManyRequests", "NoSuchUpload"}  # fmt: skip
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
+_ERRORS = HttpErrors(
+    container_missing="bucket {name!r} does not exist",
+    container_hint="create the bucket or fix the URI",
+    denied_hint="check credentials and that the bucket exists and allows this operation",
+    missing_codes=frozenset({"NoSuchBucket"}),
+    not_found_codes=_NOT_FOUND,
+    denied_codes=frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
+        "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem",
+        "InvalidSecurity", "UnauthorizedAccess", "AuthorizationHeaderMalformed"}),
+    integrity_codes=frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}),
+    transient_codes=frozenset({"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
+        "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "500", "502",
+        "503", "504", "RequestThrottled", "TooManyRequests", "NoSuchUpload"}),
+    not_found_status=frozenset(),  # a 404 may be NoSuchUpload (transient): codes decide
+    denied_status=frozenset({403}),
+)  # fmt: skip
 
 
 class S3Storage(CloudStorage):
@@ -90,7 +99,6 @@ class S3Storage(CloudStorage):
     """
 
     scheme: ClassVar[str] = "s3"
-    atomic_put = True
     max_parts = 10_000
     hash_small_locally = False  # x-amz-checksum-sha256: the server checks it
 
@@ -175,22 +183,10 @@ class S3Storage(CloudStorage):
         code = str(err.get("Code", ""))
         status = int(meta.get("HTTPStatusCode") or 0)
         text = f"{code or status}: {err.get('Message') or 'no message'}"
-        if code in _NOT_FOUND:
-            return NotFound(f"no such object ({text})", **ctx)
-        if code == "NoSuchBucket":
-            message = f"bucket {self.bucket!r} does not exist"
-            return AccessDenied(message, **ctx, hint="create the bucket or fix the URI")
-        if code in _DENIED or status == 403:
-            hint = "check credentials and that the bucket exists and allows this operation"
-            return AccessDenied(f"access denied ({text})", **ctx, hint=hint)
-        if code in _INTEGRITY:
-            return IntegrityError(f"checksum rejected by the server ({text})", **ctx)
-        if code in _TRANSIENT or status >= 500 or status in (408, 429):
-            retry_after = parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after"))
-            return TransientStorageError(text, retry_after=retry_after, **ctx)
-        if 400 <= status < 500:
-            return PermanentStorageError(text, **ctx)
-        return TransientStorageError(text, **ctx)
+        retry_after = parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after"))
+        return _ERRORS.error(
+            status, code, text, ctx, container=self.bucket, retry_after=retry_after
+        )
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -265,12 +261,12 @@ class S3Storage(CloudStorage):
         modified = resp["LastModified"].timestamp()
         return ObjectInfo(key, int(resp["ContentLength"]), _sha256_of(resp), modified)
 
-    async def get(self, key: str, dest: Path) -> ObjectInfo:
+    async def get(self, key: str, target: Path) -> ObjectInfo:
         name = self._prefix.key(key)
         with self._errors("get", key):
             s3 = await self._s3()
             resp = await s3.get_object(Bucket=self.bucket, Key=name)
-            async with resp["Body"] as body, AtomicDownload(dest) as out:
+            async with resp["Body"] as body, AtomicDownload(target) as out:
                 while chunk := await body.read(MiB):
                     await out.write(chunk)
                 size = int(resp["ContentLength"])
@@ -310,6 +306,31 @@ class S3Storage(CloudStorage):
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND:
                     raise
+
+    async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
+        """Abort every unfinished multipart upload of ``key``, whatever its age
+        (``started`` does not matter: by the contract none is this process's, and
+        another node's upload of the same content-addressed key that loses its upload
+        id gets ``NoSuchUpload``, which is transient, and goes again). Invisible, they
+        are billed and kept forever without a lifecycle rule."""
+        if size is None or size < self.multipart_threshold:
+            return 0  # sent in one PUT: nothing can be left over
+        name = self._prefix.key(key)
+        before = time.time()
+        aborted = 0
+        with self._errors("abort-incomplete", key):
+            s3 = await self._s3()
+            page = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=name)
+            for upload in page.get("Uploads", []):
+                if upload.get("Key") != name or upload["Initiated"].timestamp() >= before:
+                    continue
+                await s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=name, UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        if aborted:
+            log.info("aborted %d unfinished multipart uploads of %s at %s", aborted, key, self.uri)
+        return aborted
 
 
 def _sha256_of(resp: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,166 @@
+"""The journal's on-disk format and the SQL that needs no connection state.
+
+The state names are stored as text in ``records.state``: :class:`State` keeps
+their spelling, so a spool written by an older daemon still opens.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+
+class State(enum.StrEnum):
+    """Where a record is: ``pending -> uploading -> uploaded -> committed``, or ``failed``."""
+
+    PENDING = "pending"  # waiting (for its turn, or until next_try)
+    UPLOADING = "uploading"  # claimed by a worker
+    UPLOADED = "uploaded"  # its payloads are at the destination; the record is not yet
+    COMMITTED = "committed"  # published: done
+    FAILED = "failed"  # a permanent error, with the reason; retried on request
+
+
+OUTSTANDING = (State.PENDING, State.UPLOADING, State.UPLOADED)  # acknowledged, not committed
+DUE = (State.PENDING, State.UPLOADED)  # what a worker may claim
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT UNIQUE NOT NULL,
+    kind TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    project TEXT,
+    name TEXT,
+    dest TEXT NOT NULL,
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    peer_uid INTEGER,
+    peer_pid INTEGER,
+    received REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_state ON records(state, next_try, seq);
+CREATE INDEX IF NOT EXISTS records_task ON records(task_id, kind);
+CREATE INDEX IF NOT EXISTS records_name ON records(kind, project, name);
+CREATE TABLE IF NOT EXISTS refs(
+    seq INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    PRIMARY KEY(seq, sha256)
+);
+CREATE INDEX IF NOT EXISTS refs_sha ON refs(sha256);
+CREATE TABLE IF NOT EXISTS objects(
+    dest TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded REAL NOT NULL,
+    PRIMARY KEY(dest, sha256)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record as the uploader sees it (built only by :func:`to_row`)."""
+
+    seq: int
+    record_id: str
+    kind: str
+    task_id: str
+    destination_uri: str  # the record's "dest"
+    body: dict[str, Any]
+    state: State
+    reason: str | None
+    peer_uid: int | None
+
+
+ROW_COLUMNS = "seq, record_id, kind, task_id, dest, body, state, reason, peer_uid"
+
+
+def to_row(r: sqlite3.Row) -> Row:
+    return Row(
+        seq=r["seq"],
+        record_id=r["record_id"],
+        kind=r["kind"],
+        task_id=r["task_id"],
+        destination_uri=r["dest"],
+        body=msgpack.unpackb(r["body"], raw=False),
+        state=State(r["state"]),
+        reason=r["reason"],
+        peer_uid=r["peer_uid"],
+    )
+
+
+@dataclass(frozen=True)
+class Incoming:
+    record: dict[str, Any]
+    peer_uid: int | None
+    peer_pid: int | None
+
+
+def marks(values: tuple[Any, ...] | list[Any]) -> str:
+    """``?,?,?``: one placeholder per value, for ``IN (...)``."""
+    return ",".join("?" * len(values))
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, mode: str = "") -> Iterator[None]:
+    """BEGIN [mode] ... COMMIT, or ROLLBACK on any exception (if SQLite has not rolled
+    back by itself already, as it does on some errors such as a full disk)."""
+    db.execute(f"BEGIN {mode}".strip())
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
+    events: list[dict[str, Any]] = [
+        msgpack.unpackb(r["body"], raw=False)
+        for r in db.execute(
+            "SELECT body FROM records WHERE task_id=? AND kind='task' ORDER BY seq", (task_id,)
+        )
+    ]
+    if not events:
+        return None
+    # a closing event wins over a start that arrived later; then the newest
+    return max(events, key=lambda e: (e.get("event") != "started", e.get("created", 0)))
+
+
+def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
+    rec = incoming.record
+    blobs = rec.get("blobs", [])
+    size = sum(int(b[1]) for b in blobs)
+    cur = db.execute(
+        "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
+        " peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            rec["record_id"],
+            rec["kind"],
+            rec["task_id"],
+            rec.get("project"),
+            rec.get("name") if rec["kind"] == "task" else None,
+            rec["dest"],
+            msgpack.packb(rec, use_bin_type=True),
+            size,
+            incoming.peer_uid,
+            incoming.peer_pid,
+            now,
+            now,
+        ),
+    )
+    if cur.rowcount == 0:
+        return False
+    seq = cur.lastrowid
+    db.executemany(
+        "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
+    )
+    return True
