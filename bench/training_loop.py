@@ -82,7 +82,7 @@ for step in range(steps):
     t0 = time.perf_counter()
     b = a @ a.T                      # the "GPU" part
     s = 0
-    for j in range(12_000):          # the Python part: data loading, logging...
+    for j in range(30_000):          # the Python part: data loading, logging...
         s += j * j % 7
     if step % every == 0 and mode != "none":
         c0 = time.perf_counter()

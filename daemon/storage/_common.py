@@ -191,6 +191,20 @@ def opt_int(options: Mapping[str, Any], name: str, default: int, *, minimum: int
     return number
 
 
+def transfer_options(options: Mapping[str, Any], *, parts: bool = True) -> dict[str, int]:
+    """The tuning every cloud backend reads, with its defaults, as constructor keywords
+    (``parts=False``: without ``part_concurrency``, for a backend that has none)."""
+    tuning = {
+        "part_size": opt_int(options, "part_size", 8 * MiB),
+        "multipart_threshold": opt_int(options, "multipart_threshold", 16 * MiB),
+        "max_concurrency": opt_int(options, "concurrency", 16),
+        "list_page_size": opt_int(options, "list_page_size", 1000),
+    }
+    if parts:
+        tuning["part_concurrency"] = opt_int(options, "part_concurrency", 4)
+    return tuning
+
+
 def opt_str(options: Mapping[str, Any], name: str, env: str | None = None) -> str | None:
     value = options.get(name)
     if value is None and env:

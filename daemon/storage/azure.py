@@ -43,9 +43,9 @@ from ._common import (
     CloudStorage,
     MiB,
     Prefix,
-    opt_int,
     opt_str,
     parse_retry_after,
+    transfer_options,
     verify_download,
 )
 from ._http_errors import HttpErrors
@@ -354,11 +354,7 @@ def _factory(uri: str, options: Mapping[str, Any]) -> AzureStorage:
         container,
         prefix,
         client_args=_client_args(options),
-        part_size=opt_int(options, "part_size", 8 * MiB),
-        multipart_threshold=opt_int(options, "multipart_threshold", 16 * MiB),
-        max_concurrency=opt_int(options, "concurrency", 16),
-        part_concurrency=opt_int(options, "part_concurrency", 4),
-        list_page_size=opt_int(options, "list_page_size", 1000),
+        **transfer_options(options),
     )
 
 

@@ -44,10 +44,10 @@ from ._common import (
     CloudStorage,
     MiB,
     Prefix,
-    opt_int,
     opt_str,
     parse_retry_after,
     read_range,
+    transfer_options,
     verify_download,
 )
 from ._gs_resumable import JSON, OCTET, TIMEOUT, Resource, ResumableUpload
@@ -358,10 +358,7 @@ def _factory(uri: str, options: Mapping[str, Any]) -> GSStorage:
         prefix,
         endpoint_url=opt_str(options, "endpoint_url"),
         service_file=opt_str(options, "service_file"),
-        part_size=opt_int(options, "part_size", 8 * MiB),
-        multipart_threshold=opt_int(options, "multipart_threshold", 16 * MiB),
-        max_concurrency=opt_int(options, "concurrency", 16),
-        list_page_size=opt_int(options, "list_page_size", 1000),
+        **transfer_options(options, parts=False),
     )
 
 

@@ -45,9 +45,9 @@ from ._common import (
     Prefix,
     b64_to_hex,
     hex_to_b64,
-    opt_int,
     opt_str,
     parse_retry_after,
+    transfer_options,
     verify_download,
 )
 from ._http_errors import HttpErrors
@@ -365,11 +365,7 @@ def _factory(uri: str, options: Mapping[str, Any]) -> S3Storage:
         client_kwargs={k: v for k, v in client_kwargs.items() if v},
         profile=opt_str(options, "profile"),
         addressing_style=style,
-        part_size=opt_int(options, "part_size", 8 * MiB),
-        multipart_threshold=opt_int(options, "multipart_threshold", 16 * MiB),
-        max_concurrency=opt_int(options, "concurrency", 16),
-        part_concurrency=opt_int(options, "part_concurrency", 4),
-        list_page_size=opt_int(options, "list_page_size", 1000),
+        **transfer_options(options),
     )
 
 
