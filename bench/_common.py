@@ -24,15 +24,16 @@ from typing import Any
 class World:
     """Spool, socket, storage, empty config and cache of one benchmark run."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fresh: bool = True) -> None:
         self.root = root
         self.spool = root / "spool"
         self.socket = root / "run" / "d.sock"
         self.storage = root / "storage"
         self.config = root / "config.toml"
-        self.config.write_text("")
         self.scratch = root / "scratch"  # inputs and plain writes: same filesystem as the spool
-        self.scratch.mkdir()
+        if fresh:
+            self.config.write_text("")
+            self.scratch.mkdir()
         self.vars = {
             "ARTISYNC_SPOOL": str(self.spool),
             "ARTISYNC_SOCKET": str(self.socket),
@@ -41,6 +42,15 @@ class World:
             "ARTISYNC_AUTOSTART": "0",
             "XDG_CACHE_HOME": str(root / "cache"),
         }
+
+    @classmethod
+    def reopen(cls, root: Path) -> World:
+        """The world another process made, with a scratch folder of this process's own
+        (a benchmark's child process)."""
+        w = cls(root, fresh=False)
+        w.scratch = root / "scratch" / f"child-{os.getpid()}"
+        w.scratch.mkdir(parents=True)
+        return w
 
     def environ(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARTISYNC_")}

@@ -3,6 +3,8 @@ plain cost of writing the same object to a file (and of copying it in memory).
 
     python bench/upload_blocking.py [--reps 5] [--only DataFrame] [--no-daemon]
 
+The first call in a fresh process (imports, the session, the writer thread) is
+timed apart, in a new interpreter each, beside the first plain write in another.
 Each rep times only the ``upload_artifact`` call (``time.perf_counter`` around
 it), the plain write and the in-memory copy, in the same process, on the same
 filesystem as the spool. Before each of them the task is flushed (payloads in
@@ -17,6 +19,7 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -178,6 +181,36 @@ class Result:
     blocks: list[float]
     plain: list[float]
     copies: list[float]
+    first_blocks: float = 0.0  # the first call in a fresh process
+    first_plain: float = 0.0
+
+
+def first_call(wl: Workload, w: World, mode: str, big_mib: int) -> float:
+    """Seconds the first ``upload_artifact`` (mode ``artisync``, after ``Task.init``)
+    or the first plain write (mode ``plain``) takes in a fresh interpreter."""
+    cmd = [sys.executable, __file__, "--first", mode, "--only", wl.name, "--big-mib", str(big_mib)]
+    out = subprocess.run(cmd, env=w.environ(), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"first call of {wl.name!r} ({mode}) failed:\n{out.stderr}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _first_in_this_process(wl: Workload, w: World, mode: str) -> float:
+    obj = wl.make(w)
+    out = w.scratch / "first"
+    _clear(out)
+    if mode == "plain":
+        t0 = time.perf_counter()
+        wl.plain(obj, out / "first")
+        return time.perf_counter() - t0
+    from artisync import Task
+
+    task = Task.init(project_name="bench", task_name="first call")
+    t0 = time.perf_counter()
+    task.upload_artifact("first", obj)
+    took = time.perf_counter() - t0
+    task.close()
+    return took
 
 
 def _timed_loop(wl: Workload, obj: Any, call: Callable[[Any, int], Any]) -> float:
@@ -196,7 +229,9 @@ def _clear(folder: Path) -> None:
     folder.mkdir()
 
 
-def run(task: Any, wl: Workload, w: World, reps: int, settle: Callable[[], None]) -> Result:
+def run(
+    task: Any, wl: Workload, w: World, reps: int, settle: Callable[[], None], big_mib: int
+) -> Result:
     obj = wl.make(w)
     out = w.scratch / "plain"
     res = Result(wl, [], [], [])
@@ -222,6 +257,9 @@ def run(task: Any, wl: Workload, w: World, reps: int, settle: Callable[[], None]
             settle()  # each starts from the same quiet state
             samples.append(_timed_loop(wl, obj, fn))
     _clear(out)
+    settle()
+    res.first_plain = first_call(wl, w, "plain", big_mib)
+    res.first_blocks = first_call(wl, w, "artisync", big_mib)
     settle()
     return res
 
@@ -260,6 +298,8 @@ def report(results: list[Result]) -> str:
                 f"{p:.1f}",
                 "-" if c is None else f"{c:.2f}",
                 f"{b / p:.3f}",
+                f"{r.first_blocks * 1000:.1f}",
+                f"{r.first_plain * 1000:.1f}",
                 verdict(b, p, c, r.workload.loop),
             ]
         )
@@ -269,6 +309,8 @@ def report(results: list[Result]) -> str:
         "plain write (ms)",
         "in-memory copy (ms)",
         "blocks/plain",
+        "first call in a fresh process (ms)",
+        "first plain write (ms)",
         "verdict vs goal",
     ]
     return table(headers, rows)
@@ -281,8 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-mib", type=int, default=256, help="size of the big file (MiB)")
     p.add_argument("--no-daemon", action="store_true", help="no daemon: records go to the outbox")
     p.add_argument("--no-sync", action="store_true", help="do not os.sync() between reps")
+    p.add_argument("--first", choices=("plain", "artisync"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     chosen = [wl for wl in workloads(args.big_mib) if args.only.lower() in wl.name.lower()]
+    if args.first:  # a child of first_call(): the environment points at the world
+        root = Path(os.environ["ARTISYNC_SPOOL"]).parent
+        print(_first_in_this_process(chosen[0], World.reopen(root), args.first))
+        return 0
     with world() as w:
         w.apply()
         daemon = None if args.no_daemon else Daemon(w).wait_ready()
@@ -299,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             settle()
             results = []
             for wl in chosen:
-                r = run(task, wl, w, args.reps, settle)
+                r = run(task, wl, w, args.reps, settle, args.big_mib)
                 results.append(r)
                 print(f"  {wl.name}: {_samples(r)}", file=sys.stderr, flush=True)
             task.close()
