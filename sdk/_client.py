@@ -48,6 +48,13 @@ class DaemonClient:
         self._next_id = 0
         self.spool: Path | None = None  # told by the daemon's hello
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the socket without taking
+        the lock (the parent's thread may have held it at the fork)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
     def close(self) -> None:
         if self._sock is not None:
             try:

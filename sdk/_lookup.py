@@ -3,6 +3,7 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,24 @@ def artifact_from(record: dict[str, Any], settings: Settings, spool: Spool | Non
     return Artifact(
         record, locator(settings, record["dest"], spool), allow_pickle=settings.allow_pickle
     )
+
+
+def in_process(tasks: Iterable[dict[str, Any]], q: Query) -> dict[str, Any] | None:
+    """The newest of this process's own tasks (their latest records) that matches;
+    an exact name first, else a case-insensitive one, as ClearML does."""
+    folded = q.name.casefold() if q.name is not None else None
+    matches = [
+        t
+        for t in tasks
+        if (q.task_id is None or t["task_id"] == q.task_id)
+        and (q.project is None or t["project"] == q.project)
+        and (folded is None or t["name"].casefold() == folded)
+        and (not q.statuses or t["status"] in q.statuses)
+    ]
+    matches.sort(key=lambda t: t["started"], reverse=True)
+    exact = [t for t in matches if q.name is None or t["name"] == q.name]
+    best = exact or matches
+    return best[0] if best else None
 
 
 def in_daemon(session: Session, q: Query) -> Found | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import errno
 import logging
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,12 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def forget_in_child(self) -> None:
+        """In a forked child: this job is the parent's; waiting on it must not hang."""
+        self.error = RuntimeError("written by the parent process, not by this forked child")
+        self.done = threading.Event()
+        self.done.set()
+
     def wait(self, timeout: float | None = None) -> Any:
         if not self.done.wait(timeout):
             raise TimeoutError("artifact snapshot not yet written to the spool")
@@ -59,15 +66,36 @@ class Session:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = DaemonClient(settings)
         self._spool: Spool | None = None
+        self._last_autostart = 0.0
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
+        """Connection, queue, writer thread and locks: what a forked child cannot share."""
+        self.client = DaemonClient(self.settings)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._running: Job | None = None  # the job the writer thread is on
         self._lock = threading.Lock()
-        self._last_autostart = 0.0
         self._quota: Quota | None = None
         self._lost: SpoolFull | None = None  # a write the disk refused, not yet reported
         self._lost_count = 0
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        """The child has this object but not the writer thread, and any lock may have
+        been held at the fork: start afresh. Jobs queued before the fork stay the
+        parent's to write (its thread goes on in the parent)."""
+        cls._instance_lock = threading.RLock()
+        inst = cls._instance
+        if inst is None:
+            return
+        inherited, old_jobs, running = inst.client, inst._jobs, inst._running
+        inst._fresh_state()
+        inherited.forget()
+        for job in [running, *old_jobs.queue]:  # not through get(): its mutex may be held
+            if job is not None:
+                job.forget_in_child()
 
     @classmethod
     def get(cls) -> Session:
@@ -131,6 +159,7 @@ class Session:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            self._running = job
             try:
                 job.result = job.fn()
             except BaseException as exc:  # reported through the job; the thread lives on
@@ -250,3 +279,6 @@ def _disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+os.register_at_fork(after_in_child=Session._after_fork_in_child)

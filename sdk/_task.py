@@ -59,6 +59,7 @@ class Task:
         self._record: dict[str, Any] = dict(record)
         self._artifacts: dict[str, Artifact] = artifacts or {}
         self._closed = not owned  # only a task made by Task.init here is open
+        self._pid = os.getpid()  # a forked child reports into it, but never closes it
         self._lock = threading.RLock()
 
     # -- creation and lookup ---------------------------------------------------------------
@@ -128,9 +129,11 @@ class Task:
         if task_id is None and project_name is None and task_name is None:
             raise ValueError("get_task needs task_id, or project_name and/or task_name")
         q = _lookup.Query(task_id, project_name, task_name, statuses)
-        local = cls._find_local(q)
+        with cls._class_lock:
+            records = {t.id: t._record for t in cls._local.values()}
+        local = _lookup.in_process(records.values(), q)
         if local is not None:
-            return local
+            return cls._local[local["task_id"]]
         session = Session.get()
         uri = resolve_destination(output_uri or session.settings.output_uri)
         found = _lookup.in_daemon(session, q) or _lookup.in_storage(session.settings, uri, q)
@@ -140,23 +143,6 @@ class Task:
         raise ValueError(
             f"no task {what} found" + (f" with status in {statuses}" if statuses else "")
         )
-
-    @classmethod
-    def _find_local(cls, q: _lookup.Query) -> Task | None:
-        folded = q.name.casefold() if q.name is not None else None
-        with cls._class_lock:
-            matches = [
-                t
-                for t in cls._local.values()
-                if (q.task_id is None or t.id == q.task_id)
-                and (q.project is None or t.project == q.project)
-                and (folded is None or t.name.casefold() == folded)
-                and (not q.statuses or t.status in q.statuses)
-            ]
-        matches.sort(key=lambda t: t._record["started"], reverse=True)
-        exact = [t for t in matches if q.name is None or t.name == q.name]
-        best = exact or matches
-        return best[0] if best else None
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -345,6 +331,9 @@ class Task:
     def close(self) -> None:
         """Store the final state of tracked artifacts, mark the task completed, and
         return once all of it is in the spool and acknowledged (never waits on the network)."""
+        if os.getpid() != self._pid:  # a forked child: write out its own reports, no more
+            Session.get().drain()
+            return
         with self._lock:
             if self._closed:
                 return
@@ -385,7 +374,7 @@ class Task:
     @classmethod
     def _close_all_at_exit(cls) -> None:
         for task in list(cls._local.values()):
-            if task._closed:
+            if task._closed or task._pid != os.getpid():
                 continue
             if cls._exit_exc is not None and task.status == "in_progress":
                 task.mark_failed()
@@ -393,3 +382,15 @@ class Task:
                 task.close()
             except Exception as exc:  # at exit, report and go on with the others
                 log.error("artisync: closing task %s at exit failed: %s", task.id, exc)
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        """Locks may have been held at the fork; registered artifacts stay tracked by
+        the parent (the child has no tracker thread)."""
+        cls._class_lock = threading.RLock()
+        cls._tracker = None
+        for task in cls._local.values():
+            task._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=Task._after_fork_in_child)

@@ -325,3 +325,54 @@ def test_daemon_killed_mid_run_loses_nothing(env: Env) -> None:
         """,
     )
     assert got.stdout.split() == ["True", "completed"]
+
+
+def test_forked_children_report_and_flush_into_the_parents_task(
+    daemon: DaemonProc, env: Env
+) -> None:
+    """Children forked (multiprocessing's default on Linux) while the parent's writer
+    thread is busy report into the parent's task and flush without hanging; the task
+    is completed by the parent alone."""
+    out = run_py(
+        env,
+        """
+        import multiprocessing as mp
+        import numpy as np
+        from artisync import Task
+
+        task = Task.init(project_name="fork", task_name="workers")
+        for i in range(20):  # keep the writer thread and its locks busy across the fork
+            task.upload_artifact(f"parent-{i}", np.full((200, 200), i))
+
+        def child(i):
+            t = Task.current_task()
+            assert t is not None and t.id == task.id
+            t.upload_artifact(f"child-{i}", {"worker": i})
+            t.flush()
+
+        procs = [mp.get_context("fork").Process(target=child, args=(i,)) for i in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        print([p.exitcode for p in procs])
+        task.flush(wait_for_uploads=True, timeout=60)
+        task.close()
+        print(task.id)
+        """,
+        timeout=150,
+    )
+    exitcodes, task_id = out.stdout.split("\n")[:2]
+    assert exitcodes == "[0, 0]", out.stderr
+    found = run_py(
+        env,
+        f"""
+        from artisync import Task
+        t = Task.get_task(task_id={task_id!r})
+        print(t.status, sorted(t.artifacts))
+        print(t.artifacts["child-1"].get())
+        """,
+    ).stdout.splitlines()
+    names = sorted([f"parent-{i}" for i in range(20)] + ["child-0", "child-1"])
+    assert found[0] == f"completed {names}"
+    assert found[1] == "{'worker': 1}"
