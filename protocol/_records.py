@@ -21,7 +21,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from ._errors import InvalidMessage
 from ._layout import check_name
 
-TASK_STATUSES = ("in_progress", "completed", "failed")
+TASK_STATUSES = ("in_progress", "completed", "failed", "aborted")  # aborted: by a signal
 RECORD_KINDS = ("task", "artifact")
 MAX_BLOBS = 200_000
 MAX_METADATA_BYTES = 1_000_000  # a version's metadata, once serialised as JSON

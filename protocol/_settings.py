@@ -35,6 +35,7 @@ class Settings:
     spool_full: str = "wait"  # when full: "wait" for room (up to spool_wait_timeout) or "error"
     spool_wait_timeout: float = 300.0
     allow_pickle: bool = False  # let Artifact.get() unpickle (it runs arbitrary code)
+    exit_timeout: float = 5.0  # seconds SIGTERM/SIGHUP wait for queued reports to reach the spool
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -96,6 +97,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         idle = float(pick("ARTISYNC_IDLE_EXIT", "idle_exit", 300.0))
         ack = float(pick("ARTISYNC_ACK_TIMEOUT", "ack_timeout", 10.0))
         wait = float(pick("ARTISYNC_WAIT_TIMEOUT", "wait_timeout", 300.0))
+        exit_timeout = float(pick("ARTISYNC_EXIT_TIMEOUT", "exit_timeout", 5.0))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
     spool_limit, spool_full, spool_wait = _quota(pick)
@@ -115,6 +117,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spool_full=spool_full,
         spool_wait_timeout=spool_wait,
         allow_pickle=_flag(table.get("allow_pickle", False)),
+        exit_timeout=exit_timeout,
     )
 
 

@@ -15,22 +15,11 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, cast
 
-from artisync.protocol import (
-    TaskRecord,
-    check_name,
-    new_task_record,
-    task_event,
-)
+from artisync.protocol import TaskRecord, check_name, new_task_record, task_event
 
-from . import _lookup
+from . import _lookup, _signals
 from ._artifact import Artifact
-from ._checks import (
-    checked_metadata,
-    checked_name,
-    delete_spec,
-    is_dataframe,
-    resolve_destination,
-)
+from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
 from ._errors import UploadTimeout
 from ._session import Session, on_shutdown
 from ._tracking import Tracked, Tracker, content_hash
@@ -328,11 +317,12 @@ class Task:
             rec = dict(self._record)
         session.run(lambda: session.submit(rec))
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Store the final state of tracked artifacts, mark the task completed, and
-        return once all of it is in the spool and acknowledged (never waits on the network)."""
+        return once all of it is in the spool and acknowledged (never waits on the network;
+        ``timeout`` bounds the wait for the spool, as on SIGTERM)."""
         if os.getpid() != self._pid:  # a forked child: write out its own reports, no more
-            Session.get().drain()
+            Session.get().drain(timeout)
             return
         with self._lock:
             if self._closed:
@@ -341,7 +331,8 @@ class Task:
         self._final_tracked()
         if self.status == "in_progress":
             self._set_status("completed", "closed")
-        Session.get().drain()
+        if not Session.get().drain(timeout):
+            log.error("artisync: task %s: reports still queued after %s s", self.id, timeout)
         with Task._class_lock:
             if Task._current is self:
                 Task._current = None
@@ -362,7 +353,9 @@ class Task:
         if cls._hook_installed:
             return
         cls._hook_installed = True
-        on_shutdown(cls._close_all_at_exit)
+        on_shutdown(lambda: cls._close_all("failed" if cls._exit_exc is not None else None))
+        limit = Session.get().settings.exit_timeout
+        _signals.install(lambda _: cls._close_all("aborted", limit), limit + 1)
         previous = sys.excepthook
 
         def hook(et: type[BaseException], ev: BaseException, tb: TracebackType | None) -> None:
@@ -372,14 +365,16 @@ class Task:
         sys.excepthook = hook
 
     @classmethod
-    def _close_all_at_exit(cls) -> None:
+    def _close_all(cls, status: str | None, timeout: float | None = None) -> None:
+        """At exit (``failed`` if an exception ends the program), or ``aborted`` on
+        SIGTERM/SIGHUP within ``exit_timeout``: close this process's open tasks."""
         for task in list(cls._local.values()):
             if task._closed or task._pid != os.getpid():
                 continue
-            if cls._exit_exc is not None and task.status == "in_progress":
-                task.mark_failed()
+            if status is not None and task.status == "in_progress":
+                task._set_status(status, "closed")
             try:
-                task.close()
+                task.close(timeout)
             except Exception as exc:  # at exit, report and go on with the others
                 log.error("artisync: closing task %s at exit failed: %s", task.id, exc)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from artisync import InvalidName, Task, UploadTimeout
 from artisync.protocol import artifact_prefix
-from tests.harness import DaemonProc, Env, run_py, stored_objects
+from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
 
 
 def _versions(env: Env, task: Task, name: str) -> list[dict]:
@@ -376,3 +376,48 @@ def test_forked_children_report_and_flush_into_the_parents_task(
     names = sorted([f"parent-{i}" for i in range(20)] + ["child-0", "child-1"])
     assert found[0] == f"completed {names}"
     assert found[1] == "{'worker': 1}"
+
+
+def test_sigterm_writes_out_queued_snapshots_and_marks_the_task_aborted(
+    daemon: DaemonProc, env: Env
+) -> None:
+    """A scheduler's SIGTERM (Python's default action: die at once, no atexit) lands
+    while 50 snapshots still wait for the writer thread: all 50 are delivered, the
+    task is ``aborted``, and the process still ends by the signal."""
+    import signal
+
+    proc = run_py(
+        env,
+        """
+        import os, signal
+        import numpy as np, pandas as pd
+        from artisync import Task
+
+        task = Task.init(project_name="preempt", task_name="job")
+        print(task.id, flush=True)
+        df = pd.DataFrame(np.random.default_rng(0).standard_normal((100_000, 8)))
+        for i in range(50):
+            df.iloc[0, 0] = i  # every version differs
+            task.upload_artifact(f"snap-{i}", df)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("not reached", flush=True)
+        """,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    task_id = proc.stdout.split()[0]
+    assert "not reached" not in proc.stdout
+    with Conn(env.socket, timeout=90) as conn:
+        conn.hello()
+        reply = conn.call("wait", task_id=task_id, timeout=60)
+    assert reply["ok"] and reply["failed"] == 0, reply
+    found = run_py(
+        env,
+        f"""
+        from artisync import Task
+        t = Task.get_task(task_id={task_id!r})
+        print(t.status, len(t.artifacts), t.artifacts["snap-49"].get().iloc[0, 0])
+        """,
+    ).stdout.split()
+    assert found == ["aborted", "50", "49.0"]
