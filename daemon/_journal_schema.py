@@ -15,10 +15,14 @@ from typing import Any
 
 import msgpack
 
+from artisync.protocol import is_raw
+
 
 class State(enum.StrEnum):
-    """Where a record is: ``pending -> uploading -> uploaded -> committed``, or ``failed``."""
+    """Where a record is: ``[encoding ->] pending -> uploading -> uploaded -> committed``,
+    or ``failed``."""
 
+    ENCODING = "encoding"  # its raw snapshot is waiting to be encoded (artifacts only)
     PENDING = "pending"  # waiting (for its turn, or until next_try)
     UPLOADING = "uploading"  # claimed by a worker
     UPLOADED = "uploaded"  # its payloads are at the destination; the record is not yet
@@ -26,7 +30,8 @@ class State(enum.StrEnum):
     FAILED = "failed"  # a permanent error, with the reason; retried on request
 
 
-OUTSTANDING = (State.PENDING, State.UPLOADING, State.UPLOADED)  # acknowledged, not committed
+# acknowledged, not committed
+OUTSTANDING = (State.ENCODING, State.PENDING, State.UPLOADING, State.UPLOADED)
 DUE = (State.PENDING, State.UPLOADED)  # what a worker may claim
 
 SCHEMA = """
@@ -137,11 +142,12 @@ def newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
 
 def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
     rec = incoming.record
-    blobs = rec.get("blobs", [])
-    size = sum(int(b[1]) for b in blobs)
+    raw = is_raw(rec)
+    blobs = [] if raw else rec.get("blobs", [])
+    size = int(rec["raw"]["size"]) if raw else sum(int(b[1]) for b in blobs)
     cur = db.execute(
         "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
-        " peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " state, peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             rec["record_id"],
             rec["kind"],
@@ -151,6 +157,7 @@ def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
             rec["dest"],
             msgpack.packb(rec, use_bin_type=True),
             size,
+            State.ENCODING if raw else State.PENDING,
             incoming.peer_uid,
             incoming.peer_pid,
             now,

@@ -26,10 +26,12 @@ from artisync.protocol import Spool, load_settings
 
 from .config import DaemonConfig, load_config
 from .destinations import Destinations
+from .encoder import Encoder
 from .ingest import (
     OutboxWatcher,
     clean_temps,
     housekeeping_loop,
+    ingest_outbox,
     outbox_loop,
 )
 from .journal import OUTSTANDING, Journal, State
@@ -68,7 +70,9 @@ class Daemon:
         self.journal = Journal(self.spool.journal_path, 0o660 if self.group_mode else 0o600)
         self.destinations = Destinations(config)
         self.uploader = Uploader(self.journal, self.spool, self.destinations, config.concurrency)
-        self.committer = Committer(self.journal, self.uploader.poke)
+        self.encoder = Encoder(self.journal, self.spool, config.encode_workers, self.uploader.poke)
+        self.committer = Committer(self.journal, self._on_commit)
+        self._ingest_lock = asyncio.Lock()
         self.server = Server(self)
         self.accepting = True
         self.started = time.time()
@@ -77,13 +81,23 @@ class Daemon:
         self._lock_fd: int | None = None
         self._signals = 0
 
+    def _on_commit(self) -> None:
+        self.encoder.poke()
+        self.uploader.poke()
+
+    async def ingest_now(self) -> int:
+        """Journal what the outbox holds now (one pass at a time; a caller that waited
+        for another's pass runs its own: files may have arrived meanwhile)."""
+        async with self._ingest_lock:
+            return await ingest_outbox(self)
+
     # -- lifecycle -------------------------------------------------------------------
     def _lock_spool(self) -> None:
         mode = 0o2770 if self.group_mode else 0o700
         self.spool.ensure(mode)
         if self.group_mode:
             gid = self.config.gid
-            for d in (self.spool.root, self.spool.blobs, self.spool.tmp, self.spool.outbox):
+            for d in self.spool.folders():
                 os.chown(d, -1, gid if gid is not None else -1)
                 os.chmod(d, mode)
         fd = os.open(self.spool.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -150,6 +164,7 @@ class Daemon:
             watcher.start()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.committer.run())
+                tg.create_task(self.encoder.run())
                 tg.create_task(self.uploader.feeder())
                 for _ in range(self.config.concurrency):
                     tg.create_task(self.uploader.worker())
@@ -167,6 +182,7 @@ class Daemon:
         except* _ShutdownRequested:
             pass
         finally:
+            self.encoder.stop()
             watcher.stop()
             server.close()
             await self.destinations.aclose()
@@ -219,6 +235,7 @@ class Daemon:
         self.accepting = False
         server.close()
         await self.committer.queue.join()  # acknowledge what was received
+        self.encoder.stop()  # what is being encoded is encoded again at the next start
         await self.uploader.stop_workers(self.config.concurrency)
         try:
             async with asyncio.timeout(self.config.drain_timeout), self.uploader.progress:
@@ -237,6 +254,7 @@ class Daemon:
             busy = (
                 self.server.connections > 0
                 or bool(self.uploader.in_flight)
+                or bool(self.encoder.in_flight)
                 or not self.committer.queue.empty()
             )
             if not busy:
@@ -272,6 +290,12 @@ class Daemon:
             "online": all(d["online"] for d in destinations),
             "backlog": {"records": backlog[0], "bytes": backlog[1]},
             "in_flight": len(self.uploader.in_flight),
+            "encoding": {
+                "records": counts[State.ENCODING][0],
+                "bytes": counts[State.ENCODING][1],
+                "in_flight": len(self.encoder.in_flight),
+                "workers": self.encoder.workers,
+            },
             "bytes_in_flight": self.uploader.bytes_in_flight,
             "committed": {
                 "records": counts[State.COMMITTED][0],

@@ -8,6 +8,7 @@ output_uri = "s3://team-artifacts/runs"
 
 [daemon]
 concurrency = 16           # uploads in flight, all destinations together
+encode_workers = 1         # processes encoding raw snapshots (default: half the cores, max 4)
 drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
@@ -42,6 +43,7 @@ from .storage import StorageOptions
 class DaemonConfig:
     settings: Settings
     concurrency: int = 16
+    encode_workers: int = 1
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 4096
     drain_timeout: float = 20.0
@@ -61,6 +63,12 @@ class DaemonConfig:
 
     def options_for(self, uri: str) -> dict[str, Any]:
         return self.storage.options_for(uri)
+
+
+def default_encode_workers() -> int:
+    """Half the cores this process may use (the other half is the trainers'), 1 to 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 2) // 2))
 
 
 def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = None) -> float:
@@ -92,6 +100,12 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
     values: dict[str, Any] = dict(
         settings=settings,
         concurrency=max(1, int(_num(daemon, "concurrency", 16, "ARTISYNC_CONCURRENCY"))),
+        encode_workers=max(
+            1,
+            int(
+                _num(daemon, "encode_workers", default_encode_workers(), "ARTISYNC_ENCODE_WORKERS")
+            ),
+        ),
         drain_timeout=_num(daemon, "drain_timeout", 20.0),
         retry_max_elapsed=_num(daemon, "retry_max_elapsed", 30.0, "ARTISYNC_RETRY_MAX_ELAPSED"),
         offline_max_backoff=_num(

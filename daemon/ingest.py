@@ -1,8 +1,11 @@
-"""The outbox (records written while no daemon answered) and spool housekeeping.
+"""The outbox (the records SDKs write) and spool housekeeping.
 
-The outbox is drained at start and whenever watchdog reports a new file (a
-slow periodic scan backs it up: inotify can overflow). Housekeeping removes
-temp files whose writer is gone and blobs that every record has committed.
+The outbox is drained at start, whenever watchdog reports a new file (a slow
+periodic scan backs it up: inotify can overflow), and when a client asks
+(flush, wait). Its records are journaled in groups: many files, one fsync.
+Housekeeping removes temp files whose writer is gone, raw snapshots already
+encoded (or whose writer died before writing the record), and blobs that
+every record has committed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from artisync.protocol import InvalidMessage, ProtocolError, unpack_body, validate_record
 
-from .journal import Incoming
+from .journal import Incoming, State
 
 log = logging.getLogger("artisync.daemon")
 
@@ -52,16 +55,18 @@ class OutboxWatcher:
             self._observer.join(timeout=5)
 
 
+INGEST_BATCH = 256  # outbox files read and journaled together (one transaction)
+
+
 async def ingest_outbox(app: Any) -> int:
     """Journal every record in the outbox, then remove its file. Returns how many."""
     paths = await asyncio.to_thread(_oldest_first, app.spool)
     done = 0
-    for path in paths:
+    for i in range(0, len(paths), INGEST_BATCH):
         if not app.accepting:
             break
-        done += await _ingest_one(app, path)
-    if done:
-        app.uploader.poke()
+        batch = paths[i : i + INGEST_BATCH]
+        done += sum(await asyncio.gather(*(_ingest_one(app, p) for p in batch)))
     return done
 
 
@@ -71,7 +76,7 @@ async def _ingest_one(app: Any, path: Path) -> int:
     try:
         data, owner = await asyncio.to_thread(_read, path)
         rec = validate_record(unpack_body(data))
-        problem = await check_record(app.spool, app.journal, rec)
+        problem = await check_record(app.spool, app.journal, rec, owner)
         if problem:
             raise InvalidMessage(problem)
     except FileNotFoundError:
@@ -115,14 +120,42 @@ def _read(path: Path) -> tuple[bytes, int]:
 
 
 async def outbox_loop(app: Any, event: asyncio.Event, scan_interval: float = 10.0) -> None:
-    await ingest_outbox(app)  # what arrived while no daemon ran
+    await app.ingest_now()  # what arrived while no daemon ran
     while app.accepting:
         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(scan_interval):
                 await event.wait()
         event.clear()
-        await ingest_outbox(app)
+        await app.ingest_now()
+
+
+async def collect_raw(app: Any) -> int:
+    """Remove raw snapshots that are encoded already (the daemon was killed between
+    journaling and removing them), and those no record names past the grace period
+    (their writer was killed before it wrote the record)."""
+    raws = await asyncio.to_thread(lambda: list(app.spool.iter_raw()))
+    if not raws:
+        return 0
+    states = await app.journal.states_of([rid for rid, _ in raws])
+    now = time.time()
+
+    def doomed() -> list[str]:
+        out = []
+        for rid, mtime in raws:
+            state = states.get(rid)
+            if state is None:
+                recent = now - mtime <= app.config.gc_grace
+                if not recent and not (app.spool.outbox / f"{rid}.rec").exists():
+                    out.append(rid)
+            elif state not in (State.ENCODING, State.FAILED):
+                out.append(rid)
+        for rid in out:
+            app.spool.raw_path(rid).unlink(missing_ok=True)
+        return out
+
+    gone = await asyncio.to_thread(doomed)
+    return len(gone)
 
 
 async def clean_temps(app: Any, max_age: float = 86400.0) -> int:
@@ -191,6 +224,7 @@ def under_pressure(app: Any, blob_bytes: int) -> bool:
 async def housekeeping_loop(app: Any) -> None:
     while app.accepting:
         await clean_temps(app)
+        await collect_raw(app)
         await collect_blobs(app)
         interval = app.config.gc_interval
         if app.config.settings.spool_limit:

@@ -1,7 +1,9 @@
 """The daemon's journal: SQLite in WAL mode, in the spool.
 
 Every record moves ``pending -> uploading -> uploaded -> committed``, or to
-``failed`` with a reason (kept, retried on request). ``objects`` remembers
+``failed`` with a reason (kept, retried on request); an artifact version sent
+raw starts in ``encoding``, until its raw snapshot is encoded (it has no
+``refs`` until then, which is how a failed one is told apart when retried). ``objects`` remembers
 which payloads each destination already holds, so they are never sent twice.
 All access goes through one dedicated thread: SQLite connections are not
 shared between threads, and the event loop never blocks on a disk sync.
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from . import _journal_reads as _reads
 from ._journal_schema import (
     DUE,
     OUTSTANDING,
@@ -38,6 +41,12 @@ from ._journal_schema import (
 __all__ = ["OUTSTANDING", "Incoming", "Journal", "Row", "State"]
 
 T = TypeVar("T")
+
+# where a failed record goes again: back to encoding if it never was encoded
+_RETRY_STATE = (
+    f"(CASE WHEN kind='artifact' AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.seq=records.seq)"
+    f" THEN '{State.ENCODING}' ELSE '{State.PENDING}' END)"
+)
 
 
 class Journal:
@@ -90,8 +99,8 @@ class Journal:
             # a restart retries what failed for good before (the fix may have been a
             # configuration change); the reason stays until the next attempt
             db.execute(
-                "UPDATE records SET state=?, next_try=0 WHERE state=?",
-                (State.PENDING, State.FAILED),
+                f"UPDATE records SET state={_RETRY_STATE}, next_try=0 WHERE state=?",
+                (State.FAILED,),
             )
             return cur.rowcount
 
@@ -264,51 +273,85 @@ class Journal:
         )
 
     async def stats(self) -> dict[str, Any]:
-        def q(db: sqlite3.Connection) -> dict[str, Any]:
-            counts: dict[str, list[int]] = {str(s): [0, 0] for s in State}
-            for r in db.execute(
-                "SELECT state, count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
-                "GROUP BY state"
-            ):
-                counts[r["state"]] = [r["n"], r["bytes"]]
-            failed = [
-                dict(r)  # "dest" is the status reply's key
-                for r in db.execute(
-                    "SELECT record_id, task_id, kind, dest, reason FROM records "
-                    "WHERE state=? ORDER BY seq LIMIT 20",
-                    (State.FAILED,),
-                )
-            ]
-            retrying = [
-                dict(r)
-                for r in db.execute(
-                    "SELECT record_id, dest, reason, attempts FROM records "
-                    "WHERE state=? AND reason IS NOT NULL ORDER BY seq LIMIT 5",
-                    (State.PENDING,),
-                )
-            ]
-            objects = db.execute(
-                "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM objects"
-            ).fetchone()
-            return {
-                "records": counts,
-                "failed": failed,
-                "retrying": retrying,
-                "objects_uploaded": objects["n"],
-                "bytes_uploaded": objects["bytes"],
-            }
-
-        return await self._run(q)
+        return await self._run(_reads.stats)
 
     async def retry_failed(self) -> int:
         return await self._run(
             lambda db: (
                 db.execute(
-                    "UPDATE records SET state=?, reason=NULL, next_try=0, updated=? WHERE state=?",
-                    (State.PENDING, time.time(), State.FAILED),
+                    f"UPDATE records SET state={_RETRY_STATE}, reason=NULL, next_try=0, "
+                    "updated=? WHERE state=?",
+                    (time.time(), State.FAILED),
                 ).rowcount
             )
         )
+
+    # -- encoding -----------------------------------------------------------------------
+    async def claim_encoding(self, limit: int, exclude: Sequence[int]) -> list[Row]:
+        """Up to ``limit`` records waiting to be encoded, oldest first, not in ``exclude``
+        (those being encoded now: the claim is in memory, so a crash loses none)."""
+
+        def q(db: sqlite3.Connection) -> list[Row]:
+            found = db.execute(
+                f"SELECT {ROW_COLUMNS} FROM records WHERE state=? ORDER BY seq LIMIT ?",
+                (State.ENCODING, limit + len(exclude)),
+            ).fetchall()
+            return [to_row(r) for r in found if r["seq"] not in exclude][:limit]
+
+        return await self._run(q)
+
+    async def complete_encoding(self, done: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Encoded records (seq, completed body) become pending, in one transaction."""
+
+        def q(db: sqlite3.Connection) -> None:
+            now = time.time()
+            with transaction(db, "IMMEDIATE"):
+                for seq, body in done:
+                    blobs = [(seq, sha, int(size)) for sha, size in body["blobs"]]
+                    db.execute(
+                        "UPDATE records SET body=?, size=?, state=?, reason=NULL, updated=? "
+                        "WHERE seq=? AND state=?",
+                        (
+                            msgpack.packb(body, use_bin_type=True),
+                            sum(n for _, _, n in blobs),
+                            State.PENDING,
+                            now,
+                            seq,
+                            State.ENCODING,
+                        ),
+                    )
+                    db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?,?)", blobs)
+
+        await self._run(q)
+
+    async def states_of(self, record_ids: Sequence[str]) -> dict[str, State]:
+        """The state of each of these records that the journal holds."""
+
+        def q(db: sqlite3.Connection) -> dict[str, State]:
+            out: dict[str, State] = {}
+            for i in range(0, len(record_ids), 500):
+                chunk = list(record_ids[i : i + 500])
+                for r in db.execute(
+                    f"SELECT record_id, state FROM records WHERE record_id IN ({marks(chunk)})",
+                    chunk,
+                ):
+                    out[r["record_id"]] = State(r["state"])
+            return out
+
+        return await self._run(q)
+
+    async def record(self, record_id: str) -> tuple[State, dict[str, Any], str | None] | None:
+        """(state, body, reason) of one record, or None."""
+
+        def q(db: sqlite3.Connection) -> tuple[State, dict[str, Any], str | None] | None:
+            r = db.execute(
+                "SELECT state, body, reason FROM records WHERE record_id=?", (record_id,)
+            ).fetchone()
+            if r is None:
+                return None
+            return State(r["state"]), msgpack.unpackb(r["body"], raw=False), r["reason"]
+
+        return await self._run(q)
 
     async def find_task(
         self,
@@ -318,47 +361,8 @@ class Journal:
         statuses: Sequence[str] | None,
     ) -> list[dict[str, Any]]:
         """Task events (newest first) matching the query, for read-your-writes."""
-
-        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            if task_id:
-                rows = db.execute(
-                    "SELECT task_id FROM records WHERE kind='task' AND task_id=? LIMIT 1",
-                    (task_id,),
-                ).fetchall()
-            else:
-                sql = "SELECT DISTINCT task_id FROM records WHERE kind='task'"
-                args: list[Any] = []
-                if project is not None:
-                    sql += " AND project=?"
-                    args.append(project)
-                if name is not None:
-                    sql += " AND name=?"
-                    args.append(name)
-                rows = db.execute(sql + " ORDER BY seq DESC LIMIT 200", args).fetchall()
-            out = []
-            for r in rows:
-                body = newest_event(db, r["task_id"])
-                if body is None:
-                    continue
-                if statuses and body.get("status") not in statuses:
-                    continue
-                out.append(body)
-            out.sort(key=lambda b: b.get("started", 0), reverse=True)
-            return out
-
-        return await self._run(q)
+        return await self._run(lambda db: _reads.find_task(db, task_id, project, name, statuses))
 
     async def artifacts_of(self, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task, any state."""
-
-        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            latest: dict[str, dict[str, Any]] = {}
-            for r in db.execute(
-                "SELECT body FROM records WHERE kind='artifact' AND task_id=? ORDER BY seq",
-                (task_id,),
-            ):
-                rec = msgpack.unpackb(r["body"], raw=False)
-                latest[rec["name"]] = rec
-            return list(latest.values())
-
-        return await self._run(q)
+        return await self._run(lambda db: _reads.artifacts_of(db, task_id))

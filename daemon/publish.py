@@ -12,13 +12,14 @@ from typing import Any
 from artisync.protocol import (
     artifact_version_key,
     index_key,
+    is_raw,
     object_key,
     task_key,
 )
 
 from .storage.base import Storage
 
-PRIVATE_FIELDS = ("delete_after", "dest")
+PRIVATE_FIELDS = ("delete_after", "dest", "raw")
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -53,6 +54,8 @@ def check_publishable(rec: dict[str, Any]) -> str | None:
         value = rec.get(field)
         if value is not None and not (isinstance(value, int | float) and 0 <= value < 1e11):
             return f"record: {field} must be a time in seconds since the epoch"
+    if is_raw(rec):  # as it will be once encoded
+        rec = {**rec, "sha256": "0" * 64, "size": 0, "blobs": [], "preview": ""}
     try:
         record_keys(rec)
         _json(public_record(rec))

@@ -27,11 +27,12 @@ from artisync.protocol import (
     Spool,
     encode,
     error,
+    is_raw,
     ok,
     validate_request,
 )
 
-from .journal import Incoming, Journal
+from .journal import Incoming, Journal, State
 from .publish import check_publishable
 from .storage.base import parse_uri
 
@@ -183,7 +184,12 @@ class Server:
             n = await app.journal.retry_failed()
             app.uploader.poke()
             return ok(rid, retried=n)
+        if op == "ingest":
+            return ok(rid, ingested=await app.ingest_now())
+        if op == "record":
+            return await self._record(rid, req["record_id"], req.get("wait"))
         if op == "query_task":
+            await app.ingest_now()  # read-your-writes: what a client put in the outbox
             tasks = await app.journal.find_task(
                 req.get("task_id"), req.get("project"), req.get("name"), req.get("statuses")
             )
@@ -195,7 +201,7 @@ class Server:
         app = self.app
         if not app.accepting:
             return error(rid, "draining", "daemon is shutting down; keep the record")
-        problem = await check_record(app.spool, app.journal, rec)
+        problem = await check_record(app.spool, app.journal, rec, peer.uid)
         if problem:
             return error(rid, "invalid", problem)
         try:
@@ -204,11 +210,27 @@ class Server:
             return error(rid, "journal", f"could not persist the record: {exc}")
         return ok(rid, duplicate=not new)
 
+    async def _record(self, rid: int, record_id: str, wait: float | None) -> dict[str, Any]:
+        app = self.app
+        await app.ingest_now()
+        deadline = time.monotonic() + float(wait or 0)
+        while True:
+            found = await app.journal.record(record_id)
+            if found is None:
+                return error(rid, "unknown", f"no record {record_id[:12]} in the journal")
+            state, body, reason = found
+            if state is not State.ENCODING or time.monotonic() >= deadline:
+                return ok(rid, state=str(state), record=body, reason=reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2), app.encoder.progress:
+                    await app.encoder.progress.wait()
+
     async def _wait(
         self, rid: int, req: dict[str, Any], writer: asyncio.StreamWriter
     ) -> dict[str, Any]:
         app = self.app
         task_id, timeout = req.get("task_id"), req.get("timeout")
+        await app.ingest_now()  # the task's records still in the outbox count too
         upto = await app.journal.max_seq()
         deadline = None if timeout is None else time.monotonic() + float(timeout)
         while True:
@@ -236,7 +258,9 @@ class Server:
                     await app.uploader.progress.wait()
 
 
-async def check_record(spool: Spool, journal: Journal, rec: dict[str, Any]) -> str | None:
+async def check_record(
+    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
+) -> str | None:
     """Why a (validated) record must be refused, or None: it names a bad destination,
     could never be published, or names payloads that are not in the spool."""
     try:
@@ -244,15 +268,35 @@ async def check_record(spool: Spool, journal: Journal, rec: dict[str, Any]) -> s
     except ValueError as exc:
         return f"record: bad destination: {exc}"
     problem = await asyncio.to_thread(check_publishable, rec)
-    return problem or await check_blobs(spool, journal, rec)
+    return problem or await check_blobs(spool, journal, rec, uid)
 
 
-async def check_blobs(spool: Spool, journal: Journal, rec: dict[str, Any]) -> str | None:
+def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
+    path = spool.raw_path(rec["record_id"])
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"raw snapshot of record {rec['record_id'][:12]} is not in the spool"
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return f"raw snapshot of record {rec['record_id'][:12]} is not a regular file"
+    if st.st_size != rec["raw"]["size"]:
+        return f"raw snapshot has {st.st_size} bytes, record says {rec['raw']['size']}"
+    if uid is not None and uid != 0 and st.st_uid != uid:
+        return "raw snapshot belongs to another user"
+    return None
+
+
+async def check_blobs(
+    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
+) -> str | None:
     """Every payload a record names must be a regular file in the spool (never a
     path elsewhere: names are hashes, symlinks and hard links are refused), or
-    already held by its destination."""
+    already held by its destination; a raw snapshot must be there, as large as
+    the record says, and (``uid`` known) the submitter's own."""
     if rec["kind"] != "artifact":
         return None
+    if is_raw(rec):
+        return await asyncio.to_thread(_check_raw_file, spool, rec, uid)
 
     def local() -> list[tuple[str, int]]:
         missing = []

@@ -44,11 +44,13 @@ from ._messages import (
 )
 from ._records import (
     MAX_METADATA_BYTES,
+    RAW_CODECS,
     TASK_STATUSES,
     ArtifactRecord,
     Origin,
     Record,
     TaskRecord,
+    is_raw,
     new_artifact_record,
     new_id,
     new_task_record,
@@ -114,5 +116,7 @@ __all__ = [
     "task_key",
     "unpack_body",
     "validate_record",
+    "is_raw",
+    "RAW_CODECS",
     "validate_request",
 ]

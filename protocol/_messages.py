@@ -31,6 +31,13 @@ _REQUESTS: dict[str, Spec] = {
         "statuses": ((list, type(None)), False),
     },
     "retry": {},
+    # journal what the outbox holds now (flush: durable once this returns)
+    "ingest": {},
+    # one record as the journal holds it; ``wait``: until it is encoded (or failed)
+    "record": {
+        "record_id": (str, True),
+        "wait": ((float, int, type(None)), False),
+    },
 }
 
 

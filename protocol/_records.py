@@ -4,6 +4,10 @@ Two kinds. A *task event* (``kind="task"``) carries a task's whole state at one
 moment: started, closed. An *artifact version* (``kind="artifact"``) describes
 one stored version of one artifact: what it is, its payload's SHA-256 and size,
 and every payload it needs (``blobs``; a folder has one per file plus its listing).
+The SDK sends an artifact version *raw*: with ``raw`` (how the raw snapshot in
+the spool is to be encoded) instead of ``sha256``, ``size`` and ``blobs``, which
+the daemon fills in once it has encoded it; the ``raw`` field is then kept in
+the journal but never published.
 The SDK builds records with :func:`new_task_record`, :func:`task_event` and
 :func:`new_artifact_record`; the daemon checks every record with
 :func:`validate_record` before it journals it. Keys are the wire format: they are
@@ -23,6 +27,8 @@ from ._layout import check_name
 
 TASK_STATUSES = ("in_progress", "completed", "failed", "aborted")  # aborted: by a signal
 RECORD_KINDS = ("task", "artifact")
+# how a raw snapshot becomes the stored form (see artisync.protocol.formats)
+RAW_CODECS = ("stored", "arrow", "npy", "pixels", "pack")
 MAX_BLOBS = 200_000
 MAX_METADATA_BYTES = 1_000_000  # a version's metadata, once serialised as JSON
 
@@ -75,7 +81,9 @@ class ArtifactRecord(TypedDict):
     extension: str  # suffix a local copy gets ("" for none)
     metadata: dict[str, Any]
     delete_after: dict[str, Any] | None
-    # set once the payload is in the spool:
+    # how the raw snapshot is to be encoded (codec, size...): set by the SDK
+    raw: NotRequired[dict[str, Any]]
+    # set once the payload is encoded, in the spool:
     sha256: NotRequired[str]
     size: NotRequired[int]
     blobs: NotRequired[list[list[Any]]]  # [[sha256, size], ...]
@@ -127,6 +135,7 @@ def task_event(task: TaskRecord, *, status: str, event: str) -> TaskRecord:
 
 def new_artifact_record(
     *,
+    record_id: str | None = None,
     task_id: str,
     dest: str,
     name: str,
@@ -139,7 +148,7 @@ def new_artifact_record(
 ) -> ArtifactRecord:
     return ArtifactRecord(
         kind="artifact",
-        record_id=new_id(),
+        record_id=record_id or new_id(),
         task_id=task_id,
         created=time.time(),
         dest=dest,
@@ -179,9 +188,10 @@ _ARTIFACT: Spec = {
     "name": (str, True),
     "type": (str, True),
     "format": (str, True),
-    "sha256": (str, True),
-    "size": (int, True),
-    "blobs": (list, True),
+    "sha256": (str, False),
+    "size": (int, False),
+    "blobs": (list, False),
+    "raw": (dict, False),
     "metadata": (dict, False),
     "preview": (str, False),
     "extension": (str, False),
@@ -225,8 +235,31 @@ def validate_record(rec: Any) -> dict[str, Any]:
     else:
         check_fields(rec, _ARTIFACT, "artifact record")
         _checked_name(rec["name"], "artifact name")
-        _check_blobs(rec)
+        if "sha256" in rec or "raw" not in rec:
+            for field in ("sha256", "size", "blobs"):
+                if field not in rec:
+                    raise InvalidMessage(f"artifact record: missing field {field!r}")
+            _check_blobs(rec)
+        if "raw" in rec:
+            _check_raw(rec["raw"])
     return rec
+
+
+def is_raw(rec: dict[str, Any]) -> bool:
+    """An artifact version whose raw snapshot the daemon has yet to encode."""
+    return rec.get("kind") == "artifact" and "raw" in rec and "sha256" not in rec
+
+
+def _check_raw(raw: dict[str, Any]) -> None:
+    codec, size = raw.get("codec"), raw.get("size")
+    if codec not in RAW_CODECS:
+        raise InvalidMessage(f"artifact record: unknown raw codec {codec!r}"[:200])
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidMessage("artifact record: raw size must be a non-negative integer")
+    if codec == "pack":
+        files = raw.get("files")
+        if not isinstance(files, list) or len(files) > MAX_BLOBS:
+            raise InvalidMessage("artifact record: a raw pack lists 0..200000 files")
 
 
 def _checked_name(name: str, what: str) -> None:

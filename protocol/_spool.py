@@ -1,16 +1,20 @@
 """The spool: the on-disk contract between the SDK and the daemon.
 
 ```
-<spool>/blobs/<sha256>         payloads, content-addressed, complete or absent
+<spool>/raw/<record_id>        raw snapshots the SDK wrote, waiting to be encoded
+<spool>/outbox/<record_id>.rec records waiting for the daemon to journal them (msgpack)
+<spool>/blobs/<sha256>         stored payloads, content-addressed, complete or absent
 <spool>/tmp/<pid>.<rand>.part  payloads being written (never read by the daemon)
-<spool>/outbox/<record_id>.rec records waiting for a daemon (msgpack)
 <spool>/journal.db             the daemon's journal (SQLite, WAL)
 <spool>/daemon.lock            held by the one daemon serving this spool
 ```
 
-Every visible file is written atomically: temp file in the same directory,
-write, fsync, rename, fsync of the directory. The SDK writes blobs and
-outbox records; only the daemon deletes, and only after commit.
+The SDK writes a raw snapshot, closes it, and only then renames its record into
+``outbox/``: a record never names a half-written snapshot. Neither is fsynced
+by the SDK (a killed process loses nothing: the page cache is the kernel's);
+the daemon fsyncs what it encodes, and its journal, before anything is deleted.
+Every other visible file is written atomically (temp file, write, fsync,
+rename, fsync of the directory). Only the daemon deletes, and only after commit.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or nothing.
 
+    ``sync=False`` skips the fsyncs: the file survives its writer being killed
+    (not a power loss) and costs the writer a few microseconds, not milliseconds.
     The temp file's name carries the writer's pid, so a temp file left by a
     killed writer can be recognised and removed at once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
@@ -48,13 +54,15 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -104,15 +112,37 @@ class Spool:
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
         self.outbox = self.root / "outbox"
+        self.raw = self.root / "raw"
         self.journal_path = self.root / "journal.db"
         self.lock_path = self.root / "daemon.lock"
         self.file_mode = file_mode
 
     def ensure(self, dir_mode: int = 0o700) -> Spool:
         """Create the spool directories, private to their owner by default."""
-        for d in (self.root, self.blobs, self.tmp, self.outbox):
+        for d in self.folders():
             d.mkdir(mode=dir_mode, parents=True, exist_ok=True)
         return self
+
+    def folders(self) -> tuple[Path, ...]:
+        return (self.root, self.blobs, self.tmp, self.outbox, self.raw)
+
+    def raw_path(self, record_id: str) -> Path:
+        """Where the raw snapshot of record ``record_id`` (32 hex digits) lives."""
+        return self.raw / record_id
+
+    def open_raw(self, record_id: str) -> BinaryIO:
+        """A new raw snapshot file, never one that exists already."""
+        fd = os.open(self.raw_path(record_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        return os.fdopen(fd, "wb")
+
+    def iter_raw(self) -> Iterator[tuple[str, float]]:
+        """(record_id, mtime) of every raw snapshot."""
+        with os.scandir(self.raw) as it:
+            for entry in it:
+                try:
+                    yield entry.name, entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
 
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / sha256
@@ -152,10 +182,11 @@ class Spool:
         finally:
             tmp.unlink(missing_ok=True)  # gone already once renamed
 
-    def write_outbox(self, record: dict[str, Any]) -> Path:
-        """Persist a record for the daemon to ingest later (offline first)."""
+    def write_outbox(self, record: dict[str, Any], *, sync: bool = True) -> Path:
+        """Persist a record for the daemon to journal (``sync``: against power loss too)."""
         path = self.outbox / f"{record['record_id']}.rec"
-        atomic_write_bytes(path, msgpack.packb(record, use_bin_type=True), self.file_mode)
+        data = msgpack.packb(record, use_bin_type=True)
+        atomic_write_bytes(path, data, self.file_mode, sync=sync)
         return path
 
     def iter_outbox(self) -> Iterator[Path]:
@@ -188,10 +219,10 @@ class Spool:
                         yield Path(entry.path)
 
     def usage(self) -> int:
-        """Bytes held by payloads, temp files and outbox records (what ``spool_limit``
-        bounds; the daemon's journal is not counted)."""
+        """Bytes held by raw snapshots, payloads, temp files and outbox records (what
+        ``spool_limit`` bounds; the daemon's journal is not counted)."""
         total = 0
-        for folder in (self.blobs, self.tmp, self.outbox):
+        for folder in (self.raw, self.blobs, self.tmp, self.outbox):
             try:
                 with os.scandir(folder) as it:
                     for entry in it:

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import object_key
+from artisync.protocol import Spool, is_raw, object_key
+
+from ._errors import UploadTimeout
 
 # Given a sha256, return a local path holding exactly those bytes.
 Locator = Callable[[str], Path]
+# Given a record id and how long to wait, the record once encoded (None: no daemon)
+Resolver = Callable[[str, float], dict[str, Any] | None]
+
+ENCODE_WAIT = 30.0  # seconds a caller asking for the hash waits for the daemon to encode
 
 
 class Artifact:
     """A stored (or being stored) artifact version.
 
     ``get()`` returns the object; ``get_local_copy()`` a local path. Both work
-    in a process with no daemon and no spool, reading from storage.
+    in a process with no daemon and no spool, reading from storage, and on the
+    node before the daemon has encoded the artifact, from its raw snapshot.
     """
 
     def __init__(
@@ -27,12 +35,14 @@ class Artifact:
         record: dict[str, Any],
         locator: Locator,
         *,
-        pending: Any = None,
+        spool: Spool | None = None,
+        resolve: Resolver | None = None,
         allow_pickle: bool = False,
     ) -> None:
         self._record = record
         self._locator = locator
-        self._pending = pending  # the writer job, until the payload is in the spool
+        self._spool = spool  # where the raw snapshot is, until the daemon encodes it
+        self._resolve = resolve
         self._allow_pickle = allow_pickle  # the default of get(allow_pickle=None)
 
     # -- ClearML's attributes ----------------------------------------------------------
@@ -40,11 +50,24 @@ class Artifact:
     def name(self) -> str:
         return str(self._record["name"])
 
-    def _settled(self) -> dict[str, Any]:
-        if self._pending is not None:
-            self._pending.wait()
-            self._pending = None
+    def _settled(self, wait: float = ENCODE_WAIT) -> dict[str, Any]:
+        """The record once encoded (its hash known), from the daemon if need be.
+
+        :raises UploadTimeout: not encoded within ``wait``, or no daemon to ask."""
+        if is_raw(self._record):
+            done = self._resolve(self._record["record_id"], wait) if self._resolve else None
+            if done is None or is_raw(done):
+                raise UploadTimeout(
+                    f"artifact {self.name!r} is not encoded yet (is the daemon running? see "
+                    "`artisync status`); get() reads it from the spool meanwhile"
+                )
+            self._record = {**self._record, **done}
         return self._record
+
+    def _raw_path(self) -> Path | None:
+        if not is_raw(self._record) or self._spool is None:
+            return None
+        return self._spool.raw_path(self._record["record_id"])
 
     @property
     def type(self) -> str:
@@ -64,7 +87,9 @@ class Artifact:
 
     @property
     def preview(self) -> str:
-        return str(self._settled().get("preview") or "")  # made by the writer thread
+        if self._record.get("preview"):
+            return str(self._record["preview"])
+        return str(self._settled().get("preview") or "")  # made by the daemon
 
     @property
     def timestamp(self) -> dt.datetime:
@@ -107,6 +132,14 @@ class Artifact:
     def _local_copy(self, extract_archive: bool) -> Path:
         from artisync.protocol.formats import materialize_tree
 
+        raw = self._raw_path()
+        if raw is not None:
+            try:
+                self._settled(wait=5.0)  # files and folders encode fast: hashing only
+            except UploadTimeout:
+                copy = self._copy_of_raw(raw)  # no daemon: a copy made here
+                if copy is not None:
+                    return copy
         rec = self._settled()
         main = self._locator(rec["sha256"])
         if rec["format"] != "tree":
@@ -145,16 +178,26 @@ class Artifact:
         Pickled artifacts are refused unless ``allow_pickle=True`` (or the config
         setting ``allow_pickle``): unpickling runs arbitrary code.
         """
-        from artisync.protocol.formats import load
+        from artisync.protocol.formats import load, load_raw
 
-        rec = self._settled()
-        if rec["format"] == "tree":
-            return str(self._local_copy(True))
         if allow_pickle is None:
             allow_pickle = self._allow_pickle
-        path = self._locator(rec["sha256"])
-        if rec["type"] == "file":
+        raw = self._raw_path()
+        if raw is not None and self._record["format"] != "tree" and self._record["type"] != "file":
+            try:
+                if (
+                    deserialization_function is not None
+                    and self._record["raw"]["codec"] == "stored"
+                ):
+                    return deserialization_function(raw.read_bytes())
+                if deserialization_function is None:
+                    return load_raw(self._record, raw, allow_pickle=allow_pickle)
+            except FileNotFoundError:
+                pass  # encoded meanwhile: read the stored form
+        if self._record["format"] == "tree" or self._record["type"] == "file":
             return str(self._local_copy(True))
+        rec = self._settled()
+        path = self._locator(rec["sha256"])
         return load(
             rec["type"],
             rec["format"],
@@ -162,6 +205,24 @@ class Artifact:
             allow_pickle=allow_pickle,
             deserialization_function=deserialization_function,
         )
+
+    def _copy_of_raw(self, raw: Path) -> Path | None:
+        """A file or folder made from the raw snapshot (no daemon has encoded it)."""
+        from artisync.protocol.formats import materialize_pack
+
+        rec = self._record
+        folder = Path(tempfile.mkdtemp(prefix="artisync-"))
+        try:
+            if rec["format"] == "tree":
+                return materialize_pack(rec, raw, folder / "tree")
+            if rec["type"] == "file":
+                named = folder / f"artifact{rec.get('extension') or ''}"
+                _link_or_copy(raw, named)
+                return named
+        except FileNotFoundError:  # encoded meanwhile
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -50,6 +50,7 @@ def _format_status(st: dict[str, Any]) -> str:
         f"state: {'online' if st['online'] else 'OFFLINE'}",
         f"backlog: {st['backlog']['records']} records, {format_size(st['backlog']['bytes'])}",
         f"in flight: {st['in_flight']} records, {format_size(st['bytes_in_flight'])}",
+        *_encoding_line(st),
         f"committed: {st['committed']['records']} records; uploaded {st['uploaded_objects']} "
         f"objects, {format_size(st['uploaded_bytes'])}",
         f"failed: {st['failed']['records']} records",
@@ -75,6 +76,16 @@ def _format_status(st: dict[str, Any]) -> str:
     if st["failed"]["records"]:
         lines.append("fix the cause, then run `artisync retry`")
     return "\n".join(lines)
+
+
+def _encoding_line(st: dict[str, Any]) -> list[str]:
+    enc = st.get("encoding")
+    if not enc:
+        return []
+    return [
+        f"encoding: {enc['records']} raw snapshots waiting, {format_size(enc['bytes'])} "
+        f"({enc['in_flight']} now, {enc['workers']} workers)"
+    ]
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:

@@ -83,15 +83,9 @@ class Quota:
         self._lock = threading.Lock()
         self._measured = 0
         self._measured_at = -math.inf
-        # reserved, perhaps not yet written by the writer thread: counted on top of what
-        # is measured until the writer is idle (an overcount at worst, never an under)
+        # reserved since the last measurement: counted on top of it (snapshots are
+        # written before the call returns, so a new measurement includes them)
         self._pending = 0
-
-    def settle(self) -> None:
-        """The writer thread is idle: everything reserved is on disk (or was refused)."""
-        with self._lock:
-            self._pending = 0
-            self._measured_at = -math.inf
 
     def reserve(self, spool: Spool, need: int, what: str) -> None:
         """Return once ``need`` more bytes fit, counting them as used.
@@ -137,7 +131,7 @@ class Quota:
             return None
         now = time.monotonic()
         if now - self._measured_at > RESCAN:
-            self._measured, self._measured_at = spool.usage(), now
+            self._measured, self._measured_at, self._pending = spool.usage(), now, 0
         used = self._measured + self._pending
         if used + need > self.limit:
             return (

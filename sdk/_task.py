@@ -1,8 +1,9 @@
 """Task: ClearML's artifact API, backed by the spool and the daemon.
 
-Nothing here waits on the network: ``upload_artifact`` snapshots the object
-in memory (or copies the file kernel-side) and returns; the writer thread
-serializes it into the spool and hands the record to the daemon.
+Nothing here waits on the network, or on encoding: ``upload_artifact`` writes
+a raw snapshot of the object (or a kernel copy of the file) and its record
+into the spool and returns; the daemon, another process, encodes, hashes and
+uploads it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from artisync.protocol import TaskRecord, check_name, new_task_record, task_even
 from . import _lookup, _signals
 from ._artifact import Artifact
 from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
-from ._errors import UploadTimeout
 from ._session import Session, on_shutdown
 from ._tracking import Tracked, Tracker, content_hash
 from ._versions import origin, store_version
@@ -91,7 +91,7 @@ class Task:
             cls._local[task.id] = task
             cls._current = task
             cls._install_exit_hook()
-            session.run(lambda: session.submit(dict(record)))
+            session.store(dict(record))
             return task
 
     @classmethod
@@ -184,42 +184,49 @@ class Task:
         retries: int = 0,
         sort_keys: bool = True,
     ) -> bool:
-        """Snapshot ``artifact_object`` now and upload it in the background.
+        """Snapshot ``artifact_object`` into the spool now; it is uploaded in the background.
 
-        Returns True once the snapshot is taken: later changes to the object or
-        file do not affect what is stored. With ``wait_on_upload=True``, returns
-        only when the artifact is committed in storage.
+        Returns True once the snapshot and its record are in the spool: later changes
+        to the object or file do not affect what is stored, and the process may be
+        killed. With ``wait_on_upload=True``, returns only when the artifact is
+        committed in storage.
+
+        :raises SerializationError: the object cannot be stored as asked.
+        :raises SpoolFull: no room in the spool (nothing was stored).
         """
         from artisync.protocol.formats import snapshot
 
         name = checked_name(name)
         meta = checked_metadata(metadata)
         session = Session.get()
-        spool = session.spool
         session.reserve_space(artifact_object, f"artifact {name!r}")  # may raise SpoolFull
-        snap = snapshot(
-            artifact_object,
-            spool,
-            auto_pickle=auto_pickle,
-            extension_name=extension_name,
-            serialization_function=serialization_function,
-            preview=preview,
-        )
         delete_after = delete_spec(artifact_object) if delete_after_upload else None
-        self._enqueue(session, name, snap, meta, delete_after)
+
+        def capture(spool: Any, record_id: str) -> Any:
+            return snapshot(
+                artifact_object,
+                spool,
+                record_id,
+                auto_pickle=auto_pickle,
+                extension_name=extension_name,
+                serialization_function=serialization_function,
+                preview=preview,
+            )
+
+        self._store(session, name, capture, meta, delete_after)
         if wait_on_upload:
             self.flush(wait_for_uploads=True)
         return True
 
-    def _enqueue(
+    def _store(
         self,
         session: Session,
         name: str,
-        snap: Any,
+        capture: Callable[[Any, str], Any],
         meta: dict[str, Any] | None,
         delete_after: dict[str, Any] | None,
     ) -> Artifact:
-        art = store_version(session, self.id, self.output_uri, name, snap, meta, delete_after)
+        art = store_version(session, self.id, self.output_uri, name, capture, meta, delete_after)
         with self._lock:
             self._artifacts[name] = art
         return art
@@ -260,8 +267,8 @@ class Task:
 
         session = Session.get()
         session.reserve_space(item.obj, f"artifact {item.name!r}")  # may raise SpoolFull
-        snap = snapshot(item.obj, session.spool)
-        self._enqueue(session, item.name, snap, item.metadata, None)
+        obj = item.obj
+        self._store(session, item.name, lambda sp, rid: snapshot(obj, sp, rid), item.metadata, None)
 
     def unregister_artifact(self, name: str) -> None:
         self._tracker_instance().remove(self.id, name)
@@ -285,17 +292,17 @@ class Task:
 
     # -- flush, close, status ----------------------------------------------------------------------
     def flush(self, wait_for_uploads: bool = False, timeout: float | None = None) -> bool:
-        """Wait until every artifact so far is in the spool and acknowledged; with
-        ``wait_for_uploads``, until it is committed in storage.
+        """Every artifact so far is in the spool already; this asks the daemon to journal
+        them now (durable even against a power loss). With ``wait_for_uploads``, waits
+        until they are committed in storage.
 
-        :raises UploadTimeout: not done within ``timeout`` (default: the ``wait_timeout``
-            setting, 300 s), e.g. because no daemon is running.
+        :raises UploadTimeout: not committed within ``timeout`` (default: the
+            ``wait_timeout`` setting, 300 s), e.g. because no daemon is running.
         :raises UploadFailed: a record failed permanently.
         """
         session = Session.get()
-        if not session.drain(timeout):
-            raise UploadTimeout(f"artifacts not yet written to the spool after {timeout} s")
         if not wait_for_uploads:
+            session.ingest(timeout)
             return True
         session.wait_committed(self.id, timeout)
         return True
@@ -315,14 +322,13 @@ class Task:
                 task_event(cast(TaskRecord, self._record), status=status, event=event)
             )
             rec = dict(self._record)
-        session.run(lambda: session.submit(rec))
+        session.store(rec)
 
     def close(self, timeout: float | None = None) -> None:
         """Store the final state of tracked artifacts, mark the task completed, and
-        return once all of it is in the spool and acknowledged (never waits on the network;
-        ``timeout`` bounds the wait for the spool, as on SIGTERM)."""
-        if os.getpid() != self._pid:  # a forked child: write out its own reports, no more
-            Session.get().drain(timeout)
+        return once all of it is in the spool (never waits on the network; ``timeout``
+        bounds the wait for the daemon to journal it, as on SIGTERM)."""
+        if os.getpid() != self._pid:  # a forked child: its reports are in the spool already
             return
         with self._lock:
             if self._closed:
@@ -331,8 +337,7 @@ class Task:
         self._final_tracked()
         if self.status == "in_progress":
             self._set_status("completed", "closed")
-        if not Session.get().drain(timeout):
-            log.error("artisync: task %s: reports still queued after %s s", self.id, timeout)
+        Session.get().ingest(min(timeout, 2.0) if timeout is not None else 2.0)
         with Task._class_lock:
             if Task._current is self:
                 Task._current = None

@@ -1,19 +1,25 @@
-"""One artifact version: its record, its payload written into the spool on the
-writer thread, and the :class:`Artifact` the caller sees meanwhile."""
+"""One artifact version: its raw snapshot and its record, written into the spool
+on the caller's thread, and the :class:`Artifact` the caller sees meanwhile."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import getpass
 import os
 import socket
-from typing import Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
-from artisync.protocol import ArtifactRecord, Origin, new_artifact_record
+from artisync.protocol import ArtifactRecord, Origin, Spool, new_artifact_record, new_id
 
 from ._artifact import Artifact
 from ._lookup import locator
+from ._quota import SpoolFull
 from ._session import Session
+
+if TYPE_CHECKING:
+    from artisync.protocol.formats import Captured
 
 _HOST = socket.gethostname()
 
@@ -36,36 +42,57 @@ def store_version(
     task_id: str,
     destination_uri: str,
     name: str,
-    snap: Any,
+    capture: Callable[[Spool, str], Captured],
     metadata: dict[str, Any] | None,
     delete_after: dict[str, Any] | None,
 ) -> Artifact:
-    """Queue ``snap`` for the spool and its record for the daemon; return at once."""
+    """Write the raw snapshot (``capture(spool, record_id)``) and then its record into
+    the spool; return once both are there. Nothing is left behind if either fails.
+
+    :raises SerializationError: the object cannot be stored as asked.
+    :raises SpoolFull: the spool's disk is full.
+    """
+    spool = session.spool
+    record_id = new_id()
+    try:
+        cap = capture(spool, record_id)
+    except OSError as exc:
+        raise _refused(exc) from exc
     record: ArtifactRecord = new_artifact_record(
+        record_id=record_id,
         task_id=task_id,
         dest=destination_uri,
         name=name,
-        type=snap.type,
-        format=snap.format,
-        extension=snap.extension,
+        type=cap.type,
+        format=cap.format,
+        extension=cap.extension,
         metadata=metadata,
         delete_after=delete_after,
         origin=origin(),
     )
-    spool = session.spool
-
-    def store() -> ArtifactRecord:
-        record["preview"] = snap.preview  # may format a copy's head: not on the caller
-        payload = snap.write(spool)
-        record["sha256"], record["size"] = payload.sha256, payload.size
-        record["blobs"] = [[s, n] for s, n in payload.blobs]
-        session.submit(dict(record))
-        return record
-
-    job = session.run(store)
+    record["raw"] = cap.raw
+    if cap.preview is not None:
+        record["preview"] = cap.preview
+    try:
+        session.store(cast(dict[str, Any], record))
+    except BaseException as exc:
+        spool.raw_path(record_id).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _refused(exc) from exc
+        raise
     return Artifact(
-        cast(dict[str, Any], record),  # the same dict: store() completes it
+        cast(dict[str, Any], record),
         locator(session.settings, destination_uri, spool),
-        pending=job,
+        spool=spool,
+        resolve=session.resolve,
         allow_pickle=session.settings.allow_pickle,
     )
+
+
+def _refused(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFull(
+            f"artifact NOT stored: the spool's disk is full ({exc}); free space "
+            "(or set spool_limit) and report it again"
+        )
+    return exc

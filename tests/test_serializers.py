@@ -1,4 +1,5 @@
-"""Artifact formats: snapshot -> write -> load, on real files in a real spool."""
+"""Artifact formats: snapshot (raw, the caller's part) -> encode (the daemon's part)
+-> load, on real files in a real spool."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artisync.protocol import ArtisyncError, IntegrityError, Spool, hash_file
+from artisync.protocol import RAW_CODECS, ArtisyncError, IntegrityError, Spool, hash_file, new_id
+from artisync.protocol import formats as fmts
 from artisync.protocol.formats import (
+    Captured,
     SerializationError,
-    Snapshot,
     StoredPayload,
     UnpicklingRefused,
     dataframe,
     load,
+    load_raw,
     materialize_tree,
-    snapshot,
 )
 
 
@@ -40,9 +42,51 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
     sp = Spool(tmp_path / "spool").ensure()
     yield sp
     assert list(sp.tmp.iterdir()) == [], "temp files left behind"
+    assert list(sp.raw.iterdir()) == [], "raw snapshots left behind"
 
 
-def write(snap: Snapshot, spool: Spool) -> StoredPayload:
+class Shot:
+    """A capture and the record the SDK would send; ``write`` does the daemon's part."""
+
+    def __init__(self, cap: Captured, record_id: str, spool: Spool) -> None:
+        self.cap, self.spool = cap, spool
+        self.type, self.format, self.extension = cap.type, cap.format, cap.extension
+        self.filename = cap.filename
+        self.record: dict[str, Any] = {
+            "record_id": record_id,
+            "type": cap.type,
+            "format": cap.format,
+            "raw": cap.raw,
+            "preview": cap.preview,
+        }
+        self.made_preview: str | None = None
+
+    @property
+    def raw_path(self) -> Path:
+        return self.spool.raw_path(self.record["record_id"])
+
+    @property
+    def preview(self) -> str:
+        if self.cap.preview is not None:
+            return self.cap.preview
+        assert self.made_preview is not None, "the daemon makes this preview: write() first"
+        return self.made_preview
+
+    def write(self, spool: Spool) -> StoredPayload:
+        payload, self.made_preview = fmts.encode(spool, self.record)
+        self.discard()  # as the daemon does once the record is journaled
+        return payload
+
+    def discard(self) -> None:
+        self.raw_path.unlink(missing_ok=True)
+
+
+def snapshot(obj: Any, spool: Spool, **kw: Any) -> Shot:
+    rid = new_id()
+    return Shot(fmts.snapshot(obj, spool, rid, **kw), rid, spool)
+
+
+def write(snap: Shot, spool: Spool) -> StoredPayload:
     payload = snap.write(spool)
     for sha, size in payload.blobs:
         assert hash_file(spool.blob_path(sha)) == (sha, size)
@@ -51,7 +95,7 @@ def write(snap: Snapshot, spool: Spool) -> StoredPayload:
 
 def roundtrip(
     obj: Any, spool: Spool, *, allow_pickle: bool = False, **kw: Any
-) -> tuple[Snapshot, StoredPayload, Any]:
+) -> tuple[Shot, StoredPayload, Any]:
     snap = snapshot(obj, spool, **kw)
     payload = write(snap, spool)
     assert payload.blobs == [(payload.sha256, payload.size)]
@@ -211,7 +255,7 @@ def test_same_dataframe_twice_dedups_to_one_sha(spool: Spool, ext: str | None) -
 def test_dataframe_preview_has_shape_and_head(spool: Spool) -> None:
     df = pd.DataFrame({"alpha": range(1000), "beta": range(1000)})
     snap = snapshot(df, spool)
-    snap.discard()
+    write(snap, spool)
     assert snap.preview.startswith("DataFrame 1000 rows x 2 columns")
     assert "alpha" in snap.preview and "beta" in snap.preview
     assert len(snap.preview.splitlines()) == 7  # title, header, 5 rows
@@ -221,7 +265,7 @@ def test_dataframe_preview_made_after_write_shows_the_snapshot(spool: Spool) -> 
     df = pd.DataFrame({"alpha": range(10)})
     snap = snapshot(df, spool)
     df["alpha"] = -1
-    write(snap, spool)  # the preview may be made on the writer thread, after the payload
+    write(snap, spool)  # the preview is made by the daemon, from the raw snapshot
     assert snap.preview.splitlines()[2].split() == ["0", "0"]
 
 
@@ -305,7 +349,7 @@ def test_numpy_object_array_is_pickled(spool: Spool) -> None:
 
 def test_numpy_preview_has_shape_and_dtype(spool: Spool) -> None:
     snap = snapshot(np.zeros((1000, 1000), dtype=np.float32), spool)
-    snap.discard()
+    write(snap, spool)
     assert "shape=(1000, 1000)" in snap.preview and "float32" in snap.preview
     assert len(snap.preview) < 2000
 
@@ -652,12 +696,10 @@ def test_folder_preview_counts_files_and_bytes(spool: Spool, tmp_path: Path) -> 
 
 
 def test_folder_of_small_and_large_files_stores_the_snapshot(spool: Spool, tmp_path: Path) -> None:
-    """Small files travel through one pack temp file, large ones through their own."""
-    from artisync.protocol.formats.trees import PACK_MAX
-
+    """Every file travels through the one raw pack, whatever its size."""
     src = tmp_path / "mixed"
     (src / "sub").mkdir(parents=True)
-    big = os.urandom(PACK_MAX + 123)
+    big = os.urandom(3 * 1024 * 1024 + 123)  # more than a copy chunk
     (src / "big.bin").write_bytes(big)
     (src / "sub" / "big-again.bin").write_bytes(big)  # same content: one blob
     (src / "empty").write_bytes(b"")
@@ -786,45 +828,79 @@ def test_load_refuses_trees_and_unknown_formats(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- lifecycle and temps
 
 
-@pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "dict"])
-def test_discard_frees_temps_and_write_then_refuses(
-    spool: Spool, tmp_path: Path, kind: str
-) -> None:
-    src = make_folder(tmp_path / "d")
-    obj = {"file": src / "a.txt", "folder": src, "dataframe": make_df(), "dict": {"a": 1}}[kind]
-    snap = snapshot(obj, spool)
-    if kind in ("file", "folder"):
-        assert list(spool.tmp.iterdir())  # copied at snapshot time
-    snap.discard()
-    assert list(spool.tmp.iterdir()) == []
-    snap.discard()  # idempotent
-    with pytest.raises(RuntimeError, match="discarded"):
-        snap.write(spool)
+OBJECT_KINDS = ["file", "folder", "dataframe", "array", "image", "dict", "bytes"]
 
 
-def test_write_twice_is_refused(spool: Spool) -> None:
-    snap = snapshot([1, 2], spool)
-    write(snap, spool)
-    with pytest.raises(RuntimeError, match="written"):
-        snap.write(spool)
-    snap.discard()  # no-op after write
-
-
-@pytest.mark.parametrize("kind", ["file", "folder", "dataframe", "image", "dict"])
-def test_failed_write_leaves_no_temp_files(spool: Spool, tmp_path: Path, kind: str) -> None:
-    src = make_folder(tmp_path / "d")
-    obj = {
+def sample(kind: str, src: Path) -> Any:
+    return {
         "file": src / "a.txt",
         "folder": src,
         "dataframe": make_df(),
+        "array": np.arange(12.0).reshape(3, 4),
         "image": make_image(),
         "dict": {"a": 1},
+        "bytes": b"\x00\x01",
     }[kind]
+
+
+@pytest.mark.parametrize("kind", OBJECT_KINDS)
+def test_snapshot_writes_one_raw_file_and_nothing_else(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
+    snap = snapshot(sample(kind, make_folder(tmp_path / "d")), spool)
+    assert [p.name for p in spool.raw.iterdir()] == [snap.record["record_id"]]
+    assert snap.raw_path.stat().st_size == snap.record["raw"]["size"]
+    assert snap.record["raw"]["codec"] in RAW_CODECS
+    assert list(spool.blobs.iterdir()) == [] and list(spool.tmp.iterdir()) == []
+    snap.discard()
+
+
+@pytest.mark.parametrize("kind", OBJECT_KINDS)
+def test_raw_snapshot_reads_back_as_the_stored_form_does(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
+    obj = sample(kind, make_folder(tmp_path / "d"))
     snap = snapshot(obj, spool)
+    if kind in ("file", "folder"):
+        snap.discard()
+        return  # read back as paths: see test_sdk (get() before the daemon encoded it)
+    before = load_raw(snap.record, snap.raw_path)
+    payload = write(snap, spool)
+    after = load(snap.type, snap.format, spool.blob_path(payload.sha256))
+    if kind == "dataframe":
+        pd.testing.assert_frame_equal(before, after)
+    elif kind == "array":
+        np.testing.assert_array_equal(before, after)
+    elif kind == "image":
+        assert before.tobytes() == after.tobytes() and before.mode == after.mode
+    else:
+        assert before == after
+
+
+def test_codecs_are_the_protocols() -> None:
+    assert set(RAW_CODECS) == {"stored", *fmts.CODECS}
+
+
+def test_a_raw_snapshot_that_is_not_what_its_record_says_is_refused(spool: Spool) -> None:
+    snap = snapshot(make_df(), spool)
+    snap.raw_path.write_bytes(b"not arrow at all")
+    with pytest.raises(SerializationError, match="not an Arrow IPC file"):
+        fmts.encode(spool, snap.record)
+    snap.discard()
+    assert list(spool.blobs.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", OBJECT_KINDS)
+def test_failed_encode_leaves_no_temp_files_and_keeps_the_raw(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
+    snap = snapshot(sample(kind, make_folder(tmp_path / "d")), spool)
     spool.blobs.rename(tmp_path / "blobs-away")  # commit cannot rename into blobs/
     with pytest.raises(OSError):
-        snap.write(spool)
+        fmts.encode(spool, snap.record)
     assert list(spool.tmp.iterdir()) == []
+    assert snap.raw_path.exists()  # encoded again later
+    snap.discard()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux procfs")

@@ -1,15 +1,20 @@
-"""artisync.protocol.formats: snapshot an object now, write its payload later, read it back.
+"""artisync.protocol.formats: a raw snapshot now, the stored form later, and back.
 
-``snapshot()`` runs on the training loop's thread. It captures the object so
-that later mutation cannot change what is stored (a deep copy, or the
-serialized bytes when serializing is about as cheap as copying, or a kernel
-copy of a file into the spool) and returns a ``Snapshot`` whose ``write()``
-runs in a background thread: it serializes into a spool temp file and commits
-it under its content address. ``load()`` is the inverse, from the local path
-of the main blob; folders and wildcards are read with ``materialize_tree()``.
+``snapshot()`` runs on the training loop's thread. It writes the cheapest
+snapshot that later mutation cannot change into the spool's ``raw/`` (Arrow
+IPC for a DataFrame, an .npy for an array, the pixels of an image, a kernel
+copy of a file or folder, or the stored bytes themselves when making them
+costs no more than a copy: JSON, text, bytes, pickles) and returns a
+``Captured`` for the record. ``encode()`` runs in the daemon, in another
+process: the raw snapshot's codec writes the stored form (parquet, npz,
+png...), hashing it as it goes, and commits it under its content address.
+``load()`` reads a stored payload from the local path of its main blob;
+``load_raw()`` reads a raw snapshot not yet encoded; folders and wildcards
+are read with ``materialize_tree()`` (stored) or ``materialize_pack()`` (raw).
 
-One module per artifact format, each with its ``snapshot``, its writer, its
-preview, its ``load`` and a ``FORMAT`` entry in ``FORMATS`` below
+One module per artifact format, each with its ``snapshot``, its codec (when
+the daemon has encoding to do), its preview, its ``load`` and a ``FORMAT``
+entry in ``FORMATS`` below
 (``extension_name`` picks the stored form; the first listed is the default):
 
 =============  ===========================================================
@@ -41,16 +46,19 @@ from artisync.protocol import Spool
 from . import array, binary, dataframe, files, image, text, trees
 from ._base import (
     PREVIEW_MAX,
+    Captured,
+    Codec,
     Format,
     PickleInstead,
     Request,
     SerializationError,
-    Snapshot,
     StoredPayload,
     UnpicklingRefused,
+    commit_raw,
+    single_blob,
 )
 from ._paths import is_pathlike, resolve_path
-from .trees import materialize_tree
+from .trees import materialize_pack, materialize_tree
 
 # Asked in order: the first whose snapshot() takes the object stores it, the first
 # whose loads() accepts a record reads it. binary stays last: it reads any type's
@@ -69,25 +77,28 @@ FORMATS: tuple[Format, ...] = (
 def snapshot(
     obj: Any,
     spool: Spool,
+    record_id: str,
     *,
     auto_pickle: bool = True,
     extension_name: str | None = None,
     serialization_function: Callable[[Any], bytes] | None = None,
     preview: Any = None,
-) -> Snapshot:
-    """Capture ``obj`` now (cheaply); its payload is written later by ``Snapshot.write``.
+) -> Captured:
+    """Write the raw snapshot of ``obj`` to ``spool.raw_path(record_id)`` now.
+
+    Nothing is left behind when this raises.
 
     :raises SerializationError: the object cannot be stored as asked (missing path,
         unsupported extension, not serializable and ``auto_pickle`` is off, ...).
     """
     ext = _norm_ext(extension_name)
     pv = None if preview is None else str(preview)[:PREVIEW_MAX]
-    if serialization_function is not None:
-        return binary.snapshot_custom(obj, serialization_function, ext, pv)
-    if ext == ".pkl":
-        return binary.snapshot_pickle(obj, ".pkl", pv)
     target = resolve_path(obj) if isinstance(obj, str) or is_pathlike(obj) else None
-    req = Request(spool, ext, auto_pickle, pv, target)
+    req = Request(spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target)
+    if serialization_function is not None:
+        return binary.snapshot_custom(obj, serialization_function, req)
+    if ext == ".pkl":
+        return binary.snapshot_pickle(obj, ".pkl", req)
     try:
         for fmt in FORMATS:
             snap = fmt.snapshot(obj, req)
@@ -106,6 +117,40 @@ def _norm_ext(ext: str | None) -> str | None:
         raise SerializationError(f"extension_name must be a string like '.json', not {ext!r}")
     ext = ext.strip().lower()
     return ext if ext.startswith(".") else "." + ext
+
+
+# Raw snapshots the daemon encodes; "stored" ones are the stored form already.
+CODECS: dict[str, Codec] = {
+    c.name: c for c in (dataframe.CODEC, array.CODEC, image.CODEC, trees.CODEC)
+}
+RAW_CODECS = ("stored", *CODECS)
+
+
+def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | None]:
+    """The daemon's step: turn the record's raw snapshot into its stored form, committed
+    in ``spool.blobs``; returns the payload and, when the record has none, a preview.
+    The raw snapshot is left in place (the daemon removes it once the record is journaled).
+
+    :raises SerializationError: the raw snapshot is not what its record says.
+    :raises OSError: the spool cannot be read or written (e.g. its disk is full).
+    """
+    raw = spool.raw_path(record["record_id"])
+    codec = record["raw"]["codec"]
+    if codec == "stored":
+        return single_blob(*commit_raw(spool, raw)), None
+    if codec not in CODECS:
+        raise SerializationError(f"unknown raw codec {codec!r}")
+    return CODECS[codec].encode(spool, record, raw)
+
+
+def load_raw(record: dict[str, Any], raw: Path, *, allow_pickle: bool = False) -> Any:
+    """Read an artifact back from its raw snapshot (before the daemon encoded it)."""
+    codec = record["raw"]["codec"]
+    if codec == "stored":
+        return load(record["type"], record["format"], raw, allow_pickle=allow_pickle)
+    if codec not in CODECS:
+        raise SerializationError(f"unknown raw codec {codec!r}")
+    return CODECS[codec].load(record, raw, allow_pickle)
 
 
 def load(
@@ -136,14 +181,19 @@ def load(
 
 
 __all__ = [
+    "CODECS",
     "FORMATS",
     "PREVIEW_MAX",
+    "RAW_CODECS",
+    "Captured",
     "Format",
     "SerializationError",
-    "Snapshot",
     "StoredPayload",
     "UnpicklingRefused",
+    "encode",
     "load",
+    "load_raw",
+    "materialize_pack",
     "materialize_tree",
     "snapshot",
 ]

@@ -1,27 +1,30 @@
-"""What every format module shares: the snapshot, the stored payload, the errors,
-the registry entry, and the helpers that write a payload into the spool.
+"""What every format module shares: the capture, the stored payload, the errors,
+the registry entries, and the helpers that write raw snapshots and stored blobs.
 
-A format module's ``snapshot(obj, req)`` runs on the caller's thread and returns
-a :class:`Snapshot` (or None: not an object of this format); the snapshot's
-``write(spool)`` runs later, in a background thread, and commits the payload
-under its content address. ``load(type, format, path, allow_pickle)`` is the
-inverse, from the local path of the main blob.
+A format module's ``snapshot(obj, req)`` runs on the caller's thread: it writes
+the cheapest raw snapshot it can into ``req.raw`` (Arrow IPC, an .npy, pixels,
+the file itself, or the stored bytes when making them costs no more than a copy)
+and returns a :class:`Captured` (or None: not an object of this format). Its
+codec's ``encode`` runs later, in the daemon, and commits the stored form under
+its content address; the codec's ``load`` reads the raw snapshot back meanwhile.
+``load(type, format, path, allow_pickle)`` reads the stored form.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import importlib
 import io
+import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
-from artisync.protocol import ArtisyncError, Spool
+from artisync.protocol import ArtisyncError, Spool, fsync_dir, hash_file
 
 PREVIEW_MAX = 2000
 
@@ -41,95 +44,31 @@ class StoredPayload:
     blobs: list[tuple[str, int]]  # every blob the record needs uploaded, main included
 
 
-Preview = str | Callable[[], str]  # the text, or how to make it from the captured copy
+@dataclass
+class Captured:
+    """What ``snapshot`` wrote into the raw file, and what its record says of it."""
 
-
-class Snapshot:
-    """A captured artifact; call exactly one of ``write(spool)`` or ``discard()``.
-
-    ``preview`` is made on first access when it needs formatting (a DataFrame's
-    head, an array's corners), from the captured copy: read first on the writer
-    thread, it costs the caller nothing.
-    """
-
-    def __init__(
-        self,
-        type: str,
-        format: str,
-        extension: str,
-        preview: Preview,
-        write: Callable[[Spool], StoredPayload],
-        discard: Callable[[], None],
-        filename: str | None = None,
-    ) -> None:
-        self.type = type
-        self.format = format
-        self.extension = extension
-        self._preview = preview
-        self._preview_lock = threading.Lock()
-        self.write = write
-        self.discard = discard
-        self.filename = filename  # original file or folder name, for path artifacts
-
-    @property
-    def preview(self) -> str:
-        with self._preview_lock:
-            if not isinstance(self._preview, str):
-                try:
-                    self._preview = self._preview()[:PREVIEW_MAX]
-                except Exception:  # a preview must never fail the upload
-                    self._preview = f"{self.type} ({self.format})"
-            return self._preview
+    type: str
+    format: str
+    extension: str
+    raw: dict[str, Any]  # the record's ``raw``: codec, size, and what the codec needs
+    preview: str | None  # None: the daemon makes it from the raw snapshot
+    filename: str | None = None  # original file or folder name, for path artifacts
 
     def __repr__(self) -> str:
-        return f"<Snapshot {self.type} {self.format} {self.extension!r}>"
+        return f"<Captured {self.type} {self.format} {self.raw['codec']}>"
 
 
-class _Once:
-    """Runs the writer at most once; temp files never outlive write() or discard()."""
+@dataclass(frozen=True)
+class Codec:
+    """How the daemon turns one kind of raw snapshot into the stored form."""
 
-    def __init__(self, fn: Callable[[Spool], StoredPayload], temps: list[Path]) -> None:
-        self._fn: Callable[[Spool], StoredPayload] | None = fn
-        self._temps = temps
-        self._state = "ready"
-        self._lock = threading.Lock()
-
-    def write(self, spool: Spool) -> StoredPayload:
-        with self._lock:
-            if self._state != "ready" or self._fn is None:
-                raise RuntimeError(f"snapshot already {self._state}")
-            fn, self._fn, self._state = self._fn, None, "written"
-        try:
-            return fn(spool)
-        finally:
-            self._cleanup()  # committed temps were renamed away; the rest go
-
-    def discard(self) -> None:
-        with self._lock:
-            if self._state != "ready":
-                return
-            self._fn, self._state = None, "discarded"
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        for tmp in self._temps:
-            tmp.unlink(missing_ok=True)
-        self._temps = []
-
-
-def make_snapshot(
-    type_: str,
-    format_: str,
-    extension: str,
-    preview: Preview,
-    fn: Callable[[Spool], StoredPayload],
-    temps: list[Path] | None = None,
-    filename: str | None = None,
-) -> Snapshot:
-    once = _Once(fn, temps or [])
-    if isinstance(preview, str):
-        preview = preview[:PREVIEW_MAX]
-    return Snapshot(type_, format_, extension, preview, once.write, once.discard, filename)
+    name: str
+    # (spool, record, raw path) -> the payload, committed in blobs/, and the preview
+    # when the capture left it to the daemon
+    encode: Callable[[Spool, dict[str, Any], Path], tuple[StoredPayload, str | None]]
+    # (record, raw path, allow_pickle) -> the object, read from the raw snapshot
+    load: Callable[[dict[str, Any], Path, bool], Any]
 
 
 # ------------------------------------------------------------------------ the registry
@@ -145,13 +84,19 @@ class PathTarget(NamedTuple):
 
 @dataclass(frozen=True)
 class Request:
-    """How the caller asked for an object to be stored."""
+    """How the caller asked for an object to be stored, and where its raw snapshot goes."""
 
-    spool: Spool
+    raw: Path  # the raw snapshot file to create
+    mode: int  # its permission bits
     ext: str | None  # extension_name, normalised (".csv.gz"), or None
     auto_pickle: bool
     preview: str | None  # the caller's own preview, cut to PREVIEW_MAX
     path: PathTarget | None = None  # for a str or path-like object that names a path
+
+    def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
+        """The stored form itself as the raw snapshot (made as cheaply as a copy)."""
+        size = write_raw_bytes(self.raw, data, self.mode)
+        return Captured(type_, format_, ext, {"codec": "stored", "size": size}, preview)
 
 
 @dataclass(frozen=True)
@@ -159,8 +104,9 @@ class Format:
     """A format module's registry entry."""
 
     name: str
-    # the object's Snapshot, or None when ``obj`` is not this format's to store
-    snapshot: Callable[[Any, Request], Snapshot | None]
+    # the object's capture (its raw snapshot written), or None when ``obj`` is not
+    # this format's to store
+    snapshot: Callable[[Any, Request], Captured | None]
     # does ``load`` read records of this (type, format)?
     loads: Callable[[str, str], bool]
     # (type, format, path of the main blob, allow_pickle) -> the object
@@ -180,38 +126,115 @@ class PickleInstead(Exception):  # a signal to the registry, not an error
 # ---------------------------------------------------------------------------- helpers
 
 
+def cut_preview(preview: str | None) -> str | None:
+    return None if preview is None else preview[:PREVIEW_MAX]
+
+
+def write_raw(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o600) -> int:
+    """Create ``path`` (never an existing file), fill it with ``write``, return its size.
+
+    No fsync: the caller is the training loop, and the page cache survives its
+    process being killed; the daemon syncs what it encodes before anything is deleted.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            return os.fstat(f.fileno()).st_size
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def write_raw_bytes(path: Path, data: bytes, mode: int = 0o600) -> int:
+    return write_raw(path, lambda f: f.write(data), mode)
+
+
+class HashingFile(io.RawIOBase):
+    """A write-only file that hashes what passes through, so that encoding and hashing
+    are one pass. A writer that seeks (zip, TIFF) makes the hash be taken afterwards."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.sought = False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = memoryview(b).cast("B")
+        self._f.write(data)
+        if not self.sought:
+            self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self._f.seek(offset, whence)
+        if pos != self.size:
+            self.sought = True
+        return pos
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def encode_to_blob(spool: Spool, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
+    """Write a stored form into a spool temp file through ``write`` (hashed on the way),
+    then fsync it and commit it under its SHA-256. Returns (sha256, size)."""
+    f, tmp = spool.open_temp()
+    try:
+        with f:
+            hashing = HashingFile(f)
+            write(hashing)  # type: ignore[arg-type]  # a RawIOBase is a binary file
+            f.flush()
+        if hashing.sought:
+            sha, size = hash_file(tmp)
+        else:
+            sha, size = hashing.sha.hexdigest(), hashing.size
+        return spool.commit_temp(tmp, sha)[0], size
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
+    """A raw snapshot that is already the stored form: hash it, fsync it, and link it
+    into ``blobs/`` (a hard link, no copy; the raw name goes once the record is
+    journaled). A blob with that hash already there is a free dedup."""
+    sha, size = hash_file(raw)
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    target = spool.blob_path(sha)
+    try:
+        os.link(raw, target)
+    except FileExistsError:
+        os.utime(target)  # refreshed, should housekeeping be about to collect it
+    fsync_dir(spool.blobs)
+    return sha, size
+
+
 def single_blob(sha: str, size: int) -> StoredPayload:
     return StoredPayload(sha, size, [(sha, size)])
 
 
-def bytes_writer(data: bytes) -> Callable[[Spool], StoredPayload]:
-    return lambda spool: single_blob(*spool.write_blob_bytes(data))
-
-
-def file_writer(
-    obj: Any, serialize: Callable[[Any, Path], None]
-) -> Callable[[Spool], StoredPayload]:
-    """Serialize ``obj`` into a spool temp path, then commit it (hash, fsync, rename)."""
-    holder = [obj]
-
-    def write(spool: Spool) -> StoredPayload:
-        f, tmp = spool.open_temp()
-        f.close()
-        try:
-            serialize(holder.pop(), tmp)
-            return single_blob(*spool.commit_temp(tmp))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    return write
-
-
 @contextlib.contextmanager
-def gzip_text_writer(path: Path) -> Iterator[io.TextIOWrapper]:
+def gzip_text_writer(raw: BinaryIO) -> Iterator[io.TextIOWrapper]:
     # mtime=0 and no file name in the header: same content, same bytes, same sha256
     with (
-        open(path, "wb") as raw,
         gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
         io.TextIOWrapper(gz, encoding="utf-8", newline="") as text,
     ):

@@ -91,6 +91,11 @@ def resolve_path(obj: Any) -> PathTarget | None:
     return PathTarget("folder" if stat.S_ISDIR(st.st_mode) else "special", text, path)
 
 
+def spool_full(exc: OSError) -> bool:
+    """Did a copy into the spool fail because the spool's disk (or quota) is full?"""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def copy_fd(fd: int, size: int, out_fd: int) -> int:
     """Copy an open file (``size`` bytes when opened) to the end of ``out_fd``, kernel-side
     where possible; returns the bytes copied. Raw descriptors: for a 64 KiB file,

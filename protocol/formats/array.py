@@ -1,38 +1,44 @@
 """numpy arrays: .npz (one array, key ``array``), or .csv.gz (1-D/2-D numeric).
 
-Output is deterministic (npz with fixed zip timestamps, gzip with mtime 0 and
-no name), so the same array uploaded twice is one blob. Object arrays and
+The caller pays for an .npy file only (``np.save``: header and bytes); the
+daemon's ``npy`` codec maps it and encodes it in chunks. Output is
+deterministic (npz with fixed zip timestamps, gzip with mtime 0 and no name),
+so the same array uploaded twice is one blob. Object arrays and
 ndarray subclasses (masked arrays, ...) carry state .npz would drop: they are
 pickled when ``auto_pickle``. numpy is imported only once an array is seen or read.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from artisync.protocol import Spool
 
 from ._base import (
+    Captured,
+    Codec,
     Format,
     PickleInstead,
-    Preview,
     Request,
     SerializationError,
-    Snapshot,
-    file_writer,
+    StoredPayload,
+    cut_preview,
+    encode_to_blob,
     gzip_text_writer,
     is_instance_from,
-    make_snapshot,
     pick,
+    single_blob,
+    write_raw,
 )
 
 NPZ_KEY = "array"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same array, same bytes
 
 
-def snapshot(arr: Any, req: Request) -> Snapshot | None:
+def snapshot(arr: Any, req: Request) -> Captured | None:
     if not is_instance_from(arr, "numpy", "numpy", "ndarray"):
         return None
     import numpy as np
@@ -45,10 +51,10 @@ def snapshot(arr: Any, req: Request) -> Snapshot | None:
             f".csv.gz holds 1-D or 2-D bool/int/float arrays, not {arr.ndim}-D {arr.dtype}; "
             "use .npz"
         )
-    copy = np.array(arr, copy=True)
-    preview: Preview = functools.partial(_preview, copy) if req.preview is None else req.preview
-    writer = _write_npz if fmt == "npz" else _write_csv_gz
-    return make_snapshot("numpy", fmt, "." + fmt, preview, file_writer(copy, writer))
+    size = write_raw(
+        req.raw, lambda f: np.lib.format.write_array(f, arr, allow_pickle=False), req.mode
+    )
+    return Captured("numpy", fmt, "." + fmt, {"codec": "npy", "size": size}, req.preview)
 
 
 def _preview(arr: Any) -> str:
@@ -58,24 +64,52 @@ def _preview(arr: Any) -> str:
     return f"ndarray shape={arr.shape} dtype={arr.dtype}\n{body}"
 
 
-def _write_npz(arr: Any, path: Path) -> None:
+def _open_npy(raw: Path) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(raw, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise SerializationError(f"raw snapshot {raw.name} is not an .npy file: {exc}") from exc
+
+
+def _encode_npy(spool: Spool, rec: dict[str, Any], raw: Path) -> tuple[StoredPayload, str | None]:
+    arr = _open_npy(raw)  # mapped: written out in chunks, never whole in memory
+    fmt = rec["format"]
+    if fmt not in ("npz", "csv.gz"):
+        raise SerializationError(f"the npy codec does not write {fmt!r}")
+    writer = _write_npz if fmt == "npz" else _write_csv_gz
+    payload = single_blob(*encode_to_blob(spool, lambda f: writer(arr, f)))
+    return payload, None if rec.get("preview") else cut_preview(_preview(arr))
+
+
+def _load_npy(rec: dict[str, Any], raw: Path, allow_pickle: bool) -> Any:
+    import numpy as np
+
+    return np.load(raw, allow_pickle=False)
+
+
+CODEC = Codec("npy", _encode_npy, _load_npy)
+
+
+def _write_npz(arr: Any, f: BinaryIO) -> None:
     import numpy as np
 
     info = zipfile.ZipInfo(NPZ_KEY + ".npy", date_time=_ZIP_EPOCH)
     info.compress_type = zipfile.ZIP_DEFLATED
     with (
-        zipfile.ZipFile(path, "w", allowZip64=True) as zf,
+        zipfile.ZipFile(f, "w", allowZip64=True) as zf,
         zf.open(info, "w", force_zip64=True) as out,
     ):
         np.lib.format.write_array(out, arr, allow_pickle=False)
 
 
-def _write_csv_gz(arr: Any, path: Path) -> None:
+def _write_csv_gz(arr: Any, raw: BinaryIO) -> None:
     import numpy as np
 
     fmt = "%.17g" if arr.dtype.kind == "f" else "%d"
     shape = ",".join(str(n) for n in arr.shape)
-    with gzip_text_writer(path) as f:
+    with gzip_text_writer(raw) as f:
         np.savetxt(
             f,
             arr.astype(np.uint8) if arr.dtype.kind == "b" else arr,

@@ -20,28 +20,24 @@ from typing import Any
 
 from ._base import (
     PREVIEW_MAX,
+    Captured,
     Format,
     PickleInstead,
     Request,
     SerializationError,
-    Snapshot,
-    bytes_writer,
     check_pickle,
-    make_snapshot,
 )
 
 
-def snapshot(obj: Any, req: Request) -> Snapshot | None:
+def snapshot(obj: Any, req: Request) -> Captured | None:
     if not isinstance(obj, bytes | bytearray | memoryview):
         return None
     data = bytes(obj)
     preview = req.preview or _bytes_preview(data)
-    return make_snapshot("bytes", "bytes", req.ext or ".bin", preview, bytes_writer(data))
+    return req.stored("bytes", "bytes", req.ext or ".bin", data, preview)
 
 
-def snapshot_custom(
-    obj: Any, fn: Callable[[Any], bytes], ext: str | None, pv: str | None
-) -> Snapshot:
+def snapshot_custom(obj: Any, fn: Callable[[Any], bytes], req: Request) -> Captured:
     """The bytes ``fn(obj)`` returns, stored as they are."""
     try:
         data = fn(obj)
@@ -52,18 +48,18 @@ def snapshot_custom(
             f"serialization_function must return bytes, not {type(data).__name__}"
         )
     data = bytes(data)
-    return make_snapshot("custom", "bytes", ext or "", pv or _safe_repr(obj), bytes_writer(data))
+    return req.stored("custom", "bytes", req.ext or "", data, req.preview or _safe_repr(obj))
 
 
-def snapshot_pickle(obj: Any, ext: str, pv: str | None) -> Snapshot:
+def snapshot_pickle(obj: Any, ext: str, req: Request) -> Captured:
     try:
         data = pickle.dumps(obj, protocol=5)
     except Exception as exc:
         raise SerializationError(f"cannot pickle {type(obj).__name__}: {exc}") from exc
-    return make_snapshot("pickle", "pickle", ext, pv or _safe_repr(obj), bytes_writer(data))
+    return req.stored("pickle", "pickle", ext, data, req.preview or _safe_repr(obj))
 
 
-def pickle_instead(obj: Any, instead: PickleInstead, req: Request) -> Snapshot:
+def pickle_instead(obj: Any, instead: PickleInstead, req: Request) -> Captured:
     """Pickle an object no format holds (``instead.why`` says which), if allowed."""
     ext = instead.ext
     if not req.auto_pickle:
@@ -76,7 +72,7 @@ def pickle_instead(obj: Any, instead: PickleInstead, req: Request) -> Snapshot:
             f"{type(obj).__name__} is stored as a pickle; extension_name={ext!r} is not "
             "allowed (allowed: .pkl, .pickle)"
         )
-    return snapshot_pickle(obj, ext or ".pkl", req.preview)
+    return snapshot_pickle(obj, ext or ".pkl", req)
 
 
 def _safe_repr(obj: Any) -> str:

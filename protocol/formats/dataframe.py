@@ -5,35 +5,49 @@ DataFrame      .parquet (if pyarrow is importable, else .csv.gz), .csv.gz,
                .csv, .feather, .pickle
 =============  ===========================================================
 
-Output is deterministic (parquet/feather from pyarrow, gzip with mtime 0 and
-no name), so the same content uploaded twice is one blob. A frame the default
-format cannot round-trip is pickled, as ClearML does. pandas and pyarrow are
-imported only once a DataFrame is seen (its class is from pandas, so pandas is
-loaded already) or read.
+The caller pays for an Arrow IPC file only (the frame's columns written as
+they are, no compression: memory speed); the daemon's ``arrow`` codec encodes
+it, streaming record batches (parquet row groups of up to ``_GROUP_ROWS``
+rows), so a frame of many GB never has to fit in the daemon's memory. CSV is
+made from the whole frame at once. Without pyarrow, and for pickles, the
+stored form is made by the caller. Output is deterministic (pyarrow's
+writers, gzip with mtime 0 and no name), so the same content uploaded twice
+is one blob. A frame the default format cannot round-trip is pickled, as
+ClearML does. pandas and pyarrow are imported only once a DataFrame is seen
+(its class is from pandas, so pandas is loaded already) or read.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from artisync.protocol import Spool
 
 from ._base import (
+    Captured,
+    Codec,
     Format,
-    Preview,
     Request,
     SerializationError,
-    Snapshot,
+    StoredPayload,
     check_pickle,
-    file_writer,
+    encode_to_blob,
     gzip_text_writer,
     is_instance_from,
-    make_snapshot,
     pick,
+    single_blob,
+    write_raw,
 )
+
+_BATCH_ROWS = 65_536  # rows per IPC record batch: feather's chunk size
+_GROUP_ROWS = 1_048_576  # rows per parquet row group at most: pyarrow's default
+_GROUP_BYTES = 128 * 1024 * 1024  # ... or this much column data, whichever comes first
 
 _PANDAS_FORMATS = {
     ".parquet": "parquet",
@@ -49,7 +63,7 @@ def _have_pyarrow() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def snapshot(df: Any, req: Request) -> Snapshot | None:
+def snapshot(df: Any, req: Request) -> Captured | None:
     if not is_instance_from(df, "pandas", "pandas", "DataFrame"):
         return None
     ext = req.ext
@@ -59,7 +73,7 @@ def snapshot(df: Any, req: Request) -> Snapshot | None:
         fmt = pick(ext, _PANDAS_FORMATS, "a pandas DataFrame")
     if fmt in ("parquet", "feather") and not _have_pyarrow():
         raise SerializationError(f".{fmt} needs pyarrow: pip install pyarrow (or use .csv.gz)")
-    # checked on the caller's frame, not the copy: its columns keep their cached hash table
+    # checked on the caller's frame, not a copy: its columns keep their cached hash table
     problem = _pandas_problem(df, fmt)
     if problem and ext is not None:
         raise SerializationError(
@@ -72,26 +86,117 @@ def snapshot(df: Any, req: Request) -> Snapshot | None:
                 "and auto_pickle is off; pass extension_name='.pickle'"
             )
         fmt = "pickle"
-    copy = df.copy(deep=True)
-    preview: Preview = (
-        functools.partial(_frame_preview, copy) if req.preview is None else req.preview
-    )
     ext = next(e for e, f in _PANDAS_FORMATS.items() if f == fmt)
-    return make_snapshot("pandas", fmt, ext, preview, file_writer(copy, _WRITERS[fmt]))
+    arrow = fmt in ("parquet", "feather") or (
+        fmt in ("csv", "csv.gz") and _have_pyarrow() and _pandas_problem(df, "parquet") is None
+    )
+    if arrow:
+        size = write_raw(req.raw, functools.partial(_write_ipc, df), req.mode)
+        return Captured("pandas", fmt, ext, {"codec": "arrow", "size": size}, req.preview)
+    # no Arrow form: the stored form is made here, as the inline write would
+    size = write_raw(req.raw, functools.partial(_WRITERS[fmt], df), req.mode)
+    preview = req.preview or _frame_preview(df.iloc[:_HEAD_ROWS], df.shape)
+    return Captured("pandas", fmt, ext, {"codec": "stored", "size": size}, preview)
+
+
+def _write_ipc(df: Any, f: BinaryIO) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=None)
+    with pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table, max_chunksize=_BATCH_ROWS)
+
+
+def _open_ipc(path: Path) -> Any:
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path)))
+    except pa.ArrowInvalid as exc:
+        raise SerializationError(
+            f"raw snapshot {path.name} is not an Arrow IPC file: {exc}"
+        ) from exc
+
+
+def _batches(reader: Any) -> Iterator[Any]:
+    for i in range(reader.num_record_batches):
+        yield reader.get_batch(i)
+
+
+def _row_groups(reader: Any) -> Iterator[Any]:
+    """Tables of whole batches, each up to a row group's size (mapped, not copied)."""
+    import pyarrow as pa
+
+    group: list[Any] = []
+    rows = nbytes = 0
+    for batch in _batches(reader):
+        if group and (rows + batch.num_rows > _GROUP_ROWS or nbytes > _GROUP_BYTES):
+            yield pa.Table.from_batches(group, reader.schema)
+            group, rows, nbytes = [], 0, 0
+        group.append(batch)
+        rows += batch.num_rows
+        nbytes += batch.nbytes
+    if group or rows == 0:
+        yield pa.Table.from_batches(group, reader.schema)
+
+
+def _encode_arrow(spool: Spool, rec: dict[str, Any], raw: Path) -> tuple[StoredPayload, str | None]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fmt = rec["format"]
+    reader = _open_ipc(raw)
+
+    def write(f: BinaryIO) -> None:
+        if fmt == "parquet":
+            with pq.ParquetWriter(f, reader.schema) as w:
+                for table in _row_groups(reader):
+                    w.write_table(table, row_group_size=_GROUP_ROWS)
+        elif fmt == "feather":  # feather v2 is an IPC file, lz4-compressed as pyarrow writes it
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            with pa.ipc.new_file(f, reader.schema, options=options) as w:
+                for batch in _batches(reader):
+                    w.write_batch(batch)
+        elif fmt in ("csv", "csv.gz"):
+            _WRITERS[fmt](reader.read_pandas(), f)
+        else:
+            raise SerializationError(f"the arrow codec does not write {fmt!r}")
+
+    payload = single_blob(*encode_to_blob(spool, write))
+    return payload, None if rec.get("preview") else _arrow_preview(reader)
+
+
+def _arrow_preview(reader: Any) -> str:
+    import pyarrow as pa
+
+    head = [reader.get_batch(0).slice(0, _HEAD_ROWS)] if reader.num_record_batches else []
+    frame = pa.Table.from_batches(head, reader.schema).to_pandas()
+    rows = sum(batch.num_rows for batch in _batches(reader))
+    return _frame_preview(frame, (rows, frame.shape[1]))
+
+
+def _load_arrow(rec: dict[str, Any], raw: Path, allow_pickle: bool) -> Any:
+    import pyarrow as pa
+
+    with pa.OSFile(str(raw)) as f:  # read, not mapped: the raw file goes once encoded
+        return pa.ipc.open_file(f).read_pandas()
+
+
+CODEC = Codec("arrow", _encode_arrow, _load_arrow)
 
 
 _HEAD_ROWS, _HEAD_COLS, _CELL_MAX, _ELLIPSIS = 5, 20, 40, "..."
 
 
-def _frame_preview(df: Any) -> str:
-    """Shape and head. Formatted here: ``DataFrame.to_string`` takes ~1 ms even for
-    five rows, more than copying a 10,000-row frame, and this may run on the caller."""
-    title = f"DataFrame {df.shape[0]} rows x {df.shape[1]} columns"
+def _frame_preview(df: Any, shape: tuple[int, int]) -> str:
+    """Shape and the head ``df``. Formatted here: ``DataFrame.to_string`` takes ~1 ms
+    even for five rows, more than copying a 10,000-row frame."""
+    title = f"DataFrame {shape[0]} rows x {shape[1]} columns"
     try:
         head = df.iloc[:_HEAD_ROWS]  # a row slice is cheap; [:, :20] costs 8x as much
-        if df.shape[1] > _HEAD_COLS:
+        if shape[1] > _HEAD_COLS:
             head = head.iloc[:, :_HEAD_COLS]
-        more = [_ELLIPSIS] if df.shape[1] > _HEAD_COLS else []
+        more = [_ELLIPSIS] if shape[1] > _HEAD_COLS else []
         grid = [["", *map(_cell, head.columns.tolist()), *more]]
         for label, row in zip(
             head.index.tolist(), head.to_numpy(dtype=object).tolist(), strict=True
@@ -170,36 +275,39 @@ def _arrow_native(dtype: Any) -> bool:
     return isinstance(dtype, pd.StringDtype | pd.DatetimeTZDtype)
 
 
-def _write_parquet(df: Any, path: Path) -> None:
+def _write_parquet(df: Any, f: BinaryIO) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=None), str(path))
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=None), f)
 
 
-def _write_feather(df: Any, path: Path) -> None:
+def _write_feather(df: Any, f: BinaryIO) -> None:
     import pyarrow as pa
     import pyarrow.feather as pf
 
-    pf.write_feather(pa.Table.from_pandas(df, preserve_index=None), str(path))
+    pf.write_feather(pa.Table.from_pandas(df, preserve_index=None), f)
 
 
-def _write_csv(df: Any, path: Path) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        df.to_csv(f, lineterminator="\n")
+def _write_csv(df: Any, f: BinaryIO) -> None:
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    try:
+        df.to_csv(text, lineterminator="\n")
+        text.flush()
+    finally:
+        text.detach()  # the caller closes the file
 
 
-def _write_csv_gz(df: Any, path: Path) -> None:
-    with gzip_text_writer(path) as f:
-        df.to_csv(f, lineterminator="\n")
+def _write_csv_gz(df: Any, f: BinaryIO) -> None:
+    with gzip_text_writer(f) as text:
+        df.to_csv(text, lineterminator="\n")
 
 
-def _write_pickle(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=5)
+def _write_pickle(obj: Any, f: BinaryIO) -> None:
+    pickle.dump(obj, f, protocol=5)
 
 
-_WRITERS: dict[str, Callable[[Any, Path], None]] = {
+_WRITERS: dict[str, Callable[[Any, BinaryIO], None]] = {
     "parquet": _write_parquet,
     "feather": _write_feather,
     "csv": _write_csv,

@@ -1,35 +1,27 @@
 """A path to a file: stored as it is, and read back as the local path of a copy.
 
-The file is copied into the spool at snapshot time (``copy_file_range``: a
-reflink or in-kernel copy where the filesystem allows it), so that rewriting
-the original afterwards cannot change what is stored; hashing waits for
-``write()``. Which ``str`` is a path is decided in ``_paths``.
+The file is copied into the spool's raw snapshot at snapshot time
+(``copy_file_range``: a reflink or in-kernel copy where the filesystem allows
+it), so that rewriting the original afterwards cannot change what is stored.
+The copy is the stored form: the daemon hashes it and links it into ``blobs/``.
+Which ``str`` is a path is decided in ``_paths``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, format_size
+from artisync.protocol import format_size
 
-from ._base import (
-    Format,
-    Request,
-    SerializationError,
-    Snapshot,
-    StoredPayload,
-    make_snapshot,
-    single_blob,
-)
-from ._paths import FILE_SUFFIX, copy_fd
+from ._base import Captured, Format, Request, SerializationError
+from ._paths import FILE_SUFFIX, copy_fd, spool_full
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
-def snapshot(obj: Any, req: Request) -> Snapshot | None:
+def snapshot(obj: Any, req: Request) -> Captured | None:
     if req.path is None or req.path.kind != "file":
         return None
     path, ext = req.path.path, req.ext
@@ -39,16 +31,10 @@ def snapshot(obj: Any, req: Request) -> Snapshot | None:
             f"a file is stored as it is: extension_name={ext!r} does not match {path.name!r}; "
             f"allowed: None or {suffix.lower() or '(no extension)'}"
         )
-    tmp, size = _copy_to_temp(str(path), req.spool)
-    return make_snapshot(
-        "file",
-        "file",
-        suffix,
-        req.preview or f"{path.name} - {format_size(size)}",
-        _commit(tmp),
-        [tmp],
-        filename=path.name,
-    )
+    size = _copy_to_raw(str(path), req)
+    preview = req.preview or f"{path.name} - {format_size(size)}"
+    raw = {"codec": "stored", "size": size}
+    return Captured("file", "file", suffix, raw, preview, filename=path.name)
 
 
 def file_suffix(name: str) -> str:
@@ -61,24 +47,24 @@ def file_suffix(name: str) -> str:
     return ext
 
 
-def _copy_to_temp(src: str, spool: Spool) -> tuple[Path, int]:
-    f, tmp = spool.open_temp()
+def _copy_to_raw(src: str, req: Request) -> int:
     try:
-        with f:
-            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                return tmp, copy_fd(fd, os.fstat(fd).st_size, f.fileno())
-            finally:
-                os.close(fd)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise SerializationError(f"cannot copy {src}: {exc}") from exc
-        raise
-
-
-def _commit(tmp: Path) -> Callable[[Spool], StoredPayload]:
-    return lambda spool: single_blob(*spool.commit_temp(tmp))
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SerializationError(f"cannot copy {src}: {exc}") from exc
+    try:
+        out = os.open(req.raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, req.mode)
+        try:
+            return copy_fd(fd, os.fstat(fd).st_size, out)
+        except BaseException as exc:
+            req.raw.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not spool_full(exc):
+                raise SerializationError(f"cannot copy {src}: {exc}") from exc
+            raise
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
 
 
 def load(type_: str, format_: str, path: Path, allow_pickle: bool) -> Any:

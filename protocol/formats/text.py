@@ -22,20 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from ._base import (
+    PREVIEW_MAX,
+    Captured,
     Format,
     PickleInstead,
     Request,
     SerializationError,
-    Snapshot,
-    bytes_writer,
-    make_snapshot,
     pick,
 )
 
 _JSON_LIKE = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
-def snapshot(obj: Any, req: Request) -> Snapshot | None:
+def snapshot(obj: Any, req: Request) -> Captured | None:
     if isinstance(obj, str) and req.path is None:
         return _snap_text(obj, req)
     if isinstance(obj, dict | list):
@@ -43,16 +42,16 @@ def snapshot(obj: Any, req: Request) -> Snapshot | None:
     return None
 
 
-def _snap_text(text: str, req: Request) -> Snapshot:
+def _snap_text(text: str, req: Request) -> Captured:
     pick(req.ext, {".txt": "text"}, "text (a str that is not a path)")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise PickleInstead("a str that is not valid UTF-8", None) from None
-    return make_snapshot("str", "text", ".txt", req.preview or text[:200], bytes_writer(data))
+    return req.stored("str", "text", ".txt", data, req.preview or text[:200])
 
 
-def _snap_json_like(obj: dict[Any, Any] | list[Any], req: Request) -> Snapshot:
+def _snap_json_like(obj: dict[Any, Any] | list[Any], req: Request) -> Captured:
     kind = "dict" if isinstance(obj, dict) else "list"
     fmt = pick(req.ext, _JSON_LIKE, kind)
     try:
@@ -61,7 +60,7 @@ def _snap_json_like(obj: dict[Any, Any] | list[Any], req: Request) -> Snapshot:
         raise PickleInstead(f"this {kind} ({exc})", None) from None
     ext = ".json" if fmt == "json" else (req.ext or ".yaml")
     preview = req.preview or _json_like_preview(obj, data)
-    return make_snapshot(kind, fmt, ext, preview, bytes_writer(data))
+    return req.stored(kind, fmt, ext, data, preview[:PREVIEW_MAX])
 
 
 class _NotRepresentable(Exception):

@@ -1,12 +1,12 @@
 """Folders, and the files a wildcard matches: stored as trees.
 
 Every file is copied into the spool at snapshot time, as a single file is
-(see ``files``). Creating a file costs about as much as copying 64 KiB, so the
-small files of a folder are appended to one pack temp file on the caller's
-thread and split into their own temp files by ``write()``, in the background;
-a file of ``PACK_MAX`` bytes or more gets its own temp file at once (copied
-once, never twice). A tree is stored as each file its own content-addressed
-blob, plus a JSON listing blob, the tree's main blob::
+(see ``files``), but all into one raw snapshot, the *pack*: creating a file
+costs about as much as copying 64 KiB, and the caller pays for the copies
+only. The record's ``raw`` lists each file's path, offset and size in the
+pack; the daemon's ``pack`` codec splits it, hashing as it copies. A tree is
+stored as each file its own content-addressed blob, plus a JSON listing blob,
+the tree's main blob::
 
     {"files": [{"path": "rel/posix/path", "sha256": "...", "size": 123}, ...], "version": 1}
 
@@ -32,26 +32,25 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from artisync.protocol import IntegrityError, Spool, copy_file_fast, format_size
 
 from ._base import (
+    Captured,
+    Codec,
     Format,
     Request,
     SerializationError,
-    Snapshot,
     StoredPayload,
-    make_snapshot,
 )
-from ._paths import CHUNK, WILDCARD, copy_fd
+from ._paths import CHUNK, WILDCARD, copy_fd, spool_full
 
 LISTING_VERSION = 1
-PACK_MAX = 1024 * 1024  # smaller files of a tree share one temp file at snapshot time
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
-def snapshot(obj: Any, req: Request) -> Snapshot | None:
+def snapshot(obj: Any, req: Request) -> Captured | None:
     target = req.path
     if target is None or target.kind == "file":
         return None
@@ -125,7 +124,7 @@ def _glob_base(pattern: str) -> Path:
     return Path(*lead) if lead else Path(".")
 
 
-def _snap_wildcard(pattern: str, req: Request) -> Snapshot:
+def _snap_wildcard(pattern: str, req: Request) -> Captured:
     if req.ext is not None:
         raise SerializationError("extension_name does not apply to wildcard artifacts")
     expanded = os.path.expanduser(pattern)
@@ -147,63 +146,46 @@ def _snap_wildcard(pattern: str, req: Request) -> Snapshot:
     return _snap_tree("wildcard", pattern, files, skipped, req)
 
 
-class _Entry(NamedTuple):
-    rel: str  # path in the tree
-    own: Path | None  # its own temp file; None: it is in the pack, at offset
-    offset: int
-    size: int
-
-
 def _snap_tree(
     kind: str, label: str, files: dict[str, str], skipped: int, req: Request
-) -> Snapshot:
+) -> Captured:
     order = sorted(files)
     for rel in order:
         try:
             check_rel_path(rel)
         except ValueError as exc:
             raise SerializationError(str(exc)) from None
-    spool = req.spool
-    pack_file, pack = spool.open_temp()
-    temps = [pack]
-    entries: list[_Entry] = []
+    entries: list[list[Any]] = []  # [path, offset, size]: the record's raw "files"
+    pack = os.open(req.raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, req.mode)
     try:
-        with pack_file:
-            offset = 0
-            for rel in order:
-                entry = _copy_into(files[rel], rel, spool, pack_file.fileno(), offset, temps)
-                entries.append(entry)
-                offset += entry.size if entry.own is None else 0
+        offset = 0
+        for rel in order:
+            size = _append(files[rel], pack)
+            entries.append([rel, offset, size])
+            offset += size
     except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+        req.raw.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(pack)
     pv = req.preview
     if pv is None:
-        pv = _tree_preview(kind, label, [(e.rel, e.size) for e in entries], skipped)
+        pv = _tree_preview(kind, label, [(e[0], e[2]) for e in entries], skipped)
     filename = None if kind == "wildcard" else label
-    return make_snapshot(
-        kind, "tree", "", pv, _tree_writer(pack, entries), temps, filename=filename
-    )
+    raw = {"codec": "pack", "size": offset, "files": entries}
+    return Captured(kind, "tree", "", raw, pv, filename=filename)
 
 
-def _copy_into(
-    src: str, rel: str, spool: Spool, pack_fd: int, offset: int, temps: list[Path]
-) -> _Entry:
-    """Append a small file to the pack; give a large one its own temp file."""
+def _append(src: str, pack_fd: int) -> int:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            size = os.fstat(fd).st_size
-            if size < PACK_MAX:
-                return _Entry(rel, None, offset, copy_fd(fd, size, pack_fd))
-            f, tmp = spool.open_temp()
-            temps.append(tmp)
-            with f:
-                return _Entry(rel, tmp, 0, copy_fd(fd, size, f.fileno()))
+            return copy_fd(fd, os.fstat(fd).st_size, pack_fd)
         finally:
             os.close(fd)
     except OSError as exc:
+        if spool_full(exc):
+            raise  # the spool's fault, not the file's
         raise SerializationError(f"cannot copy {src}: {exc}") from exc
 
 
@@ -219,35 +201,47 @@ def _tree_preview(kind: str, label: str, entries: list[tuple[str, int]], skipped
     return "\n".join(lines)
 
 
-def _tree_writer(pack: Path, entries: list[_Entry]) -> Callable[[Spool], StoredPayload]:
-    def write(spool: Spool) -> StoredPayload:
-        with open(pack, "rb") as f:
-            committed = [
-                (e.rel, *(spool.commit_temp(e.own) if e.own else _unpack(spool, f.fileno(), e)))
-                for e in entries
-            ]
-        listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
-        data = json.dumps(
-            {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
-        ).encode("ascii")
-        main = spool.write_blob_bytes(data)
-        blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
-        return StoredPayload(main[0], sum(size for _, _, size in committed), blobs)
+def pack_entries(rec: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """The (path, offset, size) entries of a pack, checked against its size."""
+    raw = rec["raw"]
+    try:
+        entries = [(check_rel_path(p), int(o), int(n)) for p, o, n in raw["files"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SerializationError(f"raw pack of record {rec['record_id']}: {exc}") from exc
+    end = 0
+    for rel, offset, size in entries:
+        if offset != end or size < 0:
+            raise SerializationError(f"raw pack entry {rel!r} is out of place")
+        end += size
+    if end != raw["size"] or len({p for p, _, _ in entries}) != len(entries):
+        raise SerializationError("raw pack entries do not add up to the pack")
+    return entries
 
-    return write
+
+def _encode_pack(spool: Spool, rec: dict[str, Any], raw: Path) -> tuple[StoredPayload, None]:
+    entries = pack_entries(rec)
+    with open(raw, "rb") as f:
+        committed = [(rel, *_unpack(spool, f.fileno(), o, n)) for rel, o, n in entries]
+    listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
+    data = json.dumps(
+        {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
+    ).encode("ascii")
+    main = spool.write_blob_bytes(data)
+    blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
+    return StoredPayload(main[0], sum(size for _, _, size in committed), blobs), None
 
 
-def _unpack(spool: Spool, pack_fd: int, entry: _Entry) -> tuple[str, int]:
+def _unpack(spool: Spool, pack_fd: int, offset: int, size: int) -> tuple[str, int]:
     """Copy one file out of the pack into its own temp file, hashing it, and commit it."""
     h = hashlib.sha256()
     f, tmp = spool.open_temp()
     try:
         with f:
             done = 0
-            while done < entry.size:
-                chunk = os.pread(pack_fd, min(CHUNK, entry.size - done), entry.offset + done)
+            while done < size:
+                chunk = os.pread(pack_fd, min(CHUNK, size - done), offset + done)
                 if not chunk:
-                    raise IntegrityError(f"spool temp file {tmp} is shorter than its entries")
+                    raise IntegrityError(f"raw pack {pack_fd} is shorter than its entries")
                 h.update(chunk)
                 f.write(chunk)
                 done += len(chunk)
@@ -255,6 +249,35 @@ def _unpack(spool: Spool, pack_fd: int, entry: _Entry) -> tuple[str, int]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def materialize_pack(rec: dict[str, Any], raw: Path, dest_dir: Path) -> Path:
+    """Recreate a tree from its raw pack (before the daemon encoded it)."""
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with open(raw, "rb") as f:
+        for rel, offset, size in pack_entries(rec):
+            target = root.joinpath(*rel.split("/"))
+            _check_inside(target.parent, root, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _check_inside(target.parent, root, rel)
+            with open(target, "xb") as out:
+                done = 0
+                while done < size:
+                    chunk = os.pread(f.fileno(), min(CHUNK, size - done), offset + done)
+                    if not chunk:
+                        raise IntegrityError(f"raw pack {raw.name} is shorter than its entries")
+                    out.write(chunk)
+                    done += len(chunk)
+    return dest
+
+
+def _load_pack(rec: dict[str, Any], raw: Path, allow_pickle: bool) -> Any:
+    raise SerializationError("folders and wildcards are read with materialize_pack()")
+
+
+CODEC = Codec("pack", _encode_pack, _load_pack)
 
 
 def check_rel_path(rel: Any) -> str:

@@ -1,0 +1,97 @@
+"""The journal's read-only queries: what status, lookups and read-your-writes show.
+
+Plain functions of a connection; :class:`artisync.daemon.journal.Journal` runs
+them on its one thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from ._journal_schema import State, newest_event
+
+
+def stats(db: sqlite3.Connection) -> dict[str, Any]:
+    counts: dict[str, list[int]] = {str(s): [0, 0] for s in State}
+    for r in db.execute(
+        "SELECT state, count(*) AS n, coalesce(sum(size),0) AS bytes FROM records GROUP BY state"
+    ):
+        counts[r["state"]] = [r["n"], r["bytes"]]
+    failed = [
+        dict(r)  # "dest" is the status reply's key
+        for r in db.execute(
+            "SELECT record_id, task_id, kind, dest, reason FROM records "
+            "WHERE state=? ORDER BY seq LIMIT 20",
+            (State.FAILED,),
+        )
+    ]
+    retrying = [
+        dict(r)
+        for r in db.execute(
+            "SELECT record_id, dest, reason, attempts FROM records "
+            "WHERE state=? AND reason IS NOT NULL ORDER BY seq LIMIT 5",
+            (State.PENDING,),
+        )
+    ]
+    objects = db.execute(
+        "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM objects"
+    ).fetchone()
+    return {
+        "records": counts,
+        "failed": failed,
+        "retrying": retrying,
+        "objects_uploaded": objects["n"],
+        "bytes_uploaded": objects["bytes"],
+    }
+
+
+def find_task(
+    db: sqlite3.Connection,
+    task_id: str | None,
+    project: str | None,
+    name: str | None,
+    statuses: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    if task_id:
+        rows = db.execute(
+            "SELECT task_id FROM records WHERE kind='task' AND task_id=? LIMIT 1",
+            (task_id,),
+        ).fetchall()
+    else:
+        sql = "SELECT DISTINCT task_id FROM records WHERE kind='task'"
+        args: list[Any] = []
+        if project is not None:
+            sql += " AND project=?"
+            args.append(project)
+        if name is not None:
+            sql += " AND name=?"
+            args.append(name)
+        rows = db.execute(sql + " ORDER BY seq DESC LIMIT 200", args).fetchall()
+    out = []
+    for r in rows:
+        body = newest_event(db, r["task_id"])
+        if body is None:
+            continue
+        if statuses and body.get("status") not in statuses:
+            continue
+        out.append(body)
+    out.sort(key=lambda b: b.get("started", 0), reverse=True)
+    return out
+
+
+def artifacts_of(db: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for r in db.execute(
+        "SELECT body FROM records WHERE kind='artifact' AND task_id=? ORDER BY seq",
+        (task_id,),
+    ):
+        rec = msgpack.unpackb(r["body"], raw=False)
+        seen = latest.get(rec["name"])
+        # newest by creation: outbox files are journaled in batches, in any order
+        if seen is None or rec.get("created", 0) >= seen.get("created", 0):
+            latest[rec["name"]] = rec
+    return list(latest.values())

@@ -1,0 +1,205 @@
+"""Encoding: raw snapshots the SDK wrote become stored payloads, off the event loop.
+
+A raw record is journaled in ``encoding``. The encoder claims such records
+oldest first (in memory only: a crash loses no claim), encodes each with its
+codec (:func:`artisync.protocol.formats.encode`), journals the completed
+records in groups (one transaction for all that finished meanwhile), and only
+then removes their raw snapshots. Killed at any point, it leaves the raw
+snapshot in place and the record in ``encoding``, to be encoded again.
+
+CPU-heavy codecs (parquet, PNG's zlib, npz's deflate) run in a pool of worker
+processes at a lower priority: in a thread they would hold the GIL and delay
+the daemon's acknowledgements, and they must yield to the trainers on the same
+cores. ``stored`` snapshots only need hashing, which releases the GIL: a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from artisync.protocol import Spool
+
+from .journal import Journal, Row, State
+
+log = logging.getLogger("artisync.daemon")
+
+WORKER_NICE = 10  # encode workers yield the CPU to the trainers on the node
+
+
+class Encoder:
+    def __init__(
+        self, journal: Journal, spool: Spool, workers: int, on_encoded: Callable[[], None]
+    ) -> None:
+        self.journal = journal
+        self.spool = spool
+        self.workers = workers
+        self.on_encoded = on_encoded
+        self.in_flight: set[int] = set()
+        self.wakeup = asyncio.Event()
+        self.progress = asyncio.Condition()  # notified whenever a record is encoded or fails
+        self.accepting = True
+        self.encoded = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._done: list[tuple[int, dict[str, Any], asyncio.Future[None]]] = []
+        self._commit_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def poke(self) -> None:
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Claim and encode until stopped; at most two records per worker at a time."""
+        limit = 2 * self.workers + 2
+        try:
+            while self.accepting:
+                free = limit - len(self.in_flight)
+                rows: list[Row] = []
+                if free > 0:
+                    try:
+                        rows = await self.journal.claim_encoding(free, list(self.in_flight))
+                    except sqlite3.Error as exc:
+                        log.error("journal not readable, encoding paused: %s", exc)
+                        await asyncio.sleep(5)
+                        continue
+                for row in rows:
+                    self.in_flight.add(row.seq)
+                    task = asyncio.create_task(self._encode(row))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                self.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.wakeup.wait()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop at once: what is being encoded stays ``encoding``, raw snapshot kept."""
+        self.accepting = False
+        for task in list(self._tasks):
+            task.cancel()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            processes = list(getattr(pool, "_processes", {}).values())  # no public handle
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                with contextlib.suppress(OSError, AttributeError):
+                    proc.kill()
+
+    def _pool_for(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded daemon
+                initializer=_init_worker,
+            )
+        return self._pool
+
+    async def _encode(self, row: Row) -> None:
+        try:
+            result = await self._run_codec(row)
+            if result["ok"]:
+                body = _completed(row.body, result)
+                await self._commit(row.seq, body)
+                await asyncio.to_thread(self.spool.raw_path(row.record_id).unlink, True)
+                self.encoded += 1
+                self.on_encoded()
+            elif result["transient"]:  # e.g. the spool's disk is full: again, later
+                log.error("record %s not encoded yet: %s", row.record_id, result["reason"])
+                await asyncio.sleep(5)
+            else:
+                log.error("record %s cannot be encoded: %s", row.record_id, result["reason"])
+                await self.journal.set_state(
+                    row.seq, State.FAILED, f"encoding: {result['reason']}"[:1000], bump=True
+                )
+        except BrokenProcessPool:  # a worker died (OOM-killed?): a new pool, and again
+            log.error("an encode worker died; record %s goes again", row.record_id)
+            self._pool = None
+            await asyncio.sleep(1)
+        except sqlite3.Error as exc:
+            log.error("journal write failed (%s): record %s goes again", exc, row.record_id)
+            await asyncio.sleep(1)
+        finally:
+            self.in_flight.discard(row.seq)
+            async with self.progress:
+                self.progress.notify_all()
+            self.poke()
+
+    async def _run_codec(self, row: Row) -> dict[str, Any]:
+        root, mode = str(self.spool.root), self.spool.file_mode
+        if row.body["raw"]["codec"] == "stored":
+            return await asyncio.to_thread(encode_record, root, mode, row.body)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool_for(), encode_record, root, mode, row.body)
+
+    async def _commit(self, seq: int, body: dict[str, Any]) -> None:
+        """Group commit: whoever takes the lock journals everything finished so far."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done.append((seq, body, fut))
+        async with self._commit_lock:
+            if not fut.done():
+                batch, self._done = self._done, []
+                try:
+                    await self.journal.complete_encoding([(s, b) for s, b, _ in batch])
+                except BaseException as exc:
+                    for _, _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    raise
+                for _, _, f in batch:
+                    if not f.done():
+                        f.set_result(None)
+        await fut
+
+
+def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    out = {**body, "sha256": result["sha256"], "size": result["size"], "blobs": result["blobs"]}
+    if not out.get("preview"):
+        out["preview"] = result.get("preview") or f"{body['type']} ({body['format']})"
+    return out
+
+
+def encode_record(root: str, mode: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Encode one record's raw snapshot (in a worker process or a thread).
+
+    Returns a plain dict, never raises: a codec's exception may not survive
+    pickling back to the daemon, and the daemon must tell a bad snapshot
+    (the record fails, with the reason) from a full disk (it goes again)."""
+    from artisync.protocol.formats import encode
+
+    try:
+        payload, preview = encode(Spool(root, file_mode=mode), body)
+    except FileNotFoundError as exc:  # the raw snapshot is gone: encoding again cannot help
+        return {"ok": False, "transient": False, "reason": f"raw snapshot missing: {exc}"}
+    except OSError as exc:
+        return {"ok": False, "transient": True, "reason": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        return {"ok": False, "transient": False, "reason": f"{type(exc).__name__}: {exc}"}
+    return {
+        "ok": True,
+        "sha256": payload.sha256,
+        "size": payload.size,
+        "blobs": [[sha, size] for sha, size in payload.blobs],
+        "preview": preview,
+    }
+
+
+def _init_worker() -> None:
+    """An encode worker: lower priority, and gone with the daemon (even on SIGKILL)."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when to stop
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
