@@ -165,6 +165,7 @@ class Encoder:
 
 def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     out = {**body, "sha256": result["sha256"], "size": result["size"], "blobs": result["blobs"]}
+    out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}  # in blobs/ now
     if not out.get("preview"):
         out["preview"] = result.get("preview") or f"{body['type']} ({body['format']})"
     return out

@@ -199,8 +199,10 @@ async def collect_blobs(app: Any) -> int:
     cands = [(sha, mtime) for sha, mtime, _ in blobs if now - mtime > grace]
     if not cands:
         return 0
-    if await asyncio.to_thread(lambda: any(True for _ in app.spool.iter_outbox())):
-        return 0  # records waiting in the outbox may name these blobs
+    named = await asyncio.to_thread(_named_in_outbox, app.spool)
+    if named is None:
+        return 0  # too many records waiting to read them all: they are ingested first
+    cands = [(sha, mtime) for sha, mtime in cands if sha not in named]
     orphans = [s for s, mtime in cands if now - mtime > cfg.orphan_grace]
     doomed = await app.journal.collectable([s for s, _ in cands], orphans)
 
@@ -210,6 +212,27 @@ async def collect_blobs(app: Any) -> int:
 
     await asyncio.to_thread(remove)
     return len(doomed)
+
+
+OUTBOX_SCAN_MAX = 2000  # outbox records read per collection, at most
+
+
+def _named_in_outbox(spool: Any) -> set[str] | None:
+    """The blobs that records waiting in the outbox name (records written by an older
+    SDK, which named payloads it had written itself; raw records name none), or None
+    when the outbox holds too many records to read now."""
+    named: set[str] = set()
+    for i, path in enumerate(spool.iter_outbox()):
+        if i >= OUTBOX_SCAN_MAX:
+            return None
+        try:
+            data, _ = _read(path)
+            rec = unpack_body(data)
+        except (OSError, ProtocolError):
+            continue  # gone (ingested), or not a record: it names nothing
+        if isinstance(rec, dict) and isinstance(rec.get("blobs"), list):
+            named.update(b[0] for b in rec["blobs"] if isinstance(b, list) and b)
+    return named
 
 
 PRESSURE_GRACE = 3.0  # seconds: still covers a producer between its rename and its record

@@ -272,6 +272,8 @@ async def check_record(
 
 
 def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
+    if rec["raw"].get("data") is not None:
+        return None  # inside the record (checked with it)
     path = spool.raw_path(rec["record_id"])
     try:
         st = os.lstat(path)

@@ -256,6 +256,9 @@ def _check_raw(raw: dict[str, Any]) -> None:
         raise InvalidMessage(f"artifact record: unknown raw codec {codec!r}"[:200])
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidMessage("artifact record: raw size must be a non-negative integer")
+    data = raw.get("data")
+    if data is not None and (not isinstance(data, bytes) or len(data) != size):
+        raise InvalidMessage("artifact record: inline raw data must be bytes of its size")
     if codec == "pack":
         files = raw.get("files")
         if not isinstance(files, list) or len(files) > MAX_BLOBS:

@@ -222,14 +222,20 @@ class Spool:
         """Bytes held by raw snapshots, payloads, temp files and outbox records (what
         ``spool_limit`` bounds; the daemon's journal is not counted)."""
         total = 0
+        linked: set[int] = set()  # a raw snapshot hard-linked into blobs/ counts once
         for folder in (self.raw, self.blobs, self.tmp, self.outbox):
             try:
                 with os.scandir(folder) as it:
                     for entry in it:
                         try:
-                            total += entry.stat(follow_symlinks=False).st_size
+                            st = entry.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
+                        if st.st_nlink > 1:
+                            if st.st_ino in linked:
+                                continue
+                            linked.add(st.st_ino)
+                        total += st.st_size
             except FileNotFoundError:
                 continue
         return total

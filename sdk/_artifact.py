@@ -185,11 +185,10 @@ class Artifact:
         raw = self._raw_path()
         if raw is not None and self._record["format"] != "tree" and self._record["type"] != "file":
             try:
-                if (
-                    deserialization_function is not None
-                    and self._record["raw"]["codec"] == "stored"
-                ):
-                    return deserialization_function(raw.read_bytes())
+                spec = self._record["raw"]
+                if deserialization_function is not None and spec["codec"] == "stored":
+                    data = spec.get("data")
+                    return deserialization_function(raw.read_bytes() if data is None else data)
                 if deserialization_function is None:
                     return load_raw(self._record, raw, allow_pickle=allow_pickle)
             except FileNotFoundError:
@@ -217,7 +216,11 @@ class Artifact:
                 return materialize_pack(rec, raw, folder / "tree")
             if rec["type"] == "file":
                 named = folder / f"artifact{rec.get('extension') or ''}"
-                _link_or_copy(raw, named)
+                data = rec["raw"].get("data")
+                if data is None:
+                    _link_or_copy(raw, named)
+                else:
+                    named.write_bytes(data)
                 return named
         except FileNotFoundError:  # encoded meanwhile
             pass

@@ -981,9 +981,9 @@ def spool_quota(size: Size, target: Target, root: Path) -> Result:
     recs = [msgpack.unpackb(p.read_bytes()) for p in (env.spool / "outbox").glob("*.rec")]
     arts = [r for r in recs if r["kind"] == "artifact"]
     assert len(arts) == int(stored)
-    for r in arts:
-        blob = Spool(env.spool).blob_path(r["sha256"])
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == r["sha256"]
+    for r in arts:  # each record names a whole raw snapshot, for the daemon to encode
+        raw = Spool(env.spool).raw_path(r["record_id"])
+        assert raw.stat().st_size == r["raw"]["size"] == each
     # 2. "wait" with a short timeout and no daemon: a clear error
     t0 = time.monotonic()
     out = subprocess.run(

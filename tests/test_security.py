@@ -25,22 +25,36 @@ def _mode(path: Path) -> int:
 
 
 def test_spool_socket_and_journal_are_owner_only(daemon: DaemonProc, env: Env) -> None:
-    run_py(
+    out = run_py(
         env,
         """
+        import os
         from artisync import Task
+        from artisync.protocol import Spool
         t = Task.init(project_name="sec", task_name="modes")
         t.upload_artifact("a", {"x": 1})
+        art = t.artifacts["a"]
+        spool = Spool(os.environ["ARTISYNC_SPOOL"])
+        modes = []
+        try:  # the raw snapshot, unless the daemon encoded it already
+            modes.append(os.stat(spool.raw_path(art._record["record_id"])).st_mode & 0o777)
+        except FileNotFoundError:
+            pass
+        try:  # the stored payload, unless it is uploaded and collected already
+            modes.append(os.stat(spool.blob_path(art.hash)).st_mode & 0o777)
+        except FileNotFoundError:
+            pass
+        print(*modes)
         t.close()
         """,
     )
+    modes = [int(m) for m in out.stdout.split()]
+    assert modes and all(m == 0o600 for m in modes), modes
     assert _mode(env.socket) == 0o600
-    for d in ("", "blobs", "tmp", "outbox"):
+    for d in ("", "blobs", "tmp", "outbox", "raw"):
         assert _mode(env.spool / d) == 0o700, d
     for f in env.spool.glob("journal.db*"):
         assert _mode(f) == 0o600, f.name
-    blobs = list((env.spool / "blobs").iterdir())
-    assert blobs and all(_mode(b) == 0o600 for b in blobs)
 
 
 def test_group_mode_shares_with_the_configured_group_only(env: Env) -> None:
@@ -48,7 +62,7 @@ def test_group_mode_shares_with_the_configured_group_only(env: Env) -> None:
     d = DaemonProc(env, ARTISYNC_GROUP=group).wait_ready()
     try:
         assert _mode(env.socket) == 0o660
-        for sub in ("", "blobs", "tmp", "outbox"):
+        for sub in ("", "blobs", "tmp", "outbox", "raw"):
             assert _mode(env.spool / sub) == 0o2770, sub
             assert os.stat(env.spool / sub).st_gid == os.getgid()
         for f in env.spool.glob("journal.db*"):

@@ -20,6 +20,7 @@ from PIL import Image
 from artisync.protocol import RAW_CODECS, ArtisyncError, IntegrityError, Spool, hash_file, new_id
 from artisync.protocol import formats as fmts
 from artisync.protocol.formats import (
+    INLINE_MAX,
     Captured,
     SerializationError,
     StoredPayload,
@@ -848,11 +849,40 @@ def test_snapshot_writes_one_raw_file_and_nothing_else(
     spool: Spool, tmp_path: Path, kind: str
 ) -> None:
     snap = snapshot(sample(kind, make_folder(tmp_path / "d")), spool)
-    assert [p.name for p in spool.raw.iterdir()] == [snap.record["record_id"]]
-    assert snap.raw_path.stat().st_size == snap.record["raw"]["size"]
-    assert snap.record["raw"]["codec"] in RAW_CODECS
+    spec = snap.record["raw"]
+    files = [p.name for p in spool.raw.iterdir()]
+    if "data" in spec:  # small: inside the record
+        assert files == [] and len(spec["data"]) == spec["size"] <= INLINE_MAX
+    else:
+        assert files == [snap.record["record_id"]]
+        assert snap.raw_path.stat().st_size == spec["size"]
+    assert spec["codec"] in RAW_CODECS
     assert list(spool.blobs.iterdir()) == [] and list(spool.tmp.iterdir()) == []
     snap.discard()
+
+
+@pytest.mark.parametrize("kind", ["file", "dataframe", "array", "image", "bytes"])
+def test_small_snapshots_travel_in_the_record_big_ones_in_a_raw_file(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
+    def make(n: int) -> Any:
+        if kind == "file":
+            (tmp_path / f"f{n}").write_bytes(b"x" * n)
+            return tmp_path / f"f{n}"
+        if kind == "dataframe":
+            return pd.DataFrame({"a": np.zeros(n // 8)})
+        if kind == "array":
+            return np.zeros(n // 8)
+        if kind == "image":
+            return Image.new("L", (n // 100, 100))
+        return b"x" * n
+
+    small, big = snapshot(make(1000), spool), snapshot(make(4 * INLINE_MAX), spool)
+    assert "data" in small.record["raw"] and not small.raw_path.exists()
+    assert "data" not in big.record["raw"] and big.raw_path.exists()
+    for snap in (small, big):
+        payload = write(snap, spool)
+        assert spool.blob_path(payload.sha256).exists()
 
 
 @pytest.mark.parametrize("kind", OBJECT_KINDS)
@@ -899,7 +929,7 @@ def test_failed_encode_leaves_no_temp_files_and_keeps_the_raw(
     with pytest.raises(OSError):
         fmts.encode(spool, snap.record)
     assert list(spool.tmp.iterdir()) == []
-    assert snap.raw_path.exists()  # encoded again later
+    assert snap.raw_path.exists() or "data" in snap.record["raw"]  # encoded again later
     snap.discard()
 
 

@@ -37,6 +37,8 @@ recognised by the modules of its class before anything is imported.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from artisync.protocol import Spool
 
 from . import array, binary, dataframe, files, image, text, trees
 from ._base import (
+    INLINE_MAX,
     PREVIEW_MAX,
     Captured,
     Codec,
@@ -56,6 +59,7 @@ from ._base import (
     UnpicklingRefused,
     commit_raw,
     single_blob,
+    write_raw_bytes,
 )
 from ._paths import is_pathlike, resolve_path
 from .trees import materialize_pack, materialize_tree
@@ -134,17 +138,39 @@ def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | N
     :raises SerializationError: the raw snapshot is not what its record says.
     :raises OSError: the spool cannot be read or written (e.g. its disk is full).
     """
+    spec = record["raw"]
     raw = spool.raw_path(record["record_id"])
-    codec = record["raw"]["codec"]
+    codec = spec["codec"]
+    if codec != "stored" and codec not in CODECS:
+        raise SerializationError(f"unknown raw codec {codec!r}")
+    data = spec.get("data")
+    if data is not None and codec == "stored":  # small: inside the record
+        return single_blob(*spool.write_blob_bytes(data)), None
+    if data is not None and not raw.exists():
+        write_raw_bytes(raw, data, spool.file_mode)
     if codec == "stored":
         return single_blob(*commit_raw(spool, raw)), None
-    if codec not in CODECS:
-        raise SerializationError(f"unknown raw codec {codec!r}")
     return CODECS[codec].encode(spool, record, raw)
 
 
-def load_raw(record: dict[str, Any], raw: Path, *, allow_pickle: bool = False) -> Any:
-    """Read an artifact back from its raw snapshot (before the daemon encoded it)."""
+def load_raw(record: dict[str, Any], raw: Path | None, *, allow_pickle: bool = False) -> Any:
+    """Read an artifact back from its raw snapshot (before the daemon encoded it):
+    the file ``raw``, or the bytes inside the record."""
+    data = record["raw"].get("data")
+    if data is not None:
+        fd, name = tempfile.mkstemp(prefix="artisync-raw-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return load_raw(
+                {**record, "raw": {**record["raw"], "data": None}},
+                Path(name),
+                allow_pickle=allow_pickle,
+            )
+        finally:
+            os.unlink(name)
+    if raw is None:
+        raise FileNotFoundError("no raw snapshot")
     codec = record["raw"]["codec"]
     if codec == "stored":
         return load(record["type"], record["format"], raw, allow_pickle=allow_pickle)
@@ -183,6 +209,7 @@ def load(
 __all__ = [
     "CODECS",
     "FORMATS",
+    "INLINE_MAX",
     "PREVIEW_MAX",
     "RAW_CODECS",
     "Captured",

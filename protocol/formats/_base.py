@@ -27,6 +27,9 @@ from typing import Any, BinaryIO, NamedTuple
 from artisync.protocol import ArtisyncError, Spool, fsync_dir, hash_file
 
 PREVIEW_MAX = 2000
+# A raw snapshot this small travels inside its record (one file for the caller to
+# create, not two: creating a file costs more than writing 64 KiB into one).
+INLINE_MAX = 64 * 1024
 
 
 class SerializationError(ArtisyncError, ValueError):
@@ -95,8 +98,23 @@ class Request:
 
     def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
         """The stored form itself as the raw snapshot (made as cheaply as a copy)."""
-        size = write_raw_bytes(self.raw, data, self.mode)
-        return Captured(type_, format_, ext, {"codec": "stored", "size": size}, preview)
+        return Captured(type_, format_, ext, self.raw_bytes("stored", data), preview)
+
+    def raw_bytes(self, codec: str, data: bytes) -> dict[str, Any]:
+        """The record's ``raw`` for these bytes: inside it when small, else in the file."""
+        if len(data) <= INLINE_MAX:
+            return {"codec": codec, "size": len(data), "data": data}
+        return {"codec": codec, "size": write_raw_bytes(self.raw, data, self.mode)}
+
+    def raw_written(
+        self, codec: str, write: Callable[[BinaryIO], object], hint: int
+    ) -> dict[str, Any]:
+        """The record's ``raw`` for what ``write`` writes (``hint``: about how much)."""
+        if hint <= INLINE_MAX:
+            buf = io.BytesIO()
+            write(buf)
+            return self.raw_bytes(codec, buf.getvalue())
+        return {"codec": codec, "size": write_raw(self.raw, write, self.mode)}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from ._base import (
     is_instance_from,
     pick,
     single_blob,
-    write_raw,
 )
 
 NPZ_KEY = "array"
@@ -51,10 +50,10 @@ def snapshot(arr: Any, req: Request) -> Captured | None:
             f".csv.gz holds 1-D or 2-D bool/int/float arrays, not {arr.ndim}-D {arr.dtype}; "
             "use .npz"
         )
-    size = write_raw(
-        req.raw, lambda f: np.lib.format.write_array(f, arr, allow_pickle=False), req.mode
+    raw = req.raw_written(
+        "npy", lambda f: np.lib.format.write_array(f, arr, allow_pickle=False), arr.nbytes + 128
     )
-    return Captured("numpy", fmt, "." + fmt, {"codec": "npy", "size": size}, req.preview)
+    return Captured("numpy", fmt, "." + fmt, raw, req.preview)
 
 
 def _preview(arr: Any) -> str:

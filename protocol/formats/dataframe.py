@@ -42,7 +42,6 @@ from ._base import (
     is_instance_from,
     pick,
     single_blob,
-    write_raw,
 )
 
 _BATCH_ROWS = 65_536  # rows per IPC record batch: feather's chunk size
@@ -90,13 +89,22 @@ def snapshot(df: Any, req: Request) -> Captured | None:
     arrow = fmt in ("parquet", "feather") or (
         fmt in ("csv", "csv.gz") and _have_pyarrow() and _pandas_problem(df, "parquet") is None
     )
+    hint = _size_hint(df)
     if arrow:
-        size = write_raw(req.raw, functools.partial(_write_ipc, df), req.mode)
-        return Captured("pandas", fmt, ext, {"codec": "arrow", "size": size}, req.preview)
+        raw = req.raw_written("arrow", functools.partial(_write_ipc, df), hint)
+        return Captured("pandas", fmt, ext, raw, req.preview)
     # no Arrow form: the stored form is made here, as the inline write would
-    size = write_raw(req.raw, functools.partial(_WRITERS[fmt], df), req.mode)
+    raw = req.raw_written("stored", functools.partial(_WRITERS[fmt], df), hint)
     preview = req.preview or _frame_preview(df.iloc[:_HEAD_ROWS], df.shape)
-    return Captured("pandas", fmt, ext, {"codec": "stored", "size": size}, preview)
+    return Captured("pandas", fmt, ext, raw, preview)
+
+
+def _size_hint(df: Any) -> int:
+    """About the frame's bytes, without scanning object columns (4 KiB per row block)."""
+    try:
+        return int(df.memory_usage(index=False, deep=False).sum()) + 4096
+    except Exception:
+        return 1 << 30  # unknown: into a file
 
 
 def _write_ipc(df: Any, f: BinaryIO) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from artisync.protocol import format_size
 
-from ._base import Captured, Format, Request, SerializationError
+from ._base import INLINE_MAX, Captured, Format, Request, SerializationError
 from ._paths import FILE_SUFFIX, copy_fd, spool_full
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
@@ -31,9 +31,8 @@ def snapshot(obj: Any, req: Request) -> Captured | None:
             f"a file is stored as it is: extension_name={ext!r} does not match {path.name!r}; "
             f"allowed: None or {suffix.lower() or '(no extension)'}"
         )
-    size = _copy_to_raw(str(path), req)
-    preview = req.preview or f"{path.name} - {format_size(size)}"
-    raw = {"codec": "stored", "size": size}
+    raw = _copy_to_raw(str(path), req)
+    preview = req.preview or f"{path.name} - {format_size(raw['size'])}"
     return Captured("file", "file", suffix, raw, preview, filename=path.name)
 
 
@@ -47,15 +46,21 @@ def file_suffix(name: str) -> str:
     return ext
 
 
-def _copy_to_raw(src: str, req: Request) -> int:
+def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise SerializationError(f"cannot copy {src}: {exc}") from exc
     try:
+        size = os.fstat(fd).st_size
+        if 0 < size <= INLINE_MAX:  # st_size 0 may be a pseudo-file: copied, not read
+            data = _read_all(fd, src)
+            if len(data) <= INLINE_MAX:
+                return req.raw_bytes("stored", data)
+            os.lseek(fd, 0, os.SEEK_SET)
         out = os.open(req.raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, req.mode)
         try:
-            return copy_fd(fd, os.fstat(fd).st_size, out)
+            return {"codec": "stored", "size": copy_fd(fd, size, out)}
         except BaseException as exc:
             req.raw.unlink(missing_ok=True)
             if isinstance(exc, OSError) and not spool_full(exc):
@@ -65,6 +70,18 @@ def _copy_to_raw(src: str, req: Request) -> int:
             os.close(out)
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int, src: str) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, INLINE_MAX + 1):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > INLINE_MAX:
+                break  # it grew: copied instead
+    except OSError as exc:
+        raise SerializationError(f"cannot copy {src}: {exc}") from exc
+    return b"".join(chunks)
 
 
 def load(type_: str, format_: str, path: Path, allow_pickle: bool) -> Any:

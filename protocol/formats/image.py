@@ -27,7 +27,6 @@ from ._base import (
     is_instance_from,
     pick,
     single_blob,
-    write_raw_bytes,
 )
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -58,8 +57,7 @@ def snapshot(img: Any, req: Request) -> Captured | None:
             "first, e.g. img.convert('RGB'), or use .png"
         ) from exc
     raw: dict[str, Any] = {
-        "codec": "pixels",
-        "size": write_raw_bytes(req.raw, pixels, req.mode),
+        **req.raw_bytes("pixels", pixels),
         "mode": img.mode,
         "width": img.width,
         "height": img.height,
@@ -90,6 +88,7 @@ def _rebuild(rec: dict[str, Any], raw: Path) -> Any:
     spec = rec["raw"]
     try:
         im = Image.frombytes(spec["mode"], (spec["width"], spec["height"]), raw.read_bytes())
+        # (an inline snapshot is written to ``raw`` by the caller first)
         if "palette" in spec:
             im.putpalette(spec["palette"], spec.get("palette_mode", "RGB"))
     except (ValueError, TypeError, KeyError) as exc:
