@@ -3,7 +3,7 @@ plain cost of writing the same object to a file (and of copying it in memory).
 
     python bench/upload_blocking.py [--reps 5] [--only DataFrame] [--no-daemon]
 
-The first call in a fresh process (imports, the session, the writer thread) is
+The first call in a fresh process (imports, the session, the spool) is
 timed apart, in a new interpreter each, beside the first plain write in another.
 Each rep times only the ``upload_artifact`` call (``time.perf_counter`` around
 it), the plain write and the in-memory copy, in the same process, on the same
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Daemon, World, machine, median_ms, table, world
 
 # "Close to an in-memory copy": the copy plus at most the larger of another copy and
-# the fixed cost of a call (argument checks, quota, record, hand-off to the writer
-# thread), budgeted at 0.5 ms a call with cold caches (each rep starts after a sync).
+# the fixed cost of a call (argument checks, quota, the record into the outbox),
+# budgeted at 0.5 ms a call with cold caches (each rep starts after a sync).
 CALL_BUDGET_MS = 0.5
 TIE = 1.05  # within 5 % of the plain write: the same kernel copy, told apart by noise
 

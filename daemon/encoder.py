@@ -154,7 +154,7 @@ class Encoder:
                     await self.journal.complete_encoding([(s, b) for s, b, _ in batch])
                 except BaseException as exc:
                     for _, _, f in batch:
-                        if not f.done():
+                        if f is not fut and not f.done():
                             f.set_exception(exc)
                     raise
                 for _, _, f in batch:

@@ -120,6 +120,19 @@ class Quota:
                 )
             time.sleep(min(0.5, deadline - now))
 
+    def check_disk(self, spool: Spool, need: int, what: str) -> None:
+        """Once the size is known (after serializing): the disk's reserve is the daemon's,
+        for its journal; a snapshot that would eat into it is refused.
+
+        :raises SpoolFull: not enough room."""
+        free, reserve = _disk_free(spool)
+        if free is not None and free - need < reserve:
+            raise SpoolFull(
+                f"{what} NOT stored: the spool's disk is full ({spool.root} has "
+                f"{format_size(free)} free, {format_size(need)} needed plus "
+                f"{format_size(reserve)} kept for the daemon); free space and report it again"
+            )
+
     def _problem(self, spool: Spool, need: int) -> str | None:
         free, reserve = _disk_free(spool)
         if free is not None and free - need < reserve:

@@ -102,9 +102,13 @@ class Session:
         """Before snapshotting ``obj``: wait for (or insist on) room in the spool.
 
         :raises SpoolFull: no room."""
+        self.quota.reserve(self.spool, estimate_size(obj), what)
+
+    @property
+    def quota(self) -> Quota:
         if self._quota is None:
             self._quota = Quota(self.settings)
-        self._quota.reserve(self.spool, estimate_size(obj), what)
+        return self._quota
 
     def shutdown(self) -> None:
         """At exit (or reset): run the shutdown hooks, then hang up."""

@@ -211,6 +211,7 @@ class Task:
                 extension_name=extension_name,
                 serialization_function=serialization_function,
                 preview=preview,
+                room=lambda n: session.quota.check_disk(spool, n, f"artifact {name!r}"),
             )
 
         self._store(session, name, capture, meta, delete_after)

@@ -87,8 +87,10 @@ def snapshot(
     extension_name: str | None = None,
     serialization_function: Callable[[Any], bytes] | None = None,
     preview: Any = None,
+    room: Callable[[int], None] | None = None,
 ) -> Captured:
-    """Write the raw snapshot of ``obj`` to ``spool.raw_path(record_id)`` now.
+    """Write the raw snapshot of ``obj`` to ``spool.raw_path(record_id)`` now
+    (``room(n)`` raises when ``n`` more bytes must not go into the spool).
 
     Nothing is left behind when this raises.
 
@@ -98,7 +100,7 @@ def snapshot(
     ext = _norm_ext(extension_name)
     pv = None if preview is None else str(preview)[:PREVIEW_MAX]
     target = resolve_path(obj) if isinstance(obj, str) or is_pathlike(obj) else None
-    req = Request(spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target)
+    req = Request(spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room)
     if serialization_function is not None:
         return binary.snapshot_custom(obj, serialization_function, req)
     if ext == ".pkl":

@@ -95,6 +95,8 @@ class Request:
     auto_pickle: bool
     preview: str | None  # the caller's own preview, cut to PREVIEW_MAX
     path: PathTarget | None = None  # for a str or path-like object that names a path
+    # raises when ``n`` more bytes must not go into the spool (its disk's reserve)
+    room: Callable[[int], None] | None = None
 
     def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
         """The stored form itself as the raw snapshot (made as cheaply as a copy)."""
@@ -104,6 +106,8 @@ class Request:
         """The record's ``raw`` for these bytes: inside it when small, else in the file."""
         if len(data) <= INLINE_MAX:
             return {"codec": codec, "size": len(data), "data": data}
+        if self.room is not None:  # known only now that it is serialized (a dict's JSON)
+            self.room(len(data))
         return {"codec": codec, "size": write_raw_bytes(self.raw, data, self.mode)}
 
     def raw_written(
