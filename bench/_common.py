@@ -54,6 +54,9 @@ class World:
 
     def environ(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARTISYNC_")}
+        # an installed package has its bytecode cached: a first call must not include
+        # compiling our modules (as it would where PYTHONDONTWRITEBYTECODE is set)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update(self.vars)
         env.update(extra)
         return env

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -56,6 +58,9 @@ def run_daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"artisyncd: configuration error: {exc}", file=sys.stderr)
         return 2
+    if config.nice:  # nothing of the trainers' waits on the daemon's CPU any more
+        with contextlib.suppress(OSError):
+            os.nice(config.nice)
     try:
         return int(run_loop(Daemon(config).run()))
     except SpoolLocked as exc:

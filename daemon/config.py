@@ -9,6 +9,7 @@ output_uri = "s3://team-artifacts/runs"
 [daemon]
 concurrency = 16           # uploads in flight, all destinations together
 encode_workers = 1         # processes encoding raw snapshots (default: half the cores, max 4)
+nice = 5                   # the daemon yields the CPU to trainers (its encode workers: +10 more)
 drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
@@ -44,6 +45,7 @@ class DaemonConfig:
     settings: Settings
     concurrency: int = 16
     encode_workers: int = 1
+    nice: int = 5
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 4096
     drain_timeout: float = 20.0
@@ -106,6 +108,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
                 _num(daemon, "encode_workers", default_encode_workers(), "ARTISYNC_ENCODE_WORKERS")
             ),
         ),
+        nice=int(_num(daemon, "nice", 5, "ARTISYNC_NICE")),
         drain_timeout=_num(daemon, "drain_timeout", 20.0),
         retry_max_elapsed=_num(daemon, "retry_max_elapsed", 30.0, "ARTISYNC_RETRY_MAX_ELAPSED"),
         offline_max_backoff=_num(
