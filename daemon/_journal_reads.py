@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from ._journal_schema import State, newest_event
+from ._journal_schema import State, and_where, newest_event
 
 
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
@@ -62,14 +62,13 @@ def find_task(
             (task_id,),
         ).fetchall()
     else:
-        sql = "SELECT DISTINCT task_id FROM records WHERE kind='task'"
         args: list[Any] = []
-        if project is not None:
-            sql += " AND project=?"
-            args.append(project)
-        if name is not None:
-            sql += " AND name=?"
-            args.append(name)
+        sql = and_where(
+            "SELECT DISTINCT task_id FROM records WHERE kind='task'",
+            args,
+            ("project=?", project),
+            ("name=?", name),
+        )
         rows = db.execute(sql + " ORDER BY seq DESC LIMIT 200", args).fetchall()
     out = []
     for r in rows:

@@ -113,6 +113,16 @@ def marks(values: tuple[Any, ...] | list[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+def and_where(sql: str, args: list[Any], *conditions: tuple[str, Any]) -> str:
+    """``sql`` with `` AND <condition>`` for each (condition, value) whose value is not
+    None; the values go into ``args``."""
+    for condition, value in conditions:
+        if value is not None:
+            sql += f" AND {condition}"
+            args.append(value)
+    return sql
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection, mode: str = "") -> Iterator[None]:
     """BEGIN [mode] ... COMMIT, or ROLLBACK on any exception (if SQLite has not rolled

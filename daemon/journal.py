@@ -31,6 +31,7 @@ from ._journal_schema import (
     Incoming,
     Row,
     State,
+    and_where,
     insert_one,
     marks,
     newest_event,
@@ -247,17 +248,14 @@ class Journal:
         self, states: tuple[State, ...], task_id: str | None, max_seq: int | None
     ) -> tuple[int, int]:
         """(records, bytes) in the given states, optionally of one task and up to a seq."""
-        sql = (
-            "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
-            f"WHERE state IN ({marks(states)})"
-        )
         args: list[Any] = [*states]
-        if task_id is not None:
-            sql += " AND task_id=?"
-            args.append(task_id)
-        if max_seq is not None:
-            sql += " AND seq<=?"
-            args.append(max_seq)
+        sql = and_where(
+            "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
+            f"WHERE state IN ({marks(states)})",
+            args,
+            ("task_id=?", task_id),
+            ("seq<=?", max_seq),
+        )
 
         def q(db: sqlite3.Connection) -> tuple[int, int]:
             r = db.execute(sql, args).fetchone()
