@@ -12,6 +12,7 @@ shared between threads, and the event loop never blocks on a disk sync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -62,7 +63,17 @@ class Journal:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._conn()))
+        return await loop.run_in_executor(self._pool, lambda: self._call(fn))
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._conn()
+        try:
+            return fn(db)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):  # the disk: give the WAL's pages back, so the next try fits
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
