@@ -88,6 +88,11 @@ class Journal:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
+            # the WAL is checkpointed every 64 pages (256 KiB), not SQLite's 1,000: the log
+            # must fit in the disk space the SDK leaves free, or a full disk would leave
+            # the journal unable to record the very commits that free the space
+            db.execute("PRAGMA wal_autocheckpoint=64")
+            db.execute("PRAGMA journal_size_limit=1048576")
             db.executescript(SCHEMA)
             self._db = db
         return self._db
