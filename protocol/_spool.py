@@ -130,11 +130,6 @@ class Spool:
         """Where the raw snapshot of record ``record_id`` (32 hex digits) lives."""
         return self.raw / record_id
 
-    def open_raw(self, record_id: str) -> BinaryIO:
-        """A new raw snapshot file, never one that exists already."""
-        fd = os.open(self.raw_path(record_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
-        return os.fdopen(fd, "wb")
-
     def iter_raw(self) -> Iterator[tuple[str, float]]:
         """(record_id, mtime) of every raw snapshot."""
         with os.scandir(self.raw) as it:

@@ -138,8 +138,10 @@ class Artifact:
                 self._settled(wait=5.0)  # files and folders encode fast: hashing only
             except UploadTimeout:
                 copy = self._copy_of_raw(raw)  # no daemon: a copy made here
-                if copy is not None:
+                if copy is not None and (extract_archive or not copy.is_dir()):
                     return copy
+                if copy is not None:  # a folder asked for as a zip, as ClearML gives it
+                    return Path(shutil.make_archive(str(copy), "zip", copy))
         rec = self._settled()
         main = self._locator(rec["sha256"])
         if rec["format"] != "tree":

@@ -154,6 +154,11 @@ def test_get_before_the_daemon_encoded_returns_an_equal_object(env: Env) -> None
     assert arts["dict"].get() == {"k": [1, 2.5, None]}
     assert Path(arts["file"].get()).read_bytes() == f.read_bytes()
     assert (Path(arts["folder"].get()) / "sub" / "b.txt").read_text() == "beta"
+    import zipfile
+
+    archive = arts["folder"].get_local_copy(extract_archive=False, raise_on_error=True)
+    with zipfile.ZipFile(str(archive)) as zf:  # a zip, as ClearML gives a folder unextracted
+        assert zf.read("sub/b.txt") == b"beta"
     task.close()
 
 

@@ -152,13 +152,18 @@ def cut_preview(preview: str | None) -> str | None:
     return None if preview is None else preview[:PREVIEW_MAX]
 
 
+def create_raw(path: Path, mode: int) -> int:
+    """Create a raw snapshot file (never one that exists already); its descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+
+
 def write_raw(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o600) -> int:
     """Create ``path`` (never an existing file), fill it with ``write``, return its size.
 
     No fsync: the caller is the training loop, and the page cache survives its
     process being killed; the daemon syncs what it encodes before anything is deleted.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = create_raw(path, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -15,7 +15,7 @@ from typing import Any
 
 from artisync.protocol import format_size
 
-from ._base import INLINE_MAX, Captured, Format, Request, SerializationError
+from ._base import INLINE_MAX, Captured, Format, Request, SerializationError, create_raw
 from ._paths import FILE_SUFFIX, copy_fd, spool_full
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
@@ -58,7 +58,7 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             if len(data) <= INLINE_MAX:
                 return req.raw_bytes("stored", data)
             os.lseek(fd, 0, os.SEEK_SET)
-        out = os.open(req.raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, req.mode)
+        out = create_raw(req.raw, req.mode)
         try:
             return {"codec": "stored", "size": copy_fd(fd, size, out)}
         except BaseException as exc:

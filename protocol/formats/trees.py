@@ -43,6 +43,7 @@ from ._base import (
     Request,
     SerializationError,
     StoredPayload,
+    create_raw,
 )
 from ._paths import CHUNK, WILDCARD, copy_fd, spool_full
 
@@ -156,7 +157,7 @@ def _snap_tree(
         except ValueError as exc:
             raise SerializationError(str(exc)) from None
     entries: list[list[Any]] = []  # [path, offset, size]: the record's raw "files"
-    pack = os.open(req.raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, req.mode)
+    pack = create_raw(req.raw, req.mode)
     try:
         offset = 0
         for rel in order:
