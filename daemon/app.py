@@ -69,7 +69,13 @@ class Daemon:
         self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
         self.journal = Journal(self.spool.journal_path, 0o660 if self.group_mode else 0o600)
         self.destinations = Destinations(config)
-        self.uploader = Uploader(self.journal, self.spool, self.destinations, config.concurrency)
+        self.uploader = Uploader(
+            self.journal,
+            self.spool,
+            self.destinations,
+            config.concurrency,
+            config.object_concurrency,
+        )
         self.encoder = Encoder(self.journal, self.spool, config.encode_workers, self.uploader.poke)
         self.committer = Committer(self.journal, self._on_commit)
         self._ingest_lock = asyncio.Lock()

@@ -7,7 +7,8 @@ socket = "/run/artisync/artisyncd.sock"
 output_uri = "s3://team-artifacts/runs"
 
 [daemon]
-concurrency = 16           # uploads in flight, all destinations together
+concurrency = 16           # records uploading at once, all destinations together
+object_concurrency = 32    # objects uploading at once (a folder's files go many at a time)
 encode_workers = 1         # processes encoding raw snapshots (default: half the cores, max 4)
 nice = 5                   # the daemon yields the CPU to trainers (its encode workers: +10 more)
 drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
@@ -44,6 +45,7 @@ from .storage import StorageOptions
 class DaemonConfig:
     settings: Settings
     concurrency: int = 16
+    object_concurrency: int = 32
     encode_workers: int = 1
     nice: int = 5
     max_frame: int = DEFAULT_MAX_FRAME
@@ -102,6 +104,9 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
     values: dict[str, Any] = dict(
         settings=settings,
         concurrency=max(1, int(_num(daemon, "concurrency", 16, "ARTISYNC_CONCURRENCY"))),
+        object_concurrency=max(
+            1, int(_num(daemon, "object_concurrency", 32, "ARTISYNC_OBJECT_CONCURRENCY"))
+        ),
         encode_workers=max(
             1,
             int(

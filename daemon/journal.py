@@ -57,6 +57,8 @@ class Journal:
         self.mode = mode
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="artisync-journal")
         self._db: sqlite3.Connection | None = None
+        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._write_lock = asyncio.Lock()
         # (destination URI, seq) of records whose upload was interrupted by a crash or failed
         # before: their destination may hold an unfinished multipart upload or temp file
         self.suspects: set[tuple[str, int]] = set()
@@ -70,10 +72,31 @@ class Journal:
         try:
             return fn(db)
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc):  # the disk: give the WAL's pages back, so the next try fits
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _make_room(db, exc)
             raise
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Group commit: ``fn`` runs in the next write transaction. While one commits,
+        the writes that arrive meanwhile gather for the next, so a burst of small
+        updates (a state per record, an object per upload) costs one fsync, not one
+        each; alone, a write waits for nothing. A write that fails fails alone: the
+        batch is then retried one write per transaction."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((fn, fut))
+        async with self._write_lock:
+            if not fut.done():
+                batch, self._writes = self._writes, []
+                try:
+                    results = await self._run(lambda db: _commit_each(db, [f for f, _ in batch]))
+                except BaseException as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    raise
+                for (_, f), (ok, value) in zip(batch, results, strict=True):
+                    if not f.done():
+                        f.set_exception(value) if not ok else f.set_result(value)
+        return await fut
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -149,8 +172,26 @@ class Journal:
 
         return await self._run(q)
 
+    async def known_objects(self, destination_uri: str, shas: Sequence[str]) -> set[str]:
+        """Of ``shas``, those the destination is known to hold (one query per 500)."""
+
+        def q(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(shas), 500):
+                chunk = list(shas[i : i + 500])
+                found.update(
+                    r["sha256"]
+                    for r in db.execute(
+                        f"SELECT sha256 FROM objects WHERE dest=? AND sha256 IN ({marks(chunk)})",
+                        (destination_uri, *chunk),
+                    )
+                )
+            return found
+
+        return await self._run(q)
+
     async def add_object(self, destination_uri: str, sha256: str, size: int) -> None:
-        await self._run(
+        await self._write(
             lambda db: db.execute(
                 "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)",
                 (destination_uri, sha256, size, time.time()),
@@ -194,7 +235,7 @@ class Journal:
         next_try: float = 0.0,
         bump: bool = False,
     ) -> None:
-        await self._run(
+        await self._write(
             lambda db: db.execute(
                 "UPDATE records SET state=?, reason=?, next_try=?, attempts=attempts+?, updated=? "
                 "WHERE seq=?",
@@ -204,7 +245,7 @@ class Journal:
 
     async def make_due(self, destination_uri: str) -> int:
         """A destination is reachable again: its waiting records are due now."""
-        return await self._run(
+        return await self._write(
             lambda db: (
                 db.execute(
                     "UPDATE records SET next_try=0 WHERE dest=? AND next_try>0 "
@@ -380,3 +421,34 @@ class Journal:
     async def artifacts_of(self, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task, any state."""
         return await self._run(lambda db: _reads.artifacts_of(db, task_id))
+
+
+def _make_room(db: sqlite3.Connection, exc: sqlite3.OperationalError) -> None:
+    """The disk is full: give the WAL's pages back, so the next try fits."""
+    if "full" in str(exc):
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _commit_each(
+    db: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """Run ``fns`` in one transaction; if that fails, each in its own. (ok, result or error)."""
+    try:
+        with transaction(db, "IMMEDIATE"):
+            return [(True, fn(db)) for fn in fns]
+    except sqlite3.Error as exc:
+        if len(fns) == 1:
+            if isinstance(exc, sqlite3.OperationalError):
+                _make_room(db, exc)
+            return [(False, exc)]
+    out: list[tuple[bool, Any]] = []
+    for fn in fns:
+        try:
+            with transaction(db, "IMMEDIATE"):
+                out.append((True, fn(db)))
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                _make_room(db, exc)
+            out.append((False, exc))
+    return out

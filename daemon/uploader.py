@@ -22,11 +22,13 @@ from artisync.protocol import Spool, object_key
 from .destinations import Destination, Destinations
 from .journal import Journal, Row, State
 from .publish import publish_artifact, publish_task, record_keys
-from .storage.base import PermanentStorageError, TransientStorageError
+from .storage.base import PermanentStorageError, TransientStorageError, first_error
 from .storage.retry import RetryPolicy
 
 log = logging.getLogger("artisync.daemon")
 
+LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
+LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
 _STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
 # a journal that cannot be written: the record goes again after 1 s, doubling up to 30 s
 _JOURNAL_RETRY = RetryPolicy(initial=1.0, max_delay=30.0, jitter=0.0, max_elapsed=None)
@@ -39,6 +41,7 @@ class Uploader:
         spool: Spool,
         destinations: Destinations,
         concurrency: int,
+        object_concurrency: int = 32,
     ) -> None:
         self.journal = journal
         self.spool = spool
@@ -56,6 +59,8 @@ class Uploader:
         # a row the feeder queued behind the workers' stop sentinels is never processed:
         # draining waits for the workers, not for in_flight to empty
         self.live_workers = 0
+        self._small = asyncio.Semaphore(object_concurrency)
+        self._large = asyncio.Semaphore(LARGE_IN_FLIGHT)
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -155,8 +160,7 @@ class Uploader:
         suspect = (row.destination_uri, row.seq) in self.journal.suspects
         try:
             if row.state is not State.UPLOADED:
-                for sha, size in await self.journal.refs(row.seq):
-                    await self._ensure_object(destination, sha, size, suspect)
+                await self._ensure_objects(destination, await self.journal.refs(row.seq), suspect)
                 await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
                 for key in record_keys(row.body):
@@ -213,13 +217,33 @@ class Uploader:
         if not lock.locked():
             self._task_locks.pop(row.task_id, None)
 
+    async def _ensure_objects(
+        self, destination: Destination, refs: list[tuple[str, int]], suspect: bool
+    ) -> None:
+        """Upload the objects of one record that the destination lacks, many at once (a
+        folder is thousands): each takes a slot of the daemon's object limit; the first
+        error cancels the rest and is raised."""
+        known = (
+            set()
+            if suspect
+            else await self.journal.known_objects(destination.uri, [s for s, _ in refs])
+        )
+        todo = [(sha, size) for sha, size in refs if sha not in known]
+        if len(todo) == 1:
+            await self._ensure_object(destination, *todo[0], suspect)
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for sha, size in todo:
+                    tg.create_task(self._ensure_object(destination, sha, size, suspect))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
     async def _ensure_object(
         self, destination: Destination, sha: str, size: int, suspect: bool
     ) -> None:
         """Upload one object unless the destination has it; share concurrent uploads."""
         key = (destination.uri, sha)
-        if not suspect and await self.journal.has_object(destination.uri, sha):
-            return
         fut = self._objects.get(key)
         if fut is not None:
             await asyncio.shield(fut)
@@ -227,15 +251,14 @@ class Uploader:
         fut = asyncio.get_running_loop().create_future()
         self._objects[key] = fut
         try:
-            # while we hold the key no upload of ours for it is in flight: whatever
-            # unfinished upload the destination lists for it was abandoned
-            if suspect:  # by a killed daemon, or by a failed attempt whose abort failed too
-                await destination.abort_incomplete(object_key(sha), self.started, size)
-            if not await self.journal.has_object(destination.uri, sha):
-                await self._upload_object(destination, sha, size)
-                await self.journal.add_object(destination.uri, sha, size)
-                # by attempts retried inside this put (whose own clean-up failed)
-                await destination.abort_incomplete(object_key(sha), self.started, size)
+            async with self._slots(size):
+                # while we hold the key no upload of ours for it is in flight: whatever
+                # unfinished upload the destination lists for it was abandoned
+                if suspect:  # by a killed daemon, or by a failed attempt whose abort failed
+                    await destination.abort_incomplete(object_key(sha), self.started, size)
+                if not await self.journal.has_object(destination.uri, sha):
+                    await self._upload_object(destination, sha, size)
+                    await self.journal.add_object(destination.uri, sha, size)
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc)
@@ -244,11 +267,20 @@ class Uploader:
         finally:
             del self._objects[key]
 
+    def _slots(self, size: int) -> asyncio.Semaphore:
+        """Small objects: many requests in flight (latency-bound); large ones: a few,
+        each already sending parts in parallel (bandwidth- and memory-bound)."""
+        return self._large if size >= LARGE_OBJECT else self._small
+
     async def _upload_object(self, destination: Destination, sha: str, size: int) -> None:
         okey = object_key(sha)
-        info = await destination.storage.head(okey)
-        if info is not None and info.size == size:
-            return
+        storage = destination.storage
+        # a small object costs about as much to send as to ask for: send it (keys are
+        # content addresses, so a second copy is the same bytes)
+        if size >= storage.head_before_put:
+            info = await storage.head(okey)
+            if info is not None and info.size == size:
+                return
         path = self.spool.blob_path(sha)
         try:
             st = os.lstat(path)
@@ -258,9 +290,13 @@ class Uploader:
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
         self.bytes_in_flight += size
         try:
-            await destination.storage.put(okey, path, size=size, sha256=sha)
+            await storage.put(okey, path, size=size, sha256=sha)
         finally:
             self.bytes_in_flight -= size
+        if storage.take_retried(okey):
+            # an attempt retried inside this put may have left parts its own clean-up
+            # could not remove
+            await destination.abort_incomplete(okey, self.started, size)
 
     async def _delete_original(self, row: Row) -> None:
         """``delete_after_upload``: only the submitter's own, unchanged file."""

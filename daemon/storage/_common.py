@@ -21,10 +21,10 @@ from typing import IO, Any, ClassVar
 from .base import (
     IntegrityError,
     ObjectInfo,
-    PermanentStorageError,
     StorageError,
     TransientStorageError,
     check_key,
+    first_error,
 )
 from .retry import Backoff, RetryPolicy, retry_transient
 
@@ -72,6 +72,9 @@ class CloudStorage:
     hash_small_locally: ClassVar[bool] = True
     # the service's limit on parts per object (S3 10,000 parts; Azure 50,000 blocks)
     max_parts: int | None = None
+    head_before_put: ClassVar[int] = MiB  # smaller objects are sent without a HEAD first
+    # whether _upload_parts also computes the whole file's MD5 (Azure's Content-MD5)
+    whole_md5: ClassVar[bool] = False
 
     def part_size_for(self, size: int) -> int:
         """``part_size``, grown (in whole MiB) when ``size`` would need more parts than
@@ -101,10 +104,10 @@ class CloudStorage:
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
         name = self._prefix.key(key)
         sha256 = sha256.lower()
-        actual = (await asyncio.to_thread(os.stat, src)).st_size
-        if actual != size:
-            raise self._integrity(f"source has {actual} bytes, expected {size}", key)
         if size >= self.multipart_threshold and size > self.part_size:
+            actual = (await asyncio.to_thread(os.stat, src)).st_size
+            if actual != size:
+                raise self._integrity(f"source has {actual} bytes, expected {size}", key)
             await self._put_large(key, name, src, size, sha256)
         else:
 
@@ -112,9 +115,9 @@ class CloudStorage:
                 data = src.read_bytes()
                 return data, hashlib.sha256(data).hexdigest() if self.hash_small_locally else None
 
-            data, digest = await asyncio.to_thread(read)
+            data, digest = await asyncio.to_thread(read)  # one hop: a folder is many of these
             if len(data) != size:
-                raise self._integrity("source changed while reading", key)
+                raise self._integrity(f"source has {len(data)} bytes, expected {size}", key)
             if digest is not None and digest != sha256:
                 raise self._integrity(f"source sha256 is {digest}, expected {sha256}", key)
             await self._put_small(key, name, data, sha256)
@@ -140,15 +143,18 @@ class CloudStorage:
         """Read ``src`` in parts (of :meth:`part_size_for`), in order, hashing the whole
         file on the way, and ``send(number, data)`` them (numbered from 1),
         ``concurrency`` at a time, each retried alone. Memory stays under concurrency x
-        part size. Returns the file's SHA-256 (hex) and MD5 (raw)."""
-        sha, md5 = hashlib.sha256(), hashlib.md5()
+        part size. Returns the file's SHA-256 (hex) and, where :attr:`whole_md5`, its
+        MD5 (raw; else empty): MD5 is the slowest hash here, computed only if needed."""
+        sha = hashlib.sha256()
+        md5 = hashlib.md5() if self.whole_md5 else None
         slots = asyncio.Semaphore(concurrency)
         part_size = self.part_size_for(size)
 
         def read(offset: int, length: int) -> bytes:
             data = read_range(src, offset, length)
             sha.update(data)
-            md5.update(data)
+            if md5 is not None:
+                md5.update(data)
             return data
 
         async def one(number: int, data: bytes) -> None:
@@ -177,7 +183,7 @@ class CloudStorage:
                     tg.create_task(one(number, data))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        return sha.hexdigest(), md5.digest()
+        return sha.hexdigest(), md5.digest() if md5 is not None else b""
 
 
 def opt_int(options: Mapping[str, Any], name: str, default: int, *, minimum: int = 1) -> int:
@@ -197,7 +203,7 @@ def transfer_options(options: Mapping[str, Any], *, parts: bool = True) -> dict[
     tuning = {
         "part_size": opt_int(options, "part_size", 8 * MiB),
         "multipart_threshold": opt_int(options, "multipart_threshold", 16 * MiB),
-        "max_concurrency": opt_int(options, "concurrency", 16),
+        "max_concurrency": opt_int(options, "concurrency", 32),
         "list_page_size": opt_int(options, "list_page_size", 1000),
     }
     if parts:
@@ -245,21 +251,6 @@ def read_range(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(length)
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The most telling error out of a TaskGroup: a permanent StorageError, else any
-    StorageError, else the first."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup[BaseException]) -> None:
-        for exc in g.exceptions:
-            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
-
-    walk(group)
-    ours = [exc for exc in leaves if isinstance(exc, StorageError)]
-    permanent = [exc for exc in ours if isinstance(exc, PermanentStorageError)]
-    return (permanent or ours or leaves)[0]
 
 
 class AtomicDownload:

@@ -92,6 +92,7 @@ class AzureStorage(CloudStorage):
 
     scheme: ClassVar[str] = "azure"
     max_parts = 50_000
+    whole_md5: ClassVar[bool] = True  # the blob's Content-MD5, set at commit
 
     def __init__(
         self,
@@ -101,7 +102,7 @@ class AzureStorage(CloudStorage):
         client_args: Mapping[str, Any],
         part_size: int = 8 * MiB,
         multipart_threshold: int = 16 * MiB,
-        max_concurrency: int = 16,
+        max_concurrency: int = 32,
         part_concurrency: int = 4,
         list_page_size: int = 1000,
     ) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "StorageError",
     "TransientStorageError",
     "check_key",
+    "first_error",
     "open_storage",
     "parse_uri",
     "register",
@@ -71,6 +72,13 @@ class Storage(Protocol):
     @property
     def uri(self) -> str:
         """The destination, without credentials."""
+        ...
+
+    @property
+    def head_before_put(self) -> int:
+        """Objects of at least this size are looked for (:meth:`head`) before they are
+        sent; smaller ones cost about as much to send as to look for, and are just sent
+        (a class attribute in implementations)."""
         ...
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
@@ -193,3 +201,18 @@ def open_storage(uri: str, options: Mapping[str, Any] | None = None) -> Storage:
             ", ".join(known),
         )
     return _REGISTRY[scheme](uri, options or {})
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The most telling error out of a TaskGroup: a permanent StorageError, else any
+    StorageError, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for exc in g.exceptions:
+            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+
+    walk(group)
+    ours = [exc for exc in leaves if isinstance(exc, StorageError)]
+    permanent = [exc for exc in ours if isinstance(exc, PermanentStorageError)]
+    return (permanent or ours or leaves)[0]

@@ -100,7 +100,7 @@ class GSStorage(CloudStorage):
         service_file: str | None = None,
         part_size: int = 8 * MiB,
         multipart_threshold: int = 16 * MiB,
-        max_concurrency: int = 16,
+        max_concurrency: int = 32,
         list_page_size: int = 1000,
     ) -> None:
         self.bucket = bucket

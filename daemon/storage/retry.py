@@ -195,6 +195,19 @@ class RetryingStorage:
     def __init__(self, inner: Storage, policy: RetryPolicy = STORAGE_RETRY) -> None:
         self.inner = inner
         self.policy = policy
+        self._retried: set[str] = set()  # keys whose put succeeded after failed attempts
+
+    @property
+    def head_before_put(self) -> int:
+        return self.inner.head_before_put
+
+    def take_retried(self, key: str) -> bool:
+        """Whether the last put of ``key`` needed more than one attempt (once): a failed
+        attempt may have left parts behind that its own clean-up could not remove."""
+        if key in self._retried:
+            self._retried.discard(key)
+            return True
+        return False
 
     @property
     def scheme(self) -> str:
@@ -204,32 +217,35 @@ class RetryingStorage:
     def uri(self) -> str:
         return self.inner.uri
 
-    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: str, key: str, fn: Callable[[int], Awaitable[T]]) -> T:
         report = _OperationLog(self.uri, op, key)
         return await retry_transient(
             self.policy,
-            lambda _: fn(),
+            fn,
             on_retry=report.retry,
             on_give_up=report.give_up,
             on_recovered=report.recovered,
         )
 
     async def put(self, key: str, src: Path, *, size: int, sha256: str) -> ObjectInfo:
-        return await self._call(
-            "put", key, lambda: self.inner.put(key, src, size=size, sha256=sha256)
-        )
+        def attempt(n: int) -> Awaitable[ObjectInfo]:
+            if n > 1:
+                self._retried.add(key)
+            return self.inner.put(key, src, size=size, sha256=sha256)
+
+        return await self._call("put", key, attempt)
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return await self._call("put", key, lambda: self.inner.put_bytes(key, data))
+        return await self._call("put", key, lambda _: self.inner.put_bytes(key, data))
 
     async def head(self, key: str) -> ObjectInfo | None:
-        return await self._call("head", key, lambda: self.inner.head(key))
+        return await self._call("head", key, lambda _: self.inner.head(key))
 
     async def get(self, key: str, target: Path) -> ObjectInfo:
-        return await self._call("get", key, lambda: self.inner.get(key, target))
+        return await self._call("get", key, lambda _: self.inner.get(key, target))
 
     async def get_bytes(self, key: str) -> bytes:
-        return await self._call("get", key, lambda: self.inner.get_bytes(key))
+        return await self._call("get", key, lambda _: self.inner.get_bytes(key))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Retried only until the first item arrives: after that a restart would
@@ -245,7 +261,7 @@ class RetryingStorage:
                 await _aclose(items)
                 raise
 
-        started = await self._call("list", prefix, first)
+        started = await self._call("list", prefix, lambda _: first())
         if started is None:
             return
         items, item = started
@@ -257,7 +273,7 @@ class RetryingStorage:
             await _aclose(items)
 
     async def delete(self, key: str) -> None:
-        await self._call("delete", key, lambda: self.inner.delete(key))
+        await self._call("delete", key, lambda _: self.inner.delete(key))
 
     async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
         """Forwarded once, not retried: a transient failure sends the record back to

@@ -51,6 +51,7 @@ from ._common import (
     verify_download,
 )
 from ._http_errors import HttpErrors
+from ._s3_put import LeanPut, credentials_for
 from .base import (
     AccessDenied,
     ObjectInfo,
@@ -112,7 +113,7 @@ class S3Storage(CloudStorage):
         addressing_style: str | None = None,
         part_size: int = 8 * MiB,
         multipart_threshold: int = 16 * MiB,
-        max_concurrency: int = 16,
+        max_concurrency: int = 32,
         part_concurrency: int = 4,
         list_page_size: int = 1000,
     ) -> None:
@@ -128,6 +129,7 @@ class S3Storage(CloudStorage):
         self._profile = profile
         self._addressing_style = addressing_style
         self._client: Any = None
+        self._lean: LeanPut | None = None
         self._stack: AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
@@ -147,11 +149,18 @@ class S3Storage(CloudStorage):
                     s3=s3,
                 )
                 stack = AsyncExitStack()
-                client = AioSession(profile=self._profile).create_client(
-                    "s3", config=config, **self._client_kwargs
-                )
+                session = AioSession(profile=self._profile)
+                client = session.create_client("s3", config=config, **self._client_kwargs)
                 self._client = await stack.enter_async_context(client)
                 self._stack = stack
+                self._lean = LeanPut(
+                    self._client,
+                    await credentials_for(session, self._client_kwargs),
+                    self.bucket,
+                    self._addressing_style,
+                    self.max_concurrency,
+                )
+                stack.push_async_callback(self._lean.aclose)
         return self._client
 
     async def aclose(self) -> None:
@@ -168,8 +177,14 @@ class S3Storage(CloudStorage):
             return AccessDenied("no usable S3 credentials found", **ctx, hint=hint)
         if isinstance(exc, ParamValidationError):
             return PermanentStorageError(f"invalid S3 request: {exc}", **ctx)
-        if isinstance(exc, EndpointConnectionError):
-            url = urlsplit(str(exc.kwargs.get("endpoint_url", "")))
+        if isinstance(exc, EndpointConnectionError | aiohttp.ClientConnectorError):
+            # the same words for the client's requests and the lean path's (aiohttp's)
+            endpoint = (
+                exc.kwargs.get("endpoint_url", "")
+                if isinstance(exc, EndpointConnectionError)
+                else getattr(getattr(self._client, "meta", None), "endpoint_url", "")
+            )
+            url = urlsplit(str(endpoint))
             message = f"cannot connect to endpoint {url.scheme}://{url.netloc}"
             return TransientStorageError(message, **ctx, hint="check the endpoint URL and network")
         if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError | OSError):
@@ -192,15 +207,11 @@ class S3Storage(CloudStorage):
 
     async def _put_small(self, key: str, name: str, data: bytes, sha256: str) -> None:
         with self._errors("put", key):
-            s3 = await self._s3()
-            await s3.put_object(
-                Bucket=self.bucket,
-                Key=name,
-                Body=data,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=hex_to_b64(sha256),
-                Metadata={"sha256": sha256},
-            )
+            await self._s3()
+            assert self._lean is not None
+            # signed with the payload's SHA-256 and x-amz-checksum-sha256: the server
+            # refuses a body that does not match
+            await self._lean.put(name, data, sha256, hex_to_b64(sha256), {"sha256": sha256})
 
     async def _put_large(self, key: str, name: str, src: Path, size: int, sha256: str) -> None:
         with self._errors("put", key):
@@ -215,16 +226,13 @@ class S3Storage(CloudStorage):
         parts: dict[int, dict[str, Any]] = {}
 
         async def send(number: int, data: bytes) -> None:
-            checksum = hex_to_b64(await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()))
+            sha = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+            checksum = hex_to_b64(sha)
             with self._errors("put", key):
-                resp = await s3.upload_part(
-                    **upload,
-                    PartNumber=number,
-                    Body=data,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
+                assert self._lean is not None
+                etag = await self._lean.upload_part(
+                    name, upload["UploadId"], number, data, sha, checksum
                 )
-            etag, checksum = resp["ETag"], resp.get("ChecksumSHA256") or checksum
             parts[number] = {"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum}
 
         try:
