@@ -18,7 +18,9 @@ hashing, journal and upload are all inside the time.
 | small dicts | 32 threads of ``put_object(json.dumps(d))`` | ``rclone copy --transfers 32`` of the dicts as JSON files | one ``upload_artifact(name, d)`` per dict |
 
 CPU seconds are counted per process: the client (the tool's own process, with
-its children), the daemon (with its encode workers) and the server. Reported:
+its children), the daemon (with its encode workers) and the server; the
+daemon's peak resident memory (with its workers) is sampled every 50 ms
+(``--big-mib 4096`` for the 4 GiB case). Reported:
 median time, MB/s or objects/s, median CPU seconds, and each tool's time as a
 ratio to the fastest other tool (artisync's ``vs best`` above 1.0 means faster).
 Every run is checked afterwards: the bucket must hold the expected objects.
@@ -33,6 +35,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +103,20 @@ class Proc:
             except FileNotFoundError:
                 pass
         return out
+
+    @staticmethod
+    def rss(pid: int) -> int:
+        """Resident bytes of the process and its descendants."""
+        total = 0
+        for p in Proc.tree(pid):
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    total += sum(
+                        int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")
+                    )
+            except FileNotFoundError:
+                continue
+        return total
 
     @staticmethod
     def cpu(pid: int) -> float:
@@ -198,7 +215,19 @@ class Bench:
                 cmd = ["rclone", "copy", "--transfers", "32", str(src), remote, *common]
         d0 = Proc.cpu(daemon.proc.pid) if daemon else 0.0
         s0 = self.server_cpu()
-        wall, client = run_child(cmd, env)
+        peak, stop = [0], threading.Event()
+
+        def sample() -> None:  # the daemon's resident memory, with its encode workers
+            while daemon is not None and not stop.wait(0.05):
+                peak[0] = max(peak[0], Proc.rss(daemon.proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            wall, client = run_child(cmd, env)
+        finally:
+            stop.set()
+            sampler.join()
         server = self.server_cpu() - s0
         daemon_cpu = 0.0
         if daemon is not None:
@@ -211,6 +240,7 @@ class Bench:
             "daemon": daemon_cpu,
             "server": server,
             "objects": objects,
+            "daemon_rss": peak[0],
         }
 
 
@@ -309,6 +339,9 @@ def main() -> None:
                             for k in ("client", "daemon", "server")
                         ),
                         f"{best_other / med[tool]:.2f}",
+                        f"{max(s['daemon_rss'] for s in samples[tool]) / MiB:.0f}"
+                        if tool == "artisync"
+                        else "-",
                         f"{int(statistics.median(s['objects'] for s in samples[tool]))}",
                     ]
                 )
@@ -323,6 +356,7 @@ def main() -> None:
             "daemon CPU-s",
             "server CPU-s",
             "vs best other",
+            "daemon peak RSS MiB",
             "objects",
         ]
         print(table(headers, rows))

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from ._journal_schema import State, and_where, newest_event
+from ._journal_schema import State, and_where, marks, newest_event, transaction
 
 
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
@@ -94,3 +94,40 @@ def artifacts_of(db: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
         if seen is None or rec.get("created", 0) >= seen.get("created", 0):
             latest[rec["name"]] = rec
     return list(latest.values())
+
+
+def collectable(db: sqlite3.Connection, shas: Sequence[str], orphans: Sequence[str]) -> list[str]:
+    """Of ``shas``, those that only committed records reference; plus the ``orphans``
+    that no record references at all. One snapshot, a few set queries (not one per
+    blob: a long backlog is scanned every pass)."""
+    orphan_set = set(orphans)
+    out = []
+    with transaction(db):  # one snapshot
+        for i in range(0, len(shas), 500):
+            chunk = list(shas[i : i + 500])
+            seen = {
+                r["sha256"]: bool(r["done"])
+                for r in db.execute(
+                    "SELECT refs.sha256 AS sha256, min(records.state=?) AS done "
+                    f"FROM refs JOIN records USING(seq) WHERE refs.sha256 IN "
+                    f"({marks(chunk)}) GROUP BY refs.sha256",
+                    (State.COMMITTED, *chunk),
+                )
+            }
+            out += [s for s in chunk if (seen[s] if s in seen else s in orphan_set)]
+    return out
+
+
+def known_objects(db: sqlite3.Connection, destination_uri: str, shas: Sequence[str]) -> set[str]:
+    """Of ``shas``, those the destination is known to hold (one query per 500)."""
+    found: set[str] = set()
+    for i in range(0, len(shas), 500):
+        chunk = list(shas[i : i + 500])
+        found.update(
+            r["sha256"]
+            for r in db.execute(
+                f"SELECT sha256 FROM objects WHERE dest=? AND sha256 IN ({marks(chunk)})",
+                (destination_uri, *chunk),
+            )
+        )
+    return found

@@ -6,9 +6,10 @@ their spelling, so a spool written by an older daemon still opens.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -181,3 +182,34 @@ def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
         "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
     )
     return True
+
+
+def make_room(db: sqlite3.Connection, exc: sqlite3.OperationalError) -> None:
+    """The disk is full: give the WAL's pages back, so the next try fits."""
+    if "full" in str(exc):
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def commit_each(
+    db: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """Run ``fns`` in one transaction; if that fails, each in its own. (ok, result or error)."""
+    try:
+        with transaction(db, "IMMEDIATE"):
+            return [(True, fn(db)) for fn in fns]
+    except sqlite3.Error as exc:
+        if len(fns) == 1:
+            if isinstance(exc, sqlite3.OperationalError):
+                make_room(db, exc)
+            return [(False, exc)]
+    out: list[tuple[bool, Any]] = []
+    for fn in fns:
+        try:
+            with transaction(db, "IMMEDIATE"):
+                out.append((True, fn(db)))
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                make_room(db, exc)
+            out.append((False, exc))
+    return out

@@ -36,6 +36,7 @@ from .ingest import (
 )
 from .journal import OUTSTANDING, Journal, State
 from .server import Committer, Server
+from .storage import load_backend
 from .uploader import Uploader
 
 log = logging.getLogger("artisync.daemon")
@@ -178,6 +179,7 @@ class Daemon:
                 tg.create_task(housekeeping_loop(self))
                 tg.create_task(self._idle_watch())
                 tg.create_task(self._shutdown(server))
+                tg.create_task(self._warm_up())
                 log.info(
                     "artisyncd %d serving spool %s on %s",
                     os.getpid(),
@@ -196,6 +198,15 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return 0
+
+    async def _warm_up(self) -> None:
+        """Load the default destination's backend (a cloud client's import takes half a
+        second) in the background now, not when the first record is waiting for it."""
+        uri = self.config.settings.output_uri
+        try:
+            await asyncio.to_thread(load_backend, uri)
+        except Exception as exc:  # a bad default shows when a record uses it, with the reason
+            log.debug("not preloading the backend of %s: %s", uri, exc)
 
     def _raise_fd_limit(self) -> None:
         """Every client connection holds a descriptor: raise the soft limit to the hard

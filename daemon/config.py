@@ -7,7 +7,7 @@ socket = "/run/artisync/artisyncd.sock"
 output_uri = "s3://team-artifacts/runs"
 
 [daemon]
-concurrency = 16           # records uploading at once, all destinations together
+concurrency = 64           # records uploading at once, all destinations together
 object_concurrency = 32    # objects uploading at once (a folder's files go many at a time)
 encode_workers = 1         # processes encoding raw snapshots (default: half the cores, max 4)
 nice = 5                   # the daemon yields the CPU to trainers (its encode workers: +10 more)
@@ -44,7 +44,7 @@ from .storage import StorageOptions
 @dataclass(frozen=True)
 class DaemonConfig:
     settings: Settings
-    concurrency: int = 16
+    concurrency: int = 64
     object_concurrency: int = 32
     encode_workers: int = 1
     nice: int = 5
@@ -103,7 +103,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
             raise ValueError(f"group {group!r} does not exist") from None
     values: dict[str, Any] = dict(
         settings=settings,
-        concurrency=max(1, int(_num(daemon, "concurrency", 16, "ARTISYNC_CONCURRENCY"))),
+        concurrency=max(1, int(_num(daemon, "concurrency", 64, "ARTISYNC_CONCURRENCY"))),
         object_concurrency=max(
             1, int(_num(daemon, "object_concurrency", 32, "ARTISYNC_OBJECT_CONCURRENCY"))
         ),

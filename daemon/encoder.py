@@ -29,11 +29,13 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from artisync.protocol import Spool
+from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .journal import Journal, Row, State
 
 log = logging.getLogger("artisync.daemon")
 
+ENCODING_IN_FLIGHT = 64  # records claimed for encoding at once
 WORKER_NICE = 10  # encode workers yield the CPU to the trainers on the node
 
 
@@ -59,8 +61,10 @@ class Encoder:
         self.wakeup.set()
 
     async def run(self) -> None:
-        """Claim and encode until stopped; at most two records per worker at a time."""
-        limit = 2 * self.workers + 2
+        """Claim and encode until stopped. Many records at a time: a burst of small
+        ones (hashing in threads) must reach the uploader together, to be published
+        together; heavy codecs queue for the worker processes."""
+        limit = max(ENCODING_IN_FLIGHT, 2 * self.workers + 2)
         try:
             while self.accepting:
                 free = limit - len(self.in_flight)
@@ -165,7 +169,9 @@ class Encoder:
 
 def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     out = {**body, "sha256": result["sha256"], "size": result["size"], "blobs": result["blobs"]}
-    out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}  # in blobs/ now
+    data = body["raw"].get("data")
+    if data is None or len(data) > SMALL_PAYLOAD:  # in blobs/ now
+        out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}
     if not out.get("preview"):
         out["preview"] = result.get("preview") or f"{body['type']} ({body['format']})"
     return out

@@ -12,7 +12,6 @@ shared between threads, and the event loop never blocks on a disk sync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
@@ -33,7 +32,9 @@ from ._journal_schema import (
     Row,
     State,
     and_where,
+    commit_each,
     insert_one,
+    make_room,
     marks,
     newest_event,
     to_row,
@@ -72,7 +73,7 @@ class Journal:
         try:
             return fn(db)
         except sqlite3.OperationalError as exc:
-            _make_room(db, exc)
+            make_room(db, exc)
             raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -87,7 +88,7 @@ class Journal:
             if not fut.done():
                 batch, self._writes = self._writes, []
                 try:
-                    results = await self._run(lambda db: _commit_each(db, [f for f, _ in batch]))
+                    results = await self._run(lambda db: commit_each(db, [f for f, _ in batch]))
                 except BaseException as exc:
                     for _, f in batch:
                         if not f.done():
@@ -173,22 +174,8 @@ class Journal:
         return await self._run(q)
 
     async def known_objects(self, destination_uri: str, shas: Sequence[str]) -> set[str]:
-        """Of ``shas``, those the destination is known to hold (one query per 500)."""
-
-        def q(db: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(shas), 500):
-                chunk = list(shas[i : i + 500])
-                found.update(
-                    r["sha256"]
-                    for r in db.execute(
-                        f"SELECT sha256 FROM objects WHERE dest=? AND sha256 IN ({marks(chunk)})",
-                        (destination_uri, *chunk),
-                    )
-                )
-            return found
-
-        return await self._run(q)
+        """Of ``shas``, those the destination is known to hold."""
+        return await self._run(lambda db: _reads.known_objects(db, destination_uri, shas))
 
     async def add_object(self, destination_uri: str, sha256: str, size: int) -> None:
         await self._write(
@@ -269,28 +256,8 @@ class Journal:
 
     async def collectable(self, shas: Sequence[str], orphans: Sequence[str]) -> list[str]:
         """Of ``shas``, those that only committed records reference; plus the ``orphans``
-        (old enough to be abandoned) that no record references at all. One snapshot,
-        a few set queries (not one per blob: a long backlog is scanned every pass)."""
-        orphan_set = set(orphans)
-
-        def q(db: sqlite3.Connection) -> list[str]:
-            out = []
-            with transaction(db):  # one snapshot
-                for i in range(0, len(shas), 500):
-                    chunk = list(shas[i : i + 500])
-                    seen = {
-                        r["sha256"]: bool(r["done"])
-                        for r in db.execute(
-                            "SELECT refs.sha256 AS sha256, min(records.state=?) AS done "
-                            f"FROM refs JOIN records USING(seq) WHERE refs.sha256 IN "
-                            f"({marks(chunk)}) GROUP BY refs.sha256",
-                            (State.COMMITTED, *chunk),
-                        )
-                    }
-                    out += [s for s in chunk if (seen[s] if s in seen else s in orphan_set)]
-            return out
-
-        return await self._run(q)
+        (old enough to be abandoned) that no record references at all."""
+        return await self._run(lambda db: _reads.collectable(db, shas, orphans))
 
     async def outstanding(
         self, task_id: str | None = None, max_seq: int | None = None
@@ -421,34 +388,3 @@ class Journal:
     async def artifacts_of(self, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task, any state."""
         return await self._run(lambda db: _reads.artifacts_of(db, task_id))
-
-
-def _make_room(db: sqlite3.Connection, exc: sqlite3.OperationalError) -> None:
-    """The disk is full: give the WAL's pages back, so the next try fits."""
-    if "full" in str(exc):
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _commit_each(
-    db: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
-) -> list[tuple[bool, Any]]:
-    """Run ``fns`` in one transaction; if that fails, each in its own. (ok, result or error)."""
-    try:
-        with transaction(db, "IMMEDIATE"):
-            return [(True, fn(db)) for fn in fns]
-    except sqlite3.Error as exc:
-        if len(fns) == 1:
-            if isinstance(exc, sqlite3.OperationalError):
-                _make_room(db, exc)
-            return [(False, exc)]
-    out: list[tuple[bool, Any]] = []
-    for fn in fns:
-        try:
-            with transaction(db, "IMMEDIATE"):
-                out.append((True, fn(db)))
-        except sqlite3.Error as exc:
-            if isinstance(exc, sqlite3.OperationalError):
-                _make_room(db, exc)
-            out.append((False, exc))
-    return out

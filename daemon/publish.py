@@ -2,38 +2,65 @@
 
 An object is always written before any record that points to it; records
 are immutable (artifact versions) or a task's latest state (task.json).
+
+Two things keep a burst of small artifacts (a thousand dicts) from costing two
+requests each: a payload of at most :data:`~artisync.protocol.formats.SMALL_PAYLOAD` bytes travels inside its
+version record (``inline``: base64; readers check it against ``sha256``), not
+as an object of its own; and versions of one task ready at the same moment are
+published together, as one batch object under ``tasks/<id>/batches/``, while a
+version published alone keeps its own key under ``tasks/<id>/artifacts/``.
+Readers merge both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from artisync.protocol import (
     artifact_version_key,
+    batch_key,
     index_key,
     is_raw,
     object_key,
     task_key,
 )
+from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .storage.base import Storage
 
 PRIVATE_FIELDS = ("delete_after", "dest", "raw")
+BATCH_VERSION = 1
 
 
 def _json(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, default=repr, ensure_ascii=False).encode()
 
 
-def public_record(rec: dict[str, Any]) -> dict[str, Any]:
+def public_record(rec: dict[str, Any], inline: bytes | None = None) -> dict[str, Any]:
     out = {k: v for k, v in rec.items() if k not in PRIVATE_FIELDS}
     if rec["kind"] == "artifact":
         out["object"] = object_key(rec["sha256"])
         out["storage"] = rec["dest"]
+        if inline is not None:
+            out["inline"] = base64.b64encode(inline).decode("ascii")
     else:
         out["storage"] = rec["dest"]
     return out
+
+
+def inline_blob(rec: dict[str, Any]) -> tuple[str, int] | None:
+    """The one small payload blob of an artifact version that travels inline, or None."""
+    blobs = rec.get("blobs") or []
+    if rec.get("kind") != "artifact" or len(blobs) != 1:
+        return None
+    sha, size = blobs[0][0], int(blobs[0][1])
+    return (sha, size) if size <= SMALL_PAYLOAD and sha == rec.get("sha256") else None
 
 
 def record_keys(rec: dict[str, Any]) -> list[str]:
@@ -64,9 +91,20 @@ def check_publishable(rec: dict[str, Any]) -> str | None:
     return None
 
 
-async def publish_artifact(storage: Storage, rec: dict[str, Any]) -> str:
-    (key,) = record_keys(rec)
-    await storage.put_bytes(key, _json(public_record(rec)))
+async def publish_artifacts(
+    storage: Storage, versions: Sequence[tuple[dict[str, Any], bytes | None]]
+) -> str:
+    """Publish artifact versions of one task, each with its inline payload (or None):
+    one alone under its own key, several as one batch. Returns the key written."""
+    if len(versions) == 1:
+        rec, inline = versions[0]
+        (key,) = record_keys(rec)
+        await storage.put_bytes(key, _json(public_record(rec, inline)))
+        return key
+    first = min(versions, key=lambda v: v[0]["created"])[0]
+    key = batch_key(first["task_id"], first["created"], secrets.token_hex(8))
+    body = {"version": BATCH_VERSION, "records": [public_record(r, i) for r, i in versions]}
+    await storage.put_bytes(key, _json(body))
     return key
 
 
@@ -76,3 +114,49 @@ async def publish_task(storage: Storage, latest: dict[str, Any]) -> str:
     await storage.put_bytes(task, _json(public_record(latest)))
     await storage.put_bytes(index, latest["task_id"].encode())
     return index
+
+
+class BatchingPublisher:
+    """Publishes artifact versions, gathering those of one task that are ready together.
+
+    Group commit again: the first version to arrive is published at once; the ones
+    that arrive while that request is in flight wait for it, then go together, in
+    one object. A version alone waits for nothing; a burst costs a request per
+    batch, not per version. A failed request fails every version in it (each goes
+    back to the journal with the error, as it would have alone)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], list[_Waiting]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def publish(self, storage: Storage, rec: dict[str, Any], inline: bytes | None) -> None:
+        group = (storage.uri, rec["task_id"])
+        me = _Waiting(rec, inline, asyncio.get_running_loop().create_future())
+        self._pending.setdefault(group, []).append(me)
+        lock = self._locks.setdefault(group, asyncio.Lock())
+        async with lock:
+            if not me.done.done():
+                batch = self._pending.pop(group, [])
+                try:
+                    await publish_artifacts(storage, [(w.rec, w.inline) for w in batch])
+                except BaseException as exc:
+                    for w in batch:
+                        if w is not me and not w.done.done():
+                            if isinstance(exc, Exception):
+                                w.done.set_exception(exc)
+                            else:
+                                w.done.cancel()
+                    raise
+                for w in batch:
+                    if not w.done.done():
+                        w.done.set_result(None)
+        if not lock.locked() and not self._pending.get(group):
+            self._locks.pop(group, None)
+        await me.done
+
+
+@dataclass
+class _Waiting:
+    rec: dict[str, Any]
+    inline: bytes | None
+    done: asyncio.Future[None]

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
 import stat
 import time
+from typing import Any
 
 from artisync.protocol import Spool, object_key
 
 from .destinations import Destination, Destinations
 from .journal import Journal, Row, State
-from .publish import publish_artifact, publish_task, record_keys
-from .storage.base import PermanentStorageError, TransientStorageError, first_error
+from .publish import BatchingPublisher, inline_blob, publish_task, record_keys
+from .storage.base import (
+    IntegrityError,
+    PermanentStorageError,
+    TransientStorageError,
+    first_error,
+)
 from .storage.retry import RetryPolicy
 
 log = logging.getLogger("artisync.daemon")
@@ -53,6 +60,7 @@ class Uploader:
         self.in_flight: dict[int, Row] = {}
         self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._task_locks: dict[str, asyncio.Lock] = {}
+        self.publisher = BatchingPublisher()
         self.accepting = True
         self.bytes_in_flight = 0
         self.started = time.time()
@@ -159,13 +167,17 @@ class Uploader:
             return
         suspect = (row.destination_uri, row.seq) in self.journal.suspects
         try:
+            inline = inline_blob(row.body)  # travels in the record: no object of its own
             if row.state is not State.UPLOADED:
-                await self._ensure_objects(destination, await self.journal.refs(row.seq), suspect)
+                refs = await self.journal.refs(row.seq)
+                if inline is not None:
+                    refs = [ref for ref in refs if ref[0] != inline[0]]
+                await self._ensure_objects(destination, refs, suspect)
                 await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
                 for key in record_keys(row.body):
                     await destination.abort_incomplete(key, self.started)
-            await self._publish(destination, row)
+            await self._publish(destination, row, inline)
         except TransientStorageError as exc:
             await self._retry_later(destination, row, exc)
             return
@@ -202,9 +214,12 @@ class Uploader:
         log.error("record %s failed permanently: %s", row.record_id, reason)
         await self.journal.set_state(row.seq, State.FAILED, reason[:1000], bump=True)
 
-    async def _publish(self, destination: Destination, row: Row) -> None:
+    async def _publish(
+        self, destination: Destination, row: Row, inline: tuple[str, int] | None
+    ) -> None:
         if row.kind == "artifact":
-            await publish_artifact(destination.storage, row.body)
+            data = None if inline is None else await self._read_inline(row.body, *inline)
+            await self.publisher.publish(destination.storage, row.body, data)
             return
         # one writer per task at a time, reading the newest event under the lock, so
         # an older state can never land after a newer one
@@ -217,12 +232,33 @@ class Uploader:
         if not lock.locked():
             self._task_locks.pop(row.task_id, None)
 
+    async def _read_inline(self, body: dict[str, Any], sha: str, size: int) -> bytes:
+        """A small payload, from its record (the journal keeps it) or else the spool,
+        checked against its name."""
+        kept = (body.get("raw") or {}).get("data")
+        if isinstance(kept, bytes) and len(kept) == size:
+            if hashlib.sha256(kept).hexdigest() == sha:
+                return kept
+
+        def read() -> bytes:
+            try:
+                data = self.spool.blob_path(sha).read_bytes()
+            except FileNotFoundError:
+                raise PermanentStorageError("payload missing from the spool", key=sha) from None
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                raise IntegrityError("payload in the spool does not match its hash", key=sha)
+            return data
+
+        return await asyncio.to_thread(read)
+
     async def _ensure_objects(
         self, destination: Destination, refs: list[tuple[str, int]], suspect: bool
     ) -> None:
         """Upload the objects of one record that the destination lacks, many at once (a
         folder is thousands): each takes a slot of the daemon's object limit; the first
         error cancels the rest and is raised."""
+        if not refs:
+            return
         known = (
             set()
             if suspect

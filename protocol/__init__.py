@@ -26,6 +26,8 @@ from ._layout import (
     MAX_NAME_BYTES,
     artifact_prefix,
     artifact_version_key,
+    batch_key,
+    batch_prefix,
     check_name,
     decode_name,
     encode_name,
@@ -35,6 +37,7 @@ from ._layout import (
     parse_index_key,
     project_prefix,
     task_key,
+    version_stamp,
 )
 from ._messages import (
     PROTOCOL_VERSION,
@@ -96,6 +99,8 @@ __all__ = [
     "TransientStorageError",
     "artifact_prefix",
     "artifact_version_key",
+    "batch_key",
+    "batch_prefix",
     "atomic_write_bytes",
     "check_name",
     "copy_file_fast",
@@ -112,6 +117,7 @@ __all__ = [
     "ok",
     "parse_size",
     "parse_index_key",
+    "version_stamp",
     "project_prefix",
     "task_key",
     "unpack_body",

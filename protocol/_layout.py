@@ -58,7 +58,22 @@ def artifact_prefix(task_id: str, name: str | None = None) -> str:
 
 def artifact_version_key(task_id: str, name: str, created: float, record_id: str) -> str:
     """Immutable key of one artifact version; sortable by time, unique per record."""
-    return f"{artifact_prefix(task_id, name)}{int(created * 1e6):017d}-{record_id}.json"
+    return f"{artifact_prefix(task_id, name)}{version_stamp(created, record_id)}.json"
+
+
+def batch_prefix(task_id: str) -> str:
+    return f"tasks/{task_id}/batches/"
+
+
+def batch_key(task_id: str, created: float, batch_id: str) -> str:
+    """Immutable key of a batch of artifact versions published in one object (a burst
+    of small artifacts: one PUT for many); sortable by its oldest version's time."""
+    return f"{batch_prefix(task_id)}{int(created * 1e6):017d}-{batch_id}.json"
+
+
+def version_stamp(created: float, record_id: str) -> str:
+    """What orders the versions of one artifact, wherever they were published."""
+    return f"{int(created * 1e6):017d}-{record_id}"
 
 
 def project_prefix(project: str | None = None, task_name: str | None = None) -> str:

@@ -148,7 +148,9 @@ class Spool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         return os.fdopen(fd, "wb"), path
 
-    def commit_temp(self, tmp_path: Path, sha256: str | None = None) -> tuple[str, int]:
+    def commit_temp(
+        self, tmp_path: Path, sha256: str | None = None, *, sync: bool = True
+    ) -> tuple[str, int]:
         """Hash (unless given), fsync and rename a finished temp file into ``blobs/``.
 
         A blob that already exists is a free dedup: the temp file is renamed over
@@ -158,22 +160,24 @@ class Spool:
             sha256, size = hash_file(tmp_path)
         else:
             size = tmp_path.stat().st_size
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if sync:
+            fd = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp_path, self.blob_path(sha256))
-        fsync_dir(self.blobs)
+        if sync:
+            fsync_dir(self.blobs)
         return sha256, size
 
-    def write_blob_bytes(self, data: bytes) -> tuple[str, int]:
+    def write_blob_bytes(self, data: bytes, *, sync: bool = True) -> tuple[str, int]:
         sha = hashlib.sha256(data).hexdigest()
         f, tmp = self.open_temp()
         try:
             with f:
                 f.write(data)
-            return self.commit_temp(tmp, sha)
+            return self.commit_temp(tmp, sha, sync=sync)
         finally:
             tmp.unlink(missing_ok=True)  # gone already once renamed
 

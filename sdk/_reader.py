@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -25,12 +26,15 @@ from artisync.protocol import (
     Settings,
     Spool,
     artifact_prefix,
+    batch_prefix,
     copy_file_fast,
+    encode_name,
     hash_file,
     object_key,
     parse_index_key,
     project_prefix,
     task_key,
+    version_stamp,
 )
 
 T = TypeVar("T")
@@ -143,7 +147,10 @@ class Reader:
             return path
         tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            if not (spool is not None and _copy_from_spool(spool, sha256, tmp)):
+            # a spool copy that does not match (a small blob written without fsync,
+            # then a power loss) is not an answer: storage has the object
+            spooled = spool is not None and _copy_from_spool(spool, sha256, tmp)
+            if not spooled or hash_file(tmp)[0] != sha256:
                 _run(self.storage(dest_uri).get(object_key(sha256), tmp))
             digest, _ = hash_file(tmp)
             if digest != sha256:
@@ -201,19 +208,30 @@ class Reader:
         return _run(go())
 
     def artifact_records(self, uri: str, task_id: str) -> list[dict[str, Any]]:
-        """The newest version of each artifact of a task."""
+        """The newest version of each artifact of a task: of those published alone
+        (a key each: only the newest is read) and those published in batches."""
         st = self.storage(uri)
         prefix = artifact_prefix(task_id)
 
         async def go() -> list[dict[str, Any]]:
-            newest: dict[str, str] = {}
+            # encoded name -> (version stamp, its key or, from a batch, the record)
+            newest: dict[str, tuple[str, str | dict[str, Any]]] = {}
             async for info in st.list(prefix):
                 enc_name, _, version = info.key[len(prefix) :].partition("/")
-                if version.endswith(".json") and version > newest.get(enc_name, ""):
-                    newest[enc_name] = version
+                stamp = version.removesuffix(".json")
+                if version.endswith(".json") and stamp > newest.get(enc_name, ("",))[0]:
+                    newest[enc_name] = (stamp, info.key)
+            async for info in st.list(batch_prefix(task_id)):
+                if not info.key.endswith(".json"):
+                    continue
+                for rec in (await _get_json(st, info.key)).get("records", []):
+                    enc_name = encode_name(rec["name"])
+                    stamp = version_stamp(rec["created"], rec["record_id"])
+                    if stamp > newest.get(enc_name, ("",))[0]:
+                        newest[enc_name] = (stamp, rec)
             recs = []
-            for enc_name, version in sorted(newest.items()):
-                recs.append(await _get_json(st, f"{prefix}{enc_name}/{version}"))
+            for _, (_, found) in sorted(newest.items()):
+                recs.append(await _get_json(st, found) if isinstance(found, str) else found)
             for rec in recs:
                 rec.setdefault("dest", rec.get("storage", uri))
             return recs
@@ -232,6 +250,23 @@ async def _list_index(st: Any, prefix: str) -> list[IndexEntry]:
         if parsed:
             out.append(parsed)
     return out
+
+
+def cache_inline(sha256: str, data: bytes) -> Path:
+    """A payload that travelled inside its record, checked and kept in the cache."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"inline payload {sha256[:12]} does not match its hash")
+    cache = cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / sha256
+    if not path.exists():
+        tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def _copy_from_spool(spool: Spool, sha256: str, tmp: Path) -> bool:

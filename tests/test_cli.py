@@ -80,7 +80,7 @@ def test_failed_records_shown_then_retried(env: Env) -> None:
     d = DaemonProc(env).wait_ready()
     try:
         spool = Spool(env.spool)
-        rec = artifact_record(spool, str(target), b"needs a home")
+        rec = artifact_record(spool, str(target), b"needs a home" * 500)
         with Conn(env.socket) as c:
             c.hello()
             assert c.call("submit", record=rec)["ok"]

@@ -343,7 +343,7 @@ def test_each_task_lands_in_its_own_destination(storage_uri_factory: Factory, wo
             for name, uri in [("to-s3", {s3.uri!r}), ("to-azure", {azure.uri!r}),
                               ("to-default", None)]:
                 t = Task.init(project_name="dests", task_name=name, output_uri=uri)
-                t.upload_artifact("which", {{"task": name}})
+                t.upload_artifact("which", {{"task": name, "pad": "x" * 5000}})  # an object
                 t.close()
                 ids.append(t.id)
             print(" ".join(ids))
@@ -451,7 +451,7 @@ def test_credentials_per_bucket_from_overrides(storage_uri_factory: Factory, wor
                 from artisync import Task
                 for name, uri in {targets!r}.items():
                     t = Task.init(project_name="creds", task_name=name, output_uri=uri)
-                    t.upload_artifact("payload", {{"n": name}})
+                    t.upload_artifact("payload", {{"n": name, "pad": "x" * 5000}})  # an object
                     t.close()
                     print(name, t.id)
                 """,

@@ -188,7 +188,7 @@ def test_half_written_temp_is_never_uploaded_and_is_cleaned(env: Env) -> None:
     dead.write_bytes(b"half of something")
     live = env.spool / "tmp" / f"{os.getpid()}.cafe.part"  # a writer still alive
     live.write_bytes(b"being written")
-    rec = artifact_record(spool, str(env.storage), b"complete")
+    rec = artifact_record(spool, str(env.storage), b"complete" * 1000)  # an object
     spool.write_outbox(rec)
     d = DaemonProc(env, "--exit-when-idle")
     assert d.wait_exit(60) == 0, d.output()
@@ -236,7 +236,7 @@ def test_group_commit_shares_fsyncs(daemon: DaemonProc, env: Env) -> None:
 
 def test_outbox_record_is_ingested_live(daemon: DaemonProc, env: Env) -> None:
     spool = Spool(env.spool)
-    rec = artifact_record(spool, str(env.storage), b"live outbox")
+    rec = artifact_record(spool, str(env.storage), b"live outbox" * 500)  # an object
     spool.write_outbox(rec)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and rec["sha256"] not in stored_objects(env.storage):

@@ -168,12 +168,13 @@ def test_the_hash_of_an_artifact_comes_from_the_daemon_once_encoded(
     from artisync import Task
 
     task = Task.init(project_name="raw", task_name="hash")
-    task.upload_artifact("frame", pd.DataFrame({"a": [1, 2, 3]}))
+    frame = pd.DataFrame({"a": np.random.default_rng(0).random(3000)})  # an object, not inline
+    task.upload_artifact("frame", frame)
     art = task.artifacts["frame"]
     sha = art.hash  # waits for the daemon to encode it
     assert len(sha) == 64 and art.size > 0
     assert Path(Spool(env.spool).blob_path(sha)).exists() or sha in stored_objects(env.storage)
-    assert "DataFrame 3 rows x 1 columns" in art.preview
+    assert "DataFrame 3000 rows x 1 columns" in art.preview
     task.flush(wait_for_uploads=True, timeout=60)
     assert sha in stored_objects(env.storage)
     task.close()

@@ -228,7 +228,7 @@ def test_daemon_refuses_records_when_its_journal_disk_is_full(root: Path, tiny_s
     env.vars["ARTISYNC_SPOOL"] = str(tiny_spool / "spool")
     env.spool = tiny_spool / "spool"
     spool = Spool(env.spool).ensure()
-    recs = [artifact_record(spool, str(env.storage), os.urandom(100)) for _ in range(3)]
+    recs = [artifact_record(spool, str(env.storage), os.urandom(5000)) for _ in range(3)]
     filler = tiny_spool / "filler"
     with faults.running(env) as d:
         with open(filler, "wb") as f:  # fill the disk to the last block

@@ -14,13 +14,17 @@ import pytest
 from PIL import Image
 
 from artisync import InvalidName, Task, UploadTimeout
-from artisync.protocol import artifact_prefix
+from artisync.protocol import artifact_prefix, batch_prefix
 from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
 
 
 def _versions(env: Env, task: Task, name: str) -> list[dict]:
+    """Every published version of ``name``, oldest first: alone or in batches."""
     d = env.storage / artifact_prefix(task.id, name)
-    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+    out = [json.loads(p.read_text()) for p in d.glob("*.json")] if d.is_dir() else []
+    for p in (env.storage / batch_prefix(task.id)).glob("*.json"):
+        out += [r for r in json.loads(p.read_text())["records"] if r["name"] == name]
+    return sorted(out, key=lambda r: (r["created"], r["record_id"]))
 
 
 def _make_samples(root: Path) -> Path:
@@ -314,8 +318,10 @@ def test_daemon_killed_mid_run_loses_nothing(env: Env) -> None:
     d.stop()
     d = DaemonProc(env, "--exit-when-idle")
     assert d.wait_exit(120) == 0, d.output()
-    versions = list((env.storage / "tasks" / task_id / "artifacts").iterdir())
-    assert len(versions) == 150
+    names = {p.name for p in (env.storage / "tasks" / task_id / "artifacts").iterdir()}
+    for batch in (env.storage / batch_prefix(task_id)).glob("*.json"):
+        names |= {r["name"] for r in json.loads(batch.read_text())["records"]}
+    assert len(names) == 150
     got = run_py(
         env,
         f"""

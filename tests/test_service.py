@@ -21,7 +21,7 @@ def test_autostarted_daemon_uploads_then_exits_when_idle(env: Env) -> None:
         """
         from artisync import Task
         t = Task.init(project_name="auto", task_name="a")
-        t.upload_artifact("d", {"x": 1})
+        t.upload_artifact("d", {"x": 1, "pad": "x" * 5000})  # an object, not inline
         t.close()
         """,
         ARTISYNC_AUTOSTART="1",

@@ -38,6 +38,7 @@ __all__ = [
     "TransientStorageError",
     "check_key",
     "first_error",
+    "load_backend",
     "open_storage",
     "parse_uri",
     "register",
@@ -173,6 +174,13 @@ def check_key(key: str) -> str:
 def _load(scheme: str) -> None:
     if scheme not in _REGISTRY:
         importlib.import_module(f"artisync.daemon.storage.{_MODULES[scheme]}")
+
+
+def load_backend(uri: str) -> None:
+    """Import the backend module (and its cloud client) for ``uri`` ahead of use.
+
+    :raises ValueError: not a destination URI."""
+    _load(parse_uri(uri)[0])
 
 
 def unknown_options(uri: str, options: Mapping[str, Any]) -> tuple[list[str], list[str]]:

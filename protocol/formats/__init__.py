@@ -49,6 +49,7 @@ from . import array, binary, dataframe, files, image, text, trees
 from ._base import (
     INLINE_MAX,
     PREVIEW_MAX,
+    SMALL_PAYLOAD,
     Captured,
     Codec,
     Format,
@@ -147,7 +148,10 @@ def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | N
         raise SerializationError(f"unknown raw codec {codec!r}")
     data = spec.get("data")
     if data is not None and codec == "stored":  # small: inside the record
-        return single_blob(*spool.write_blob_bytes(data)), None
+        # a payload the record keeps (see SMALL_PAYLOAD) is durable in the journal:
+        # its blob is a copy, rebuilt from the record if it is lost
+        kept = len(data) <= SMALL_PAYLOAD
+        return single_blob(*spool.write_blob_bytes(data, sync=not kept)), None
     if data is not None and not raw.exists():
         write_raw_bytes(raw, data, spool.file_mode)
     if codec == "stored":
@@ -212,6 +216,7 @@ __all__ = [
     "CODECS",
     "FORMATS",
     "INLINE_MAX",
+    "SMALL_PAYLOAD",
     "PREVIEW_MAX",
     "RAW_CODECS",
     "Captured",

@@ -30,6 +30,9 @@ PREVIEW_MAX = 2000
 # A raw snapshot this small travels inside its record (one file for the caller to
 # create, not two: creating a file costs more than writing 64 KiB into one).
 INLINE_MAX = 64 * 1024
+# a stored payload this small stays in its record after encoding (the journal keeps it
+# durable, so its blob needs no fsync) and is published inside its version record
+SMALL_PAYLOAD = 4096
 
 
 class SerializationError(ArtisyncError, ValueError):
