@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -105,18 +106,22 @@ class Proc:
         return out
 
     @staticmethod
-    def rss(pid: int) -> int:
-        """Resident bytes of the process and its descendants."""
-        total = 0
+    def memory(pid: int) -> tuple[int, int]:
+        """(resident, anonymous) bytes of the process and its descendants: RSS counts
+        the shared libraries' pages too; anonymous (RssAnon + RssShmem) is what the
+        processes hold themselves."""
+        rss = anon = 0
         for p in Proc.tree(pid):
             try:
                 with open(f"/proc/{p}/status") as f:
-                    total += sum(
-                        int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")
-                    )
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += int(line.split()[1]) * 1024
+                        elif line.startswith(("RssAnon:", "RssShmem:")):
+                            anon += int(line.split()[1]) * 1024
             except FileNotFoundError:
                 continue
-        return total
+        return rss, anon
 
     @staticmethod
     def cpu(pid: int) -> float:
@@ -215,11 +220,12 @@ class Bench:
                 cmd = ["rclone", "copy", "--transfers", "32", str(src), remote, *common]
         d0 = Proc.cpu(daemon.proc.pid) if daemon else 0.0
         s0 = self.server_cpu()
-        peak, stop = [0], threading.Event()
+        peak, stop = [0, 0], threading.Event()
 
-        def sample() -> None:  # the daemon's resident memory, with its encode workers
+        def sample() -> None:  # the daemon's memory, with its encode workers
             while daemon is not None and not stop.wait(0.05):
-                peak[0] = max(peak[0], Proc.rss(daemon.proc.pid))
+                rss, anon = Proc.memory(daemon.proc.pid)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], anon)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -229,10 +235,11 @@ class Bench:
             stop.set()
             sampler.join()
         server = self.server_cpu() - s0
-        daemon_cpu = 0.0
+        daemon_cpu, span = 0.0, 0.0
         if daemon is not None:
             daemon_cpu = Proc.cpu(daemon.proc.pid) - d0
             daemon.stop()
+            span = committing_span(self.w.spool / "journal.db")
         objects = self.drop(bucket)
         return {
             "wall": wall,
@@ -241,7 +248,22 @@ class Bench:
             "server": server,
             "objects": objects,
             "daemon_rss": peak[0],
+            "daemon_anon": peak[1],
+            "span": span,
         }
+
+
+def committing_span(journal: Path) -> float:
+    """Seconds from the first artifact record the daemon received to the last one it
+    committed, from its journal: the daemon's own throughput, without the client."""
+    db = sqlite3.connect(journal)
+    try:
+        first, last = db.execute(
+            "SELECT min(received), max(updated) FROM records WHERE kind='artifact'"
+        ).fetchone()
+    finally:
+        db.close()
+    return float(last - first) if first is not None else 0.0
 
 
 def make_data(scratch: Path, big_mib: int, files: int, dicts: int) -> dict[str, Path]:
@@ -340,7 +362,11 @@ def main() -> None:
                         ),
                         f"{best_other / med[tool]:.2f}",
                         f"{max(s['daemon_rss'] for s in samples[tool]) / MiB:.0f}"
+                        f" / {max(s['daemon_anon'] for s in samples[tool]) / MiB:.0f}"
                         if tool == "artisync"
+                        else "-",
+                        f"{amount / statistics.median(s['span'] for s in samples[tool]):.0f}"
+                        if tool == "artisync" and kind != "file"
                         else "-",
                         f"{int(statistics.median(s['objects'] for s in samples[tool]))}",
                     ]
@@ -356,7 +382,8 @@ def main() -> None:
             "daemon CPU-s",
             "server CPU-s",
             "vs best other",
-            "daemon peak RSS MiB",
+            "daemon peak RSS / anon MiB",
+            "daemon objects/s",
             "objects",
         ]
         print(table(headers, rows))

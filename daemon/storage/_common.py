@@ -138,26 +138,38 @@ class CloudStorage:
         src: Path,
         size: int,
         concurrency: int,
-        send: Callable[[int, bytes], Awaitable[None]],
+        send: Callable[[int, memoryview], Awaitable[None]],
     ) -> tuple[str, bytes]:
         """Read ``src`` in parts (of :meth:`part_size_for`), in order, hashing the whole
         file on the way, and ``send(number, data)`` them (numbered from 1),
-        ``concurrency`` at a time, each retried alone. Memory stays under concurrency x
-        part size. Returns the file's SHA-256 (hex) and, where :attr:`whole_md5`, its
-        MD5 (raw; else empty): MD5 is the slowest hash here, computed only if needed."""
+        ``concurrency`` at a time, each retried alone. Returns the file's SHA-256 (hex)
+        and, where :attr:`whole_md5`, its MD5 (raw; else empty): MD5 is the slowest hash
+        here, computed only if needed.
+
+        Memory: ``concurrency`` buffers of one part each, reused from part to part
+        (``data`` is a view of one, valid until ``send`` returns). Allocating a fresh
+        part each time let the allocator keep every freed one, in every thread's arena:
+        the daemon grew by a part per thread over a long upload."""
         sha = hashlib.sha256()
         md5 = hashlib.md5() if self.whole_md5 else None
         slots = asyncio.Semaphore(concurrency)
         part_size = self.part_size_for(size)
+        free: list[bytearray] = []
 
-        def read(offset: int, length: int) -> bytes:
-            data = read_range(src, offset, length)
+        def read(offset: int, length: int, buf: bytearray) -> memoryview:
+            view = memoryview(buf)[:length]
+            got = 0
+            with open(src, "rb") as f:
+                f.seek(offset)
+                while got < length and (n := f.readinto(view[got:])):
+                    got += n
+            data = view[:got]
             sha.update(data)
             if md5 is not None:
                 md5.update(data)
             return data
 
-        async def one(number: int, data: bytes) -> None:
+        async def one(number: int, data: memoryview, buf: bytearray) -> None:
             def report(backoff: Backoff, exc: TransientStorageError, delay: float) -> None:
                 fields = {"backend": self.uri, "key": key, "part": number}
                 log.warning(
@@ -170,6 +182,7 @@ class CloudStorage:
             try:
                 await retry_transient(PART_RETRY, lambda _: send(number, data), on_retry=report)
             finally:
+                free.append(buf)
                 slots.release()
 
         try:
@@ -177,10 +190,11 @@ class CloudStorage:
                 for number, offset in enumerate(range(0, size, part_size), start=1):
                     await slots.acquire()
                     length = min(part_size, size - offset)
-                    data = await asyncio.to_thread(read, offset, length)
+                    buf = free.pop() if free else bytearray(part_size)
+                    data = await asyncio.to_thread(read, offset, length, buf)
                     if len(data) != length:
                         raise self._integrity("source shrank while reading", key)
-                    tg.create_task(one(number, data))
+                    tg.create_task(one(number, data, buf))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         return sha.hexdigest(), md5.digest() if md5 is not None else b""

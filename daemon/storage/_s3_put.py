@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiobotocore.credentials import AioCredentials
+from aiohttp.payload import BytesPayload, Payload
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, NoCredentialsError
@@ -38,6 +39,29 @@ _HAND_OVER = frozenset(
     {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed", "301", "307"}
 )
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
+
+
+_SLICE = 256 * 1024  # a large body goes to the socket this much at a time
+
+
+class _Sliced(BytesPayload):
+    """A large body written a slice at a time, each once the socket has taken the last:
+    otherwise the event loop copies what the socket cannot take at once into its own
+    buffer, a whole part per part in flight."""
+
+    def __init__(self, value: bytes | memoryview) -> None:
+        Payload.__init__(self, value, content_type="application/octet-stream")
+        self._size = memoryview(value).nbytes
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        for start in range(0, len(view), _SLICE):
+            await writer.write(view[start : start + _SLICE])
 
 
 class _KnownPayload(S3SigV4Auth):  # type: ignore[misc]  # botocore has no type hints
@@ -101,7 +125,13 @@ class LeanPut:
         await self._fallback(name, data, checksum_b64, metadata)
 
     async def upload_part(
-        self, name: str, upload_id: str, number: int, data: bytes, sha256: str, checksum_b64: str
+        self,
+        name: str,
+        upload_id: str,
+        number: int,
+        data: bytes | memoryview,
+        sha256: str,
+        checksum_b64: str,
     ) -> str:
         """One part of a multipart upload; returns its ETag. The part's SHA-256 serves
         as its checksum and as the signed payload hash: one hashing pass for both."""
@@ -115,7 +145,7 @@ class LeanPut:
             Key=name,
             UploadId=upload_id,
             PartNumber=number,
-            Body=data,
+            Body=bytes(data),
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=checksum_b64,
         )
@@ -125,7 +155,7 @@ class LeanPut:
         self,
         name: str,
         query: str,
-        data: bytes,
+        data: bytes | memoryview,
         sha256: str,
         checksum_b64: str,
         extra: Mapping[str, str],
@@ -141,10 +171,11 @@ class LeanPut:
             **extra,
         }
         url = self._base + quote(name, safe="/~") + (f"?{query}" if query else "")
-        request = AWSRequest("PUT", url, headers=headers, data=data)
+        request = AWSRequest("PUT", url, headers=headers, data=b"")  # signed: payload_sha256
         request.context["payload_sha256"] = sha256
         _KnownPayload(credentials, "s3", self.region).add_auth(request)
-        async with self._http().put(url, data=data, headers=dict(request.headers.items())) as resp:
+        sent = _Sliced(data) if len(data) > _SLICE else data
+        async with self._http().put(url, data=sent, headers=dict(request.headers.items())) as resp:
             answer = {k.lower(): v for k, v in resp.headers.items()}
             body = await resp.read()
             if resp.status == 200:

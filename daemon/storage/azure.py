@@ -206,10 +206,11 @@ class AzureStorage(CloudStorage):
         with self._errors("put", key):
             blob = (await self._cc()).get_blob_client(name)
 
-        async def stage(number: int, data: bytes) -> None:
+        async def stage(number: int, data: memoryview) -> None:
+            block = bytes(data)  # the client reads its body more than once (MD5, retries)
             with self._errors("put", key):
                 await blob.stage_block(
-                    _block_id(number), data, length=len(data), validate_content="md5"
+                    _block_id(number), block, length=len(block), validate_content="md5"
                 )
 
         digest, md5 = await self._upload_parts(key, src, size, self.part_concurrency, stage)

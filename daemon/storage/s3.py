@@ -225,7 +225,7 @@ class S3Storage(CloudStorage):
         upload = {"Bucket": self.bucket, "Key": name, "UploadId": created["UploadId"]}
         parts: dict[int, dict[str, Any]] = {}
 
-        async def send(number: int, data: bytes) -> None:
+        async def send(number: int, data: memoryview) -> None:
             sha = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
             checksum = hex_to_b64(sha)
             with self._errors("put", key):
