@@ -118,6 +118,21 @@ class Daemon:
         self._logf.close()
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a daemon and its encode workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def _protocol_version() -> int:
     from artisync.protocol import PROTOCOL_VERSION
 

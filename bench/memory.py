@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Daemon, World, machine, table, world
+from _common import Daemon, World, machine, process_tree, table, world
 
 MiB = 1024 * 1024
 
@@ -117,30 +116,18 @@ def _anon_bytes(pid: int) -> int:
     return total
 
 
-def _tree(pid: int) -> list[int]:
-    """The daemon and its children (encode workers)."""
-    pids = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(c) for c in f.read().split()]
-    except FileNotFoundError:
-        pass
-    return pids
-
-
 def huge(w: World, gb: float) -> list[list[str]]:
     d = Daemon(w).wait_ready()
     peak, stop = [0], threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], sum(_anon_bytes(p) for p in _tree(d.proc.pid)))
+            peak[0] = max(peak[0], sum(_anon_bytes(p) for p in process_tree(d.proc.pid)))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     try:
-        base = sum(_anon_bytes(p) for p in _tree(d.proc.pid))
+        base = sum(_anon_bytes(p) for p in process_tree(d.proc.pid))
         sampler.start()
         t0 = time.monotonic()
         proc = subprocess.run(

@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import Daemon, World, machine, table, world  # noqa: E402
+from _common import Daemon, World, machine, process_tree, table, world  # noqa: E402
 
 from tests.servers import SeaweedFS, find_weed  # noqa: E402
 
@@ -92,26 +92,12 @@ class Proc:
     """CPU seconds (user + system) of a live process and all its descendants."""
 
     @staticmethod
-    def tree(pid: int) -> list[int]:
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            try:
-                for t in os.listdir(f"/proc/{p}/task"):
-                    with open(f"/proc/{p}/task/{t}/children") as f:
-                        todo += [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                pass
-        return out
-
-    @staticmethod
     def memory(pid: int) -> tuple[int, int]:
         """(resident, anonymous) bytes of the process and its descendants: RSS counts
         the shared libraries' pages too; anonymous (RssAnon + RssShmem) is what the
         processes hold themselves."""
         rss = anon = 0
-        for p in Proc.tree(pid):
+        for p in process_tree(pid):
             try:
                 with open(f"/proc/{p}/status") as f:
                     for line in f:
@@ -127,7 +113,7 @@ class Proc:
     def cpu(pid: int) -> float:
         total = 0.0
         tick = os.sysconf("SC_CLK_TCK")
-        for p in Proc.tree(pid):
+        for p in process_tree(pid):
             try:
                 with open(f"/proc/{p}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
