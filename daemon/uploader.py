@@ -278,12 +278,20 @@ class Uploader:
     async def _ensure_object(
         self, destination: Destination, sha: str, size: int, suspect: bool
     ) -> None:
-        """Upload one object unless the destination has it; share concurrent uploads."""
+        """Upload one object unless the destination has it; share concurrent uploads.
+
+        An upload of the same object for another record may be cancelled (its record's
+        other object failed first): that is not this record's answer, so this one then
+        uploads the object itself."""
         key = (destination.uri, sha)
-        fut = self._objects.get(key)
-        if fut is not None:
-            await asyncio.shield(fut)
-            return
+        while (fut := self._objects.get(key)) is not None:
+            try:
+                await asyncio.shield(fut)
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not fut.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this task itself is being cancelled
         fut = asyncio.get_running_loop().create_future()
         self._objects[key] = fut
         try:
@@ -296,9 +304,12 @@ class Uploader:
                     await self._upload_object(destination, sha, size)
                     await self.journal.add_object(destination.uri, sha, size)
             fut.set_result(None)
-        except BaseException as exc:
+        except Exception as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        except BaseException:
+            fut.cancel()  # cancelled: the waiters upload it themselves
             raise
         finally:
             del self._objects[key]

@@ -18,6 +18,7 @@ exactly as it maps the client's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
 
 
 _SLICE = 256 * 1024  # a large body goes to the socket this much at a time
+_STALL = 30.0  # seconds a slice may wait for the socket before the link counts as dead
 
 
 class _Sliced(BytesPayload):
@@ -61,7 +63,10 @@ class _Sliced(BytesPayload):
         if content_length is not None:
             view = view[:content_length]
         for start in range(0, len(view), _SLICE):
-            await writer.write(view[start : start + _SLICE])
+            # a peer that stops reading would otherwise hold the upload forever: the
+            # read timeout only starts once the body is sent
+            async with asyncio.timeout(_STALL):
+                await writer.write(view[start : start + _SLICE])
 
 
 class _KnownPayload(S3SigV4Auth):  # type: ignore[misc]  # botocore has no type hints
