@@ -193,23 +193,24 @@ def make_room(db: sqlite3.Connection, exc: sqlite3.OperationalError) -> None:
 
 def commit_each(
     db: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
-) -> list[tuple[bool, Any]]:
-    """Run ``fns`` in one transaction; if that fails, each in its own. (ok, result or error)."""
+) -> list[Any]:
+    """Run ``fns`` in one transaction; if that fails, each in its own. One result per
+    function: what it returned, or the ``sqlite3.Error`` it failed with."""
     try:
         with transaction(db, "IMMEDIATE"):
-            return [(True, fn(db)) for fn in fns]
+            return [fn(db) for fn in fns]
     except sqlite3.Error as exc:
         if len(fns) == 1:
             if isinstance(exc, sqlite3.OperationalError):
                 make_room(db, exc)
-            return [(False, exc)]
-    out: list[tuple[bool, Any]] = []
+            return [exc]
+    out: list[Any] = []
     for fn in fns:
         try:
             with transaction(db, "IMMEDIATE"):
-                out.append((True, fn(db)))
+                out.append(fn(db))
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError):
                 make_room(db, exc)
-            out.append((False, exc))
+            out.append(exc)
     return out

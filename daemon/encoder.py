@@ -31,6 +31,7 @@ from typing import Any
 from artisync.protocol import Spool
 from artisync.protocol.formats import SMALL_PAYLOAD
 
+from .group_commit import GroupCommit
 from .journal import Journal, Row, State
 
 log = logging.getLogger("artisync.daemon")
@@ -53,8 +54,9 @@ class Encoder:
         self.accepting = True
         self.encoded = 0
         self._pool: ProcessPoolExecutor | None = None
-        self._done: list[tuple[int, dict[str, Any], asyncio.Future[None]]] = []
-        self._commit_lock = asyncio.Lock()
+        self._completions: GroupCommit[tuple[int, dict[str, Any]], None] = GroupCommit(
+            self._complete
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     def poke(self) -> None:
@@ -148,23 +150,12 @@ class Encoder:
         return await loop.run_in_executor(self._pool_for(), encode_record, root, mode, row.body)
 
     async def _commit(self, seq: int, body: dict[str, Any]) -> None:
-        """Group commit: whoever takes the lock journals everything finished so far."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._done.append((seq, body, fut))
-        async with self._commit_lock:
-            if not fut.done():
-                batch, self._done = self._done, []
-                try:
-                    await self.journal.complete_encoding([(s, b) for s, b, _ in batch])
-                except BaseException as exc:
-                    for _, _, f in batch:
-                        if f is not fut and not f.done():
-                            f.set_exception(exc)
-                    raise
-                for _, _, f in batch:
-                    if not f.done():
-                        f.set_result(None)
-        await fut
+        """Journal one encoded record, group-committed with those finished meanwhile."""
+        await self._completions.submit((seq, body))
+
+    async def _complete(self, batch: list[tuple[int, dict[str, Any]]]) -> list[None]:
+        await self.journal.complete_encoding(batch)
+        return [None] * len(batch)
 
 
 def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

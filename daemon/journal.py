@@ -40,6 +40,7 @@ from ._journal_schema import (
     to_row,
     transaction,
 )
+from .group_commit import GroupCommit
 
 __all__ = ["OUTSTANDING", "Incoming", "Journal", "Row", "State"]
 
@@ -58,8 +59,9 @@ class Journal:
         self.mode = mode
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="artisync-journal")
         self._db: sqlite3.Connection | None = None
-        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._write_lock = asyncio.Lock()
+        self._writer: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
+            self._commit_writes
+        )
         # (destination URI, seq) of records whose upload was interrupted by a crash or failed
         # before: their destination may hold an unfinished multipart upload or temp file
         self.suspects: set[tuple[str, int]] = set()
@@ -77,27 +79,14 @@ class Journal:
             raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Group commit: ``fn`` runs in the next write transaction. While one commits,
-        the writes that arrive meanwhile gather for the next, so a burst of small
-        updates (a state per record, an object per upload) costs one fsync, not one
-        each; alone, a write waits for nothing. A write that fails fails alone: the
-        batch is then retried one write per transaction."""
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writes.append((fn, fut))
-        async with self._write_lock:
-            if not fut.done():
-                batch, self._writes = self._writes, []
-                try:
-                    results = await self._run(lambda db: commit_each(db, [f for f, _ in batch]))
-                except BaseException as exc:
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    raise
-                for (_, f), (ok, value) in zip(batch, results, strict=True):
-                    if not f.done():
-                        f.set_exception(value) if not ok else f.set_result(value)
-        return await fut
+        """``fn`` in the next group-committed write transaction (see
+        :mod:`.group_commit`): a burst of small updates (a state per record, an object
+        per upload) costs one fsync, not one each. A write that fails fails alone."""
+        result: T = await self._writer.submit(fn)
+        return result
+
+    async def _commit_writes(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> Sequence[Any]:
+        return await self._run(lambda db: commit_each(db, fns))
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

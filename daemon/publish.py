@@ -14,12 +14,10 @@ Readers merge both.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from artisync.protocol import (
@@ -32,6 +30,7 @@ from artisync.protocol import (
 )
 from artisync.protocol.formats import SMALL_PAYLOAD
 
+from .group_commit import GroupCommit
 from .storage.base import Storage
 
 PRIVATE_FIELDS = ("delete_after", "dest", "raw")
@@ -117,46 +116,30 @@ async def publish_task(storage: Storage, latest: dict[str, Any]) -> str:
 
 
 class BatchingPublisher:
-    """Publishes artifact versions, gathering those of one task that are ready together.
-
-    Group commit again: the first version to arrive is published at once; the ones
-    that arrive while that request is in flight wait for it, then go together, in
-    one object. A version alone waits for nothing; a burst costs a request per
+    """Publishes artifact versions, those of one task that are ready together in one
+    object (a :class:`~artisync.daemon.group_commit.GroupCommit` per task and
+    destination): a version alone waits for nothing, a burst costs a request per
     batch, not per version. A failed request fails every version in it (each goes
     back to the journal with the error, as it would have alone)."""
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[str, str], list[_Waiting]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._groups: dict[tuple[Storage, str], GroupCommit[_Version, None]] = {}
 
     async def publish(self, storage: Storage, rec: dict[str, Any], inline: bytes | None) -> None:
-        group = (storage.uri, rec["task_id"])
-        me = _Waiting(rec, inline, asyncio.get_running_loop().create_future())
-        self._pending.setdefault(group, []).append(me)
-        lock = self._locks.setdefault(group, asyncio.Lock())
-        async with lock:
-            if not me.done.done():
-                batch = self._pending.pop(group, [])
-                try:
-                    await publish_artifacts(storage, [(w.rec, w.inline) for w in batch])
-                except BaseException as exc:
-                    for w in batch:
-                        if w is not me and not w.done.done():
-                            if isinstance(exc, Exception):
-                                w.done.set_exception(exc)
-                            else:
-                                w.done.cancel()
-                    raise
-                for w in batch:
-                    if not w.done.done():
-                        w.done.set_result(None)
-        if not lock.locked() and not self._pending.get(group):
-            self._locks.pop(group, None)
-        await me.done
+        key = (storage, rec["task_id"])
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = GroupCommit(lambda batch: _publish(storage, batch))
+        try:
+            await group.submit((rec, inline))
+        finally:
+            if group.idle and self._groups.get(key) is group:
+                del self._groups[key]
 
 
-@dataclass
-class _Waiting:
-    rec: dict[str, Any]
-    inline: bytes | None
-    done: asyncio.Future[None]
+_Version = tuple[dict[str, Any], bytes | None]
+
+
+async def _publish(storage: Storage, batch: list[_Version]) -> list[None]:
+    await publish_artifacts(storage, batch)
+    return [None] * len(batch)
