@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,27 +140,19 @@ class Reader:
     def locate(self, sha256: str, dest_uri: str, spool: Spool | None) -> Path:
         """A private local copy of object ``sha256``: from the spool if it is still
         there, else downloaded from ``dest_uri``; verified by its SHA-256 either way."""
-        cache = cache_root()
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / sha256
-        if path.exists():
-            return path
-        tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
+
+        def fill(tmp: Path) -> None:
             # a spool copy that does not match (a small blob written without fsync,
             # then a power loss) is not an answer: storage has the object
             spooled = spool is not None and _copy_from_spool(spool, sha256, tmp)
             if not spooled or hash_file(tmp)[0] != sha256:
                 _run(self.storage(dest_uri).get(object_key(sha256), tmp))
-            digest, _ = hash_file(tmp)
-            if digest != sha256:
-                raise IntegrityError(
-                    f"object {sha256[:12]} from {dest_uri} does not match its hash"
-                )
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+                if hash_file(tmp)[0] != sha256:
+                    raise IntegrityError(
+                        f"object {sha256[:12]} from {dest_uri} does not match its hash"
+                    )
+
+        return _cached(sha256, fill)
 
     def task_record(self, uri: str, task_id: str) -> dict[str, Any] | None:
         try:
@@ -256,16 +248,23 @@ def cache_inline(sha256: str, data: bytes) -> Path:
     """A payload that travelled inside its record, checked and kept in the cache."""
     if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"inline payload {sha256[:12]} does not match its hash")
+    return _cached(sha256, lambda tmp: tmp.write_bytes(data))
+
+
+def _cached(sha256: str, fill: Callable[[Path], object]) -> Path:
+    """The cache's verified copy of ``sha256``; made by ``fill(tmp)`` (which writes
+    and checks it) when missing, then renamed into place: never seen half-written."""
     cache = cache_root()
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / sha256
-    if not path.exists():
-        tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    if path.exists():
+        return path
+    tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        fill(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
