@@ -24,7 +24,7 @@ def stats(db: sqlite3.Connection) -> dict[str, Any]:
     failed = [
         dict(r)  # "dest" is the status reply's key
         for r in db.execute(
-            "SELECT record_id, task_id, kind, dest, reason FROM records "
+            "SELECT record_id, task_id, kind, dest, reason, peer_uid FROM records "
             "WHERE state=? ORDER BY seq LIMIT 20",
             (State.FAILED,),
         )
@@ -32,7 +32,7 @@ def stats(db: sqlite3.Connection) -> dict[str, Any]:
     retrying = [
         dict(r)
         for r in db.execute(
-            "SELECT record_id, dest, reason, attempts FROM records "
+            "SELECT record_id, dest, reason, attempts, peer_uid FROM records "
             "WHERE state=? AND reason IS NOT NULL ORDER BY seq LIMIT 5",
             (State.PENDING,),
         )
@@ -80,6 +80,13 @@ def find_task(
         out.append(body)
     out.sort(key=lambda b: b.get("started", 0), reverse=True)
     return out
+
+
+def task_owner(db: sqlite3.Connection, task_id: str) -> int | None:
+    r = db.execute(
+        "SELECT peer_uid FROM records WHERE task_id=? ORDER BY seq LIMIT 1", (task_id,)
+    ).fetchone()
+    return None if r is None else r["peer_uid"]
 
 
 def artifacts_of(db: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:

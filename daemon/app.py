@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, load_settings
+from artisync.protocol import Spool, check_folder, load_settings
 
 from .config import DaemonConfig, load_config
 from .destinations import Destinations
@@ -35,6 +35,7 @@ from .ingest import (
     outbox_loop,
 )
 from .journal import OUTSTANDING, Journal, State
+from .peers import Grants, Membership
 from .server import Committer, Server
 from .storage import load_backend
 from .uploader import Uploader
@@ -66,9 +67,13 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         settings = config.settings
+        # shared (system mode): many users; the spool stays private all the same, and
+        # a raw file handed to a client is copied into blobs/, never linked
         self.group_mode = config.group is not None
-        self.spool = Spool(settings.spool, file_mode=0o660 if self.group_mode else 0o600)
-        self.journal = Journal(self.spool.journal_path, 0o660 if self.group_mode else 0o600)
+        self.spool = Spool(settings.spool, link_raw=not self.group_mode)
+        self.journal = Journal(self.spool.journal_path, 0o600)
+        self.grants = Grants(self.spool.raw)
+        self.members = Membership(config.gid) if config.gid is not None else None
         self.destinations = Destinations(config)
         self.uploader = Uploader(
             self.journal,
@@ -100,13 +105,9 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------
     def _lock_spool(self) -> None:
-        mode = 0o2770 if self.group_mode else 0o700
-        self.spool.ensure(mode)
-        if self.group_mode:
-            gid = self.config.gid
-            for d in self.spool.folders():
-                os.chown(d, -1, gid if gid is not None else -1)
-                os.chmod(d, mode)
+        for d in self.spool.folders():  # a planted folder could hold planted records
+            check_folder(d, (os.getuid(),), "spool folder")
+        self.spool.ensure(0o700)
         fd = os.open(self.spool.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,7 +126,11 @@ class Daemon:
         if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
             return socket.socket(fileno=3)  # systemd socket activation
         path = self.config.settings.socket
+        check_folder(path.parent, (os.getuid(), 0), "socket folder")
         path.parent.mkdir(mode=0o750 if self.group_mode else 0o700, parents=True, exist_ok=True)
+        if self.group_mode:  # members must reach the socket: the folder is theirs to enter
+            os.chown(path.parent, -1, self.config.gid or -1)
+            os.chmod(path.parent, 0o750)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 path.unlink()  # stale: the spool lock proves nobody else serves it
@@ -294,8 +299,16 @@ class Daemon:
                     )
                     self.stop_event.set()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, viewer: int | None = None) -> dict[str, Any]:
+        """``viewer``: on a shared daemon, the records listed are this uid's own."""
         stats = await self.journal.stats()
+        everyone = not self.group_mode or viewer in (0, os.getuid())
+        for key in ("failed", "retrying"):
+            stats[key] = [
+                {k: v for k, v in item.items() if k != "peer_uid"}
+                for item in stats[key]
+                if everyone or item["peer_uid"] == viewer
+            ]
         counts = stats["records"]
         backlog = [sum(counts[s][0] for s in OUTSTANDING), sum(counts[s][1] for s in OUTSTANDING)]
         destinations = self.destinations.status()

@@ -46,6 +46,8 @@ def add_daemon_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    from artisync.protocol import UnsafeFolder
+
     from .app import Daemon, SpoolLocked
     from .config import load_config
 
@@ -66,6 +68,9 @@ def run_daemon(args: argparse.Namespace) -> int:
     except SpoolLocked as exc:
         print(f"artisyncd: {exc}", file=sys.stderr)
         return 1
+    except UnsafeFolder as exc:
+        print(f"artisyncd: {exc}", file=sys.stderr)
+        return 2
 
 
 def daemon_main(argv: list[str] | None = None) -> int:

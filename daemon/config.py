@@ -15,7 +15,9 @@ drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
 gc_grace = 600             # seconds a committed blob stays in the spool
-group = "artisync"         # system mode: socket and spool shared with this group
+group = "artisync"         # system mode: serve this group's members (socket 0660, spool private)
+allowed_destinations = ["s3://team-artifacts/runs", "/mnt/nfs/artifacts"]  # system mode:
+                           # the only destinations (and what is under them) clients may name
 
 [storage.s3]               # defaults for every s3:// destination
 part_size = 8388608
@@ -59,6 +61,7 @@ class DaemonConfig:
     idle_exit: float = 0.0  # 0: serve forever
     exit_when_idle: bool = False  # exit as soon as the backlog is empty (tests, one-shot sync)
     group: str | None = None
+    allowed_destinations: tuple[str, ...] = ()
     storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
@@ -87,6 +90,21 @@ def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = N
     return num
 
 
+def _allowed(daemon: Mapping[str, Any]) -> tuple[str, ...]:
+    from artisync.protocol import parse_destination
+
+    raw = os.environ.get("ARTISYNC_ALLOWED_DESTINATIONS")
+    value: Any = raw.split() if raw else daemon.get("allowed_destinations", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("[daemon] allowed_destinations must be a list of destination URIs")
+    for uri in value:
+        try:
+            parse_destination(uri)
+        except ValueError as exc:
+            raise ValueError(f"[daemon] allowed_destinations: {exc}") from None
+    return tuple(value)
+
+
 def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonConfig:
     """Build the daemon's configuration; raise ValueError with a clear message."""
     settings = settings or load_settings()
@@ -101,6 +119,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
             grp.getgrnam(group)
         except KeyError:
             raise ValueError(f"group {group!r} does not exist") from None
+    allowed = _allowed(daemon)
     values: dict[str, Any] = dict(
         settings=settings,
         concurrency=max(1, int(_num(daemon, "concurrency", 64, "ARTISYNC_CONCURRENCY"))),
@@ -122,6 +141,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
         group=group,
+        allowed_destinations=allowed,
         storage=storage,
     )
     values.update(overrides)

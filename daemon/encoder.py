@@ -16,6 +16,7 @@ cores. ``stored`` snapshots only need hashing, which releases the GIL: a thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import logging
@@ -26,6 +27,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from artisync.protocol import Spool
@@ -143,11 +145,11 @@ class Encoder:
             self.poke()
 
     async def _run_codec(self, row: Row) -> dict[str, Any]:
-        root, mode = str(self.spool.root), self.spool.file_mode
+        args = (str(self.spool.root), self.spool.file_mode, row.body, self.spool.link_raw)
         if row.body["raw"]["codec"] == "stored":
-            return await asyncio.to_thread(encode_record, root, mode, row.body)
+            return await asyncio.to_thread(encode_record, *args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool_for(), encode_record, root, mode, row.body)
+        return await loop.run_in_executor(self._pool_for(), encode_record, *args)
 
     async def _commit(self, seq: int, body: dict[str, Any]) -> None:
         """Journal one encoded record, group-committed with those finished meanwhile."""
@@ -163,12 +165,16 @@ def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     data = body["raw"].get("data")
     if data is None or len(data) > SMALL_PAYLOAD:  # in blobs/ now
         out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}
+    if isinstance(result.get("inline"), bytes):
+        out["inline"] = base64.b64encode(result["inline"]).decode("ascii")
     if not out.get("preview"):
         out["preview"] = result.get("preview") or f"{body['type']} ({body['format']})"
     return out
 
 
-def encode_record(root: str, mode: int, body: dict[str, Any]) -> dict[str, Any]:
+def encode_record(
+    root: str, mode: int, body: dict[str, Any], link_raw: bool = True
+) -> dict[str, Any]:
     """Encode one record's raw snapshot (in a worker process or a thread).
 
     Returns a plain dict, never raises: a codec's exception may not survive
@@ -177,20 +183,26 @@ def encode_record(root: str, mode: int, body: dict[str, Any]) -> dict[str, Any]:
     from artisync.protocol.formats import encode
 
     try:
-        payload, preview = encode(Spool(root, file_mode=mode), body)
+        payload, preview = encode(Spool(root, file_mode=mode, link_raw=link_raw), body)
     except FileNotFoundError as exc:  # the raw snapshot is gone: encoding again cannot help
         return {"ok": False, "transient": False, "reason": f"raw snapshot missing: {exc}"}
     except OSError as exc:
         return {"ok": False, "transient": True, "reason": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:
         return {"ok": False, "transient": False, "reason": f"{type(exc).__name__}: {exc}"}
-    return {
+    out = {
         "ok": True,
         "sha256": payload.sha256,
         "size": payload.size,
         "blobs": [[sha, size] for sha, size in payload.blobs],
         "preview": preview,
     }
+    if len(payload.blobs) == 1 and payload.size <= SMALL_PAYLOAD:
+        # the journal keeps a small payload in its record, as storage does (``inline``):
+        # read back from either, it needs no blob and no object
+        with contextlib.suppress(OSError):
+            out["inline"] = (Path(root) / "blobs" / payload.sha256).read_bytes()
+    return out
 
 
 def _init_worker() -> None:

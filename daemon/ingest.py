@@ -71,12 +71,12 @@ async def ingest_outbox(app: Any) -> int:
 
 
 async def _ingest_one(app: Any, path: Path) -> int:
-    from .server import check_record
+    from .admission import check_record
 
     try:
         data, owner = await asyncio.to_thread(_read, path)
         rec = validate_record(unpack_body(data))
-        problem = await check_record(app.spool, app.journal, rec, owner)
+        problem = await check_record(app.spool, app.journal, rec, owner, app.config)
         if problem:
             raise InvalidMessage(problem)
     except FileNotFoundError:

@@ -374,6 +374,10 @@ class Journal:
         """Task events (newest first) matching the query, for read-your-writes."""
         return await self._run(lambda db: _reads.find_task(db, task_id, project, name, statuses))
 
+    async def task_owner(self, task_id: str) -> int | None:
+        """The uid that journaled a task's first record (None: unknown task)."""
+        return await self._run(lambda db: _reads.task_owner(db, task_id))
+
     async def artifacts_of(self, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task, any state."""
         return await self._run(lambda db: _reads.artifacts_of(db, task_id))

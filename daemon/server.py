@@ -12,11 +12,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import stat
-import struct
+import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from artisync.protocol import (
@@ -24,7 +21,6 @@ from artisync.protocol import (
     FrameDecoder,
     InvalidMessage,
     ProtocolError,
-    Spool,
     encode,
     error,
     is_raw,
@@ -32,26 +28,12 @@ from artisync.protocol import (
     validate_request,
 )
 
+from .admission import check_record
 from .journal import Incoming, Journal, State
-from .publish import check_publishable
-from .storage.base import parse_uri
+from .peers import Peer, peer_credentials, send_with_fds
 
 log = logging.getLogger("artisync.daemon")
-_CRED = struct.Struct("3i")
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int | None
-    uid: int | None
-    gid: int | None
-
-
-def peer_credentials(sock: socket.socket | None) -> Peer:
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return Peer(None, None, None)
-    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
-    return Peer(pid, uid, gid)
+_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 
 class Committer:
@@ -157,7 +139,21 @@ class Server:
                             ),
                         )
                         return
+                    members = self.app.members
+                    if members is not None and not members.allows(peer.uid):
+                        await self._send(
+                            writer,
+                            error(
+                                req["id"],
+                                "forbidden",
+                                f"uid {peer.uid} is not a member of group {self.app.config.group!r}",
+                            ),
+                        )
+                        return
                     greeted = True
+                if req["op"] == "open_raw":
+                    await self._open_raw(req, peer, writer)
+                    continue
                 try:
                     reply = await self._dispatch(req, peer, writer)
                 except Exception as exc:  # e.g. the journal's disk is full: answer, stay up
@@ -171,11 +167,20 @@ class Server:
         op, rid = req["op"], req["id"]
         app = self.app
         if op == "hello":
-            return ok(rid, version=PROTOCOL_VERSION, spool=str(app.spool.root), pid=os.getpid())
+            shared = app.group_mode
+            allowed = app.config.allowed_destinations
+            return ok(
+                rid,
+                version=PROTOCOL_VERSION,
+                spool=str(app.spool.root),
+                pid=os.getpid(),
+                shared=shared,
+                output_uri=allowed[0] if shared and allowed else None,
+            )
         if op == "submit":
             return await self._submit(rid, req["record"], peer)
         if op == "status":
-            return ok(rid, status=await app.status())
+            return ok(rid, status=await app.status(peer.uid))
         if op == "retry":
             try:  # the fix may be in the configuration (credentials, endpoint)
                 app.reload_storage_config()
@@ -187,35 +192,87 @@ class Server:
         if op == "ingest":
             return ok(rid, ingested=await app.ingest_now())
         if op == "record":
-            return await self._record(rid, req["record_id"], req.get("wait"))
+            return await self._record(rid, req["record_id"], req.get("wait"), peer)
         if op == "query_task":
             await app.ingest_now()  # read-your-writes: what a client put in the outbox
             tasks = await app.journal.find_task(
                 req.get("task_id"), req.get("project"), req.get("name"), req.get("statuses")
             )
+            if app.group_mode:  # another user's tasks are theirs to see
+                tasks = [t for t in tasks if await self._owns(peer, t["task_id"])]
             arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
             return ok(rid, tasks=tasks[:20], artifacts=arts)
         return await self._wait(rid, req, writer)
+
+    async def _owns(self, peer: Peer, task_id: str) -> bool:
+        owner = await self.app.journal.task_owner(task_id)
+        return owner is None or owner == peer.uid or peer.uid in (0, os.getuid())
+
+    async def _open_raw(
+        self, req: dict[str, Any], peer: Peer, writer: asyncio.StreamWriter
+    ) -> None:
+        """Create a record's raw file in the spool and hand the client a descriptor."""
+        app, rid, record_id = self.app, req["id"], req["record_id"]
+        if not app.group_mode or peer.uid is None:
+            reply = error(rid, "invalid", "open_raw: this daemon's clients write into its spool")
+        elif not _ID.match(record_id):
+            reply = error(rid, "invalid", "open_raw: record_id must be 32 hex digits")
+        elif await app.journal.record(record_id) is not None:
+            reply = ok(rid, known=True)
+        elif not app.accepting:
+            reply = error(rid, "draining", "daemon is shutting down")
+        else:
+            try:
+                fd = await asyncio.to_thread(app.grants.open, record_id, peer.uid)
+            except OSError as exc:
+                reply = error(rid, "invalid", f"open_raw: cannot create it: {exc}")
+            else:
+                try:
+                    await send_with_fds(writer, ok(rid, fd=True), [fd])
+                finally:
+                    os.close(fd)
+                return
+        await self._send(writer, reply)
 
     async def _submit(self, rid: int, rec: dict[str, Any], peer: Peer) -> dict[str, Any]:
         app = self.app
         if not app.accepting:
             return error(rid, "draining", "daemon is shutting down; keep the record")
-        problem = await check_record(app.spool, app.journal, rec, peer.uid)
+        granted = app.grants.holds(rec["record_id"], peer.uid)
+        if app.group_mode and peer.uid not in (0, os.getuid()):
+            if rec["kind"] == "artifact" and not is_raw(rec):
+                return error(rid, "invalid", "this daemon takes payloads only as raw snapshots")
+            if is_raw(rec) and rec["raw"].get("data") is None and not granted:
+                if await app.journal.record(rec["record_id"]) is None:
+                    return error(
+                        rid,
+                        "stale",
+                        f"raw snapshot of record {rec['record_id'][:12]} was not handed to "
+                        "you (or the daemon restarted since): hand it over again",
+                    )
+        problem = await check_record(
+            app.spool, app.journal, rec, peer.uid, app.config, granted=granted
+        )
         if problem:
             return error(rid, "invalid", problem)
         try:
             new = await app.committer.submit(Incoming(rec, peer.uid, peer.pid))
         except Exception as exc:
             return error(rid, "journal", f"could not persist the record: {exc}")
+        app.grants.release(rec["record_id"])
         return ok(rid, duplicate=not new)
 
-    async def _record(self, rid: int, record_id: str, wait: float | None) -> dict[str, Any]:
+    async def _record(
+        self, rid: int, record_id: str, wait: float | None, peer: Peer
+    ) -> dict[str, Any]:
         app = self.app
         await app.ingest_now()
         deadline = time.monotonic() + float(wait or 0)
         while True:
             found = await app.journal.record(record_id)
+            if found is not None and app.group_mode:
+                if not await self._owns(peer, found[1]["task_id"]):
+                    found = None
             if found is None:
                 return error(rid, "unknown", f"no record {record_id[:12]} in the journal")
             state, body, reason = found
@@ -256,71 +313,3 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5), app.uploader.progress:
                     await app.uploader.progress.wait()
-
-
-async def check_record(
-    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
-) -> str | None:
-    """Why a (validated) record must be refused, or None: it names a bad destination,
-    could never be published, or names payloads that are not in the spool."""
-    try:
-        parse_uri(rec["dest"])
-    except ValueError as exc:
-        return f"record: bad destination: {exc}"
-    problem = await asyncio.to_thread(check_publishable, rec)
-    return problem or await check_blobs(spool, journal, rec, uid)
-
-
-def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
-    if rec["raw"].get("data") is not None:
-        return None  # inside the record (checked with it)
-    path = spool.raw_path(rec["record_id"])
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return f"raw snapshot of record {rec['record_id'][:12]} is not in the spool"
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        return f"raw snapshot of record {rec['record_id'][:12]} is not a regular file"
-    if st.st_size != rec["raw"]["size"]:
-        return f"raw snapshot has {st.st_size} bytes, record says {rec['raw']['size']}"
-    if uid is not None and uid != 0 and st.st_uid != uid:
-        return "raw snapshot belongs to another user"
-    return None
-
-
-async def check_blobs(
-    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
-) -> str | None:
-    """Every payload a record names must be a regular file in the spool (never a
-    path elsewhere: names are hashes, symlinks and hard links are refused), or
-    already held by its destination; a raw snapshot must be there, as large as
-    the record says, and (``uid`` known) the submitter's own."""
-    if rec["kind"] != "artifact":
-        return None
-    if is_raw(rec):
-        return await asyncio.to_thread(_check_raw_file, spool, rec, uid)
-
-    def local() -> list[tuple[str, int]]:
-        missing = []
-        for sha, size in rec["blobs"]:
-            try:
-                st = os.lstat(spool.blob_path(sha))
-            except FileNotFoundError:
-                missing.append((sha, size))
-                continue
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
-            if st.st_size != size:
-                raise InvalidMessage(
-                    f"payload {sha[:12]} has {st.st_size} bytes, record says {size}"
-                )
-        return missing
-
-    try:
-        missing = await asyncio.to_thread(local)
-    except InvalidMessage as exc:
-        return str(exc)
-    for sha, _ in missing:
-        if not await journal.has_object(rec["dest"], sha):
-            return f"payload {sha[:12]} is neither in the spool nor at the destination"
-    return None

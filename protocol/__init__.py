@@ -20,6 +20,7 @@ from ._errors import (
     StorageError,
     TransientStorageError,
 )
+from ._folders import UnsafeFolder, check_folder, user_id, user_name
 from ._frames import DEFAULT_MAX_FRAME, MAGIC, FrameDecoder, encode, unpack_body
 from ._layout import (
     DESTINATION_SCHEMES,
@@ -94,6 +95,10 @@ __all__ = [
     "PermanentStorageError",
     "ProtocolError",
     "Settings",
+    "UnsafeFolder",
+    "check_folder",
+    "user_id",
+    "user_name",
     "Spool",
     "StorageError",
     "TransientStorageError",

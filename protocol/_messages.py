@@ -33,6 +33,9 @@ _REQUESTS: dict[str, Spec] = {
     "retry": {},
     # journal what the outbox holds now (flush: durable once this returns)
     "ingest": {},
+    # a shared daemon: create the raw snapshot file of a new record in its own spool and
+    # hand the caller a descriptor of it (SCM_RIGHTS); "known": journaled already
+    "open_raw": {"record_id": (str, True)},
     # one record as the journal holds it; ``wait``: until it is encoded (or failed)
     "record": {
         "record_id": (str, True),

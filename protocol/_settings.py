@@ -18,6 +18,7 @@ from typing import Any
 from ._sizes import parse_size
 
 _FALSE = {"0", "false", "no", "off", ""}
+SYSTEM_SOCKET = Path("/run/artisync/artisyncd.sock")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Settings:
     spool_wait_timeout: float = 300.0
     allow_pickle: bool = False  # let Artifact.get() unpickle (it runs arbitrary code)
     exit_timeout: float = 5.0  # seconds SIGTERM/SIGHUP wait for queued reports to reach the spool
+    # a node's shared daemon (system service), used when this user's own daemon does not answer
+    system_socket: Path = SYSTEM_SOCKET
+    output_chosen: bool = False  # ARTISYNC_OUTPUT_URI or the config file named output_uri
+    socket_chosen: bool = False  # ARTISYNC_SOCKET or the config file named the socket: no search
+    daemon_user: str = "artisync"  # the user a shared daemon must run as (checked by the kernel)
+    # this user's own folder where reports wait while a shared daemon cannot be reached
+    handover: Path = Path("handover")
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -91,6 +99,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     spool = Path(pick("ARTISYNC_SPOOL", "spool", state / "artisync" / "spool")).expanduser()
     sock = Path(pick("ARTISYNC_SOCKET", "socket", default_socket(env))).expanduser()
+    chosen = bool(env.get("ARTISYNC_SOCKET") or table.get("socket"))
+    system_sock = Path(pick("ARTISYNC_SYSTEM_SOCKET", "system_socket", SYSTEM_SOCKET))
     output = str(pick("ARTISYNC_OUTPUT_URI", "output_uri", str(data / "artisync" / "storage")))
     auto = _flag(pick("ARTISYNC_AUTOSTART", "autostart", True))
     try:
@@ -118,6 +128,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spool_wait_timeout=spool_wait,
         allow_pickle=_flag(table.get("allow_pickle", False)),
         exit_timeout=exit_timeout,
+        system_socket=system_sock.expanduser(),
+        socket_chosen=chosen,
+        output_chosen=bool(env.get("ARTISYNC_OUTPUT_URI") or table.get("output_uri")),
+        daemon_user=str(pick("ARTISYNC_DAEMON_USER", "daemon_user", "artisync")),
+        handover=state / "artisync" / "handover",
     )
 
 

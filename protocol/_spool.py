@@ -107,7 +107,7 @@ def copy_file_fast(src: Path, dst: BinaryIO) -> int:
 class Spool:
     """Paths and atomic operations of one spool directory."""
 
-    def __init__(self, root: Path | str, *, file_mode: int = 0o600) -> None:
+    def __init__(self, root: Path | str, *, file_mode: int = 0o600, link_raw: bool = True) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
@@ -116,6 +116,9 @@ class Spool:
         self.journal_path = self.root / "journal.db"
         self.lock_path = self.root / "daemon.lock"
         self.file_mode = file_mode
+        # False when clients hold descriptors of their raw files (a shared daemon): a raw
+        # file then becomes a blob by a copy, hashed as it is made, never by a hard link
+        self.link_raw = link_raw
 
     def ensure(self, dir_mode: int = 0o700) -> Spool:
         """Create the spool directories, private to their owner by default."""

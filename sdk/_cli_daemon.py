@@ -8,13 +8,25 @@ import sys
 import time
 from typing import Any
 
-from artisync.protocol import Settings, format_size
+from artisync.protocol import Settings, Spool, format_size
 
 from ._client import DaemonClient, DaemonError, DaemonUnavailable
+from ._handover import hand_over
 
 
 def _client(settings: Settings) -> DaemonClient:
     return DaemonClient(settings)
+
+
+def _hand_over(client: DaemonClient, settings: Settings) -> None:
+    """A shared daemon: give it first what waits in this user's handover folder."""
+    with client.lock:
+        client.connect()
+    folder = Spool(settings.handover)
+    if client.shared and folder.outbox.is_dir():
+        refused = hand_over(client, folder)
+        for why in refused:
+            print(f"artisync: refused: {why}", file=sys.stderr)
 
 
 def _outbox_count(settings: Settings) -> int:
@@ -99,8 +111,10 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         )
         sys.stderr.flush()
 
+    client = _client(settings)
     try:
-        reply = _client(settings).request(
+        _hand_over(client, settings)
+        reply = client.request(
             {"op": "wait", "task_id": args.task, "timeout": args.timeout, "progress": True},
             timeout=None if args.timeout is None else args.timeout + 10,
             on_progress=progress,

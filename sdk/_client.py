@@ -6,8 +6,10 @@ which the SDK answers by writing the record to the spool's outbox.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +23,10 @@ from artisync.protocol import (
     FrameDecoder,
     ProtocolError,
     Settings,
+    check_folder,
     encode,
+    user_id,
+    user_name,
 )
 
 
@@ -37,16 +42,43 @@ class DaemonError(ArtisyncError):
         self.code = code
 
 
-class DaemonClient:
-    """One connection, used by one thread at a time (callers hold ``lock``)."""
+class NotAllowed(ArtisyncError):
+    """This user may not use the daemon behind this socket."""
 
-    def __init__(self, settings: Settings) -> None:
+
+class UntrustedDaemon(ArtisyncError):
+    """The process behind the socket is not the daemon this user may hand data to."""
+
+
+def socket_paths(settings: Settings) -> list[Path]:
+    """This user's own daemon first; then, unless a socket was configured, the node's
+    shared daemon (a system service), so a managed node needs no setup."""
+    if settings.socket_chosen or settings.system_socket == settings.socket:
+        return [settings.socket]
+    return [settings.socket, settings.system_socket]
+
+
+class DaemonClient:
+    """One connection, used by one thread at a time (callers hold ``lock``).
+
+    ``paths``: the sockets to try, in order (this user's own daemon, then a node's
+    shared one); the first that answers is used until the connection breaks."""
+
+    def __init__(self, settings: Settings, paths: list[Path] | None = None) -> None:
         self.settings = settings
+        self.paths = paths or socket_paths(settings)
         self.lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder()
         self._next_id = 0
+        self._fds: list[int] = []  # descriptors received, not yet claimed by a reply
         self.spool: Path | None = None  # told by the daemon's hello
+        self.shared = False  # a shared daemon (system service): its spool is not ours
+        self.output_uri: str | None = None  # the destination a shared daemon offers
+        self.path = self.paths[0]
+        daemon = user_id(settings.daemon_user)
+        # the uids whose daemon may get our data: ours, root, the configured daemon user
+        self.trusted = {os.getuid(), 0} | ({daemon} if daemon is not None else set())
 
     def forget(self) -> None:
         """In a forked child: close this process's copy of the socket without taking
@@ -56,6 +88,9 @@ class DaemonClient:
             sock.close()
 
     def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -63,26 +98,65 @@ class DaemonClient:
                 self._sock = None
 
     def connect(self, timeout: float = 2.0) -> None:
+        """Connect to the first socket that answers.
+
+        :raises DaemonUnavailable: none does.
+        :raises NotAllowed: a socket refused this user.
+        :raises UntrustedDaemon: a socket is served by a process of another user.
+        :raises UnsafeFolder: a socket's folder is someone else's, or writable by others."""
         if self._sock is not None:
             return
+        failures = []
+        for path in self.paths:
+            try:
+                self._connect(path, timeout)
+                self.path = path
+                return
+            except DaemonUnavailable as exc:
+                failures.append(str(exc))
+        raise DaemonUnavailable("; ".join(failures))
+
+    def _connect(self, path: Path, timeout: float) -> None:
+        check_folder(path.parent, self.trusted, "socket folder")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
-            s.connect(str(self.settings.socket))
+            s.connect(str(path))
         except OSError as exc:
             s.close()
-            raise DaemonUnavailable(f"no daemon at {self.settings.socket}: {exc}") from exc
+            if exc.errno == errno.EACCES:
+                raise NotAllowed(_not_allowed(path, "the socket's permissions")) from None
+            raise DaemonUnavailable(f"no daemon at {path}: {exc}") from exc
+        # SO_PEERCRED of a listening socket is whoever called listen(): the daemon, or
+        # root for systemd's socket activation
+        uid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        if uid not in self.trusted:
+            s.close()
+            raise UntrustedDaemon(
+                f"the socket {path} is served by {user_name(uid)}, not by you, root or "
+                f"daemon_user {self.settings.daemon_user!r}: not handing it any data "
+                "(remove that socket, or set daemon_user to the daemon's user)"
+            )
         self._sock = s
         self._decoder = FrameDecoder()
-        reply = self._roundtrip(
-            {
-                "op": "hello",
-                "version": PROTOCOL_VERSION,
-                "client": f"artisync-sdk pid {os.getpid()}",
-            },
-            timeout,
-        )
+        try:  # a socket-activated daemon answers once started: it may take a few seconds
+            reply = self._roundtrip(
+                {
+                    "op": "hello",
+                    "version": PROTOCOL_VERSION,
+                    "client": f"artisync-sdk pid {os.getpid()}",
+                },
+                max(timeout, self.settings.ack_timeout),
+            )
+        except DaemonError as exc:
+            self.close()
+            if exc.code == "forbidden":
+                raise NotAllowed(_not_allowed(path, str(exc))) from None
+            raise DaemonUnavailable(f"daemon at {path} refused us: {exc}") from exc
         self.spool = Path(reply["spool"])
+        self.shared = bool(reply.get("shared"))
+        offered = reply.get("output_uri")
+        self.output_uri = offered if isinstance(offered, str) and offered else None
 
     def request(
         self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
@@ -114,7 +188,8 @@ class DaemonClient:
             while True:
                 if deadline is not None:
                     sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(65536)
+                data, fds, _, _ = socket.recv_fds(sock, 65536, 4)
+                self._fds.extend(fds)
                 if not data:
                     raise DaemonUnavailable("daemon closed the connection")
                 for reply in self._decoder.feed(data):
@@ -128,10 +203,22 @@ class DaemonClient:
                         if reply.get("id") is None:
                             raise DaemonUnavailable(f"daemon dropped us: {reply.get('message')}")
                         raise DaemonError(str(reply.get("error")), str(reply.get("message")))
+                    if reply.get("fd"):  # the descriptor came with this reply's bytes
+                        if not self._fds:
+                            raise ProtocolError("reply announced a descriptor it did not carry")
+                        reply["fd"] = self._fds.pop(0)
                     return reply
         except (OSError, ProtocolError) as exc:  # socket.timeout is an OSError
             self.close()
             raise DaemonUnavailable(f"daemon connection failed: {exc}") from exc
+
+
+def _not_allowed(path: Path, why: str) -> str:
+    return (
+        f"you may not use the artisync daemon at {path} ({why}): ask the node's "
+        "administrator to add you to its group (then log in again), or set "
+        "ARTISYNC_SOCKET to a socket of your own to run your own daemon"
+    )
 
 
 def autostart_daemon(settings: Settings, spool: Path) -> subprocess.Popen[bytes] | None:

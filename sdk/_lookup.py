@@ -4,13 +4,14 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from artisync.protocol import Settings, Spool
+from artisync.protocol import ArtisyncError, Settings, Spool
 
 from ._artifact import Artifact, Locator
+from ._checks import resolve_destination
 from ._client import DaemonError, DaemonUnavailable
 from ._session import Session
 
@@ -40,12 +41,28 @@ def locator(settings: Settings, destination_uri: str, spool: Spool | None) -> Lo
     return locate
 
 
-def artifact_from(record: dict[str, Any], settings: Settings, spool: Spool | None) -> Artifact:
+def artifact_from(
+    record: dict[str, Any],
+    settings: Settings,
+    spool: Spool | None,
+    wait: Callable[[], None] | None = None,
+) -> Artifact:
+    """``wait``: called before reading from storage (until the upload is committed)."""
     locate = locator(settings, record["dest"], spool)
+    if wait is not None:
+        locate = after(wait, locate)
     inline = record.get("inline")
-    if isinstance(inline, str):  # a small payload published inside its record
+    if isinstance(inline, str):  # a small payload inside its record (storage's, journal's)
         locate = _with_inline(locate, str(record.get("sha256")), inline)
     return Artifact(record, locate, allow_pickle=settings.allow_pickle)
+
+
+def after(wait: Callable[[], None], locate: Locator) -> Locator:
+    def find(sha: str) -> Any:
+        wait()
+        return locate(sha)
+
+    return find
 
 
 def _with_inline(locate: Locator, sha256: str, inline: str) -> Locator:
@@ -103,10 +120,24 @@ def in_daemon(session: Session, q: Query) -> Found | None:
     if chosen["task_id"] != tasks[0]["task_id"]:  # the artifacts are of a case-folded match
         return in_daemon(session, Query(chosen["task_id"], None, None, q.statuses))
     spool = session.spool
+    task_id = chosen["task_id"]
+    # a shared daemon's spool is its own: what is not uploaded yet is read once it is
+    wait = (lambda: session.wait_committed(task_id, None)) if session.shared else None
     arts = {
-        a["name"]: artifact_from(a, session.settings, spool) for a in reply.get("artifacts") or []
+        a["name"]: artifact_from(a, session.settings, spool, wait)
+        for a in reply.get("artifacts") or []
     }
     return Found(chosen, arts)
+
+
+def elsewhere(session: Session, q: Query, output_uri: str | None) -> Found | None:
+    """The task in the daemon's journal, else in storage (``output_uri``, else the
+    default destination)."""
+    try:
+        uri = resolve_destination(output_uri or session.default_output_uri())
+    except ArtisyncError:  # a daemon we may not use: storage may still be readable
+        uri = resolve_destination(output_uri or session.settings.output_uri)
+    return in_daemon(session, q) or in_storage(session.settings, uri, q)
 
 
 def in_storage(settings: Settings, uri: str, q: Query) -> Found | None:

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from artisync.protocol import Settings, Spool, load_settings
+from artisync.protocol import Settings, Spool, check_folder, load_settings
 
+from . import _handover
 from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
 from ._errors import UploadFailed, UploadTimeout
 from ._quota import Quota, estimate_size
@@ -45,6 +46,8 @@ class Session:
         self.settings = settings
         self._spool: Spool | None = None
         self._last_autostart = 0.0
+        self.shared = False  # reporting to a node's shared daemon (see _handover)
+        self._waiting = 0  # records this process left in the handover folder
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -85,18 +88,45 @@ class Session:
     # -- spool ---------------------------------------------------------------------
     @property
     def spool(self) -> Spool:
-        """The daemon's spool when one answers (both must agree), else the configured one."""
+        """The daemon's spool when one answers (both must agree), else the configured
+        one; with a shared daemon, this user's handover folder.
+
+        :raises NotAllowed, UntrustedDaemon, UnsafeFolder: see DaemonClient.connect."""
         with self._lock:
             if self._spool is None:
                 root = self.settings.spool
                 try:
                     with self.client.lock:
                         self.client.connect(timeout=1.0)
-                        root = self.client.spool or root
+                        self.shared = self.client.shared
+                        root = self.settings.handover if self.shared else self.client.spool or root
                 except DaemonUnavailable:
-                    self._maybe_autostart(root)
+                    if self._shared_expected():
+                        self.shared, root = True, self.settings.handover
+                    else:
+                        self._maybe_autostart(root)
+                check_folder(root, (os.getuid(),), "spool")
                 self._spool = Spool(root).ensure()
+                if self.shared:
+                    self._waiting = _handover.pending(self._spool)
             return self._spool
+
+    def default_output_uri(self) -> str:
+        """Where tasks go unless told: the configured ``output_uri``, else what a shared
+        daemon offers (the first of its allowed destinations), else the local default.
+        Touches no spool (a process that only reads back must not make one)."""
+        if self.settings.output_chosen:
+            return self.settings.output_uri
+        try:
+            with self.client.lock:
+                self.client.connect(timeout=1.0)
+        except DaemonUnavailable:
+            pass
+        return self.client.output_uri or self.settings.output_uri
+
+    def _shared_expected(self) -> bool:
+        """No daemon answers, but this user reports to a shared one (its socket is there)."""
+        return len(self.client.paths) > 1 and os.path.lexists(self.settings.system_socket)
 
     def reserve_space(self, obj: Any, what: str) -> None:
         """Before snapshotting ``obj``: wait for (or insist on) room in the spool.
@@ -117,18 +147,65 @@ class Session:
                 hook()
             except Exception as exc:  # at exit, report and go on with the others
                 log.error("artisync: shutdown hook failed: %s", exc)
+        if self.shared and self._spool is not None:
+            try:
+                self.hand_over()
+            except UploadFailed as exc:
+                log.error("artisync: %s", exc)
+            if _handover.pending(self._spool):
+                log.warning(
+                    "artisync: the daemon did not answer; %d reports wait in %s and are "
+                    "handed over by the next artisync process of yours (or `artisync wait`)",
+                    _handover.pending(self._spool),
+                    self._spool.root,
+                )
         self.client.close()
 
     # -- records ------------------------------------------------------------------------
-    def store(self, record: dict[str, Any]) -> None:
-        """Put a record into the outbox, for the daemon (now, or whenever one runs).
+    def store(self, record: dict[str, Any], raw: _handover.RawHolder | None = None) -> None:
+        """Put a record into the outbox, for the daemon (now, or whenever one runs); a
+        shared daemon gets it at once (``raw``: its snapshot, if it has one).
 
-        :raises OSError: the spool cannot be written (e.g. its disk is full)."""
-        self.spool.write_outbox(record, sync=False)
+        :raises OSError: the spool cannot be written (e.g. its disk is full).
+        :raises Refused: the shared daemon refused it."""
+        spool = self.spool
+        if self.shared and not (raw is not None and raw.local):
+            try:
+                _handover.submit(self, record)
+                if self._waiting:
+                    self.hand_over()
+                return
+            except DaemonUnavailable:
+                if raw is not None:
+                    raw.keep_locally()
+            finally:
+                if raw is not None:
+                    raw.close()
+        spool.write_outbox(record, sync=False)
+        if self.shared:
+            self._waiting += 1
+
+    def hand_over(self) -> None:
+        """Give a shared daemon what waits in the handover folder.
+
+        :raises UploadFailed: it refused some of it (each is kept, ``.rejected``)."""
+        try:
+            refused = _handover.hand_over(self, self.spool)
+        except DaemonUnavailable:
+            return
+        self._waiting = 0
+        if refused:
+            raise UploadFailed("records refused by the daemon: " + "; ".join(refused))
 
     def ingest(self, timeout: float | None = None) -> bool:
         """Ask the daemon to journal what the outbox holds now (durable even against
-        power loss once this returns True); False: no daemon answered."""
+        power loss once this returns True); False: no daemon answered.
+
+        :raises UploadFailed: a shared daemon refused records that waited here."""
+        if self.shared:
+            self.hand_over()
+            if self._waiting:
+                return False
         try:
             self.request({"op": "ingest"}, timeout=timeout or self.settings.ack_timeout)
             return True
@@ -153,7 +230,11 @@ class Session:
         return record
 
     def _maybe_autostart(self, spool_root: Any) -> None:
-        if not self.settings.autostart or time.monotonic() - self._last_autostart < 10:
+        if (
+            self.shared
+            or not self.settings.autostart
+            or time.monotonic() - self._last_autostart < 10
+        ):
             return
         self._last_autostart = time.monotonic()
         try:
@@ -171,6 +252,8 @@ class Session:
         last: Exception | None = None
         while time.monotonic() < deadline:
             left = max(0.1, deadline - time.monotonic())
+            if self.shared:
+                self.hand_over()  # what waited while the daemon was away counts too
             try:
                 reply = self.request(
                     {"op": "wait", "task_id": task_id, "timeout": left}, timeout=left + 5

@@ -83,15 +83,15 @@ class Task:
             record = new_task_record(
                 project=project,
                 name=name,
-                dest=resolve_destination(chosen or session.settings.output_uri),
+                dest=resolve_destination(chosen or session.default_output_uri()),
                 tags=list(tags or []),
                 origin=origin(),
             )
+            session.store(dict(record))  # a shared daemon may refuse it (its destination)
             task = cls(record, owned=True)
             cls._local[task.id] = task
             cls._current = task
             cls._install_exit_hook()
-            session.store(dict(record))
             return task
 
     @classmethod
@@ -123,9 +123,7 @@ class Task:
         local = _lookup.in_process(records.values(), q)
         if local is not None:
             return cls._local[local["task_id"]]
-        session = Session.get()
-        uri = resolve_destination(output_uri or session.settings.output_uri)
-        found = _lookup.in_daemon(session, q) or _lookup.in_storage(session.settings, uri, q)
+        found = _lookup.elsewhere(Session.get(), q, output_uri)
         if found is not None:
             return cls(found.record, found.artifacts)
         what = task_id or f"{project_name!r}/{task_name!r}"
@@ -202,11 +200,12 @@ class Task:
         session.reserve_space(artifact_object, f"artifact {name!r}")  # may raise SpoolFull
         delete_after = delete_spec(artifact_object) if delete_after_upload else None
 
-        def capture(spool: Any, record_id: str) -> Any:
+        def capture(spool: Any, record_id: str, opener: Any) -> Any:
             return snapshot(
                 artifact_object,
                 spool,
                 record_id,
+                opener=opener,
                 auto_pickle=auto_pickle,
                 extension_name=extension_name,
                 serialization_function=serialization_function,
@@ -223,7 +222,7 @@ class Task:
         self,
         session: Session,
         name: str,
-        capture: Callable[[Any, str], Any],
+        capture: Callable[[Any, str, Any], Any],
         meta: dict[str, Any] | None,
         delete_after: dict[str, Any] | None,
     ) -> Artifact:
@@ -269,7 +268,11 @@ class Task:
         session = Session.get()
         session.reserve_space(item.obj, f"artifact {item.name!r}")  # may raise SpoolFull
         obj = item.obj
-        self._store(session, item.name, lambda sp, rid: snapshot(obj, sp, rid), item.metadata, None)
+
+        def capture(spool: Any, record_id: str, opener: Any) -> Any:
+            return snapshot(obj, spool, record_id, opener=opener)
+
+        self._store(session, item.name, capture, item.metadata, None)
 
     def unregister_artifact(self, name: str) -> None:
         self._tracker_instance().remove(self.id, name)
@@ -301,11 +304,10 @@ class Task:
             ``wait_timeout`` setting, 300 s), e.g. because no daemon is running.
         :raises UploadFailed: a record failed permanently.
         """
-        session = Session.get()
-        if not wait_for_uploads:
-            session.ingest(timeout)
-            return True
-        session.wait_committed(self.id, timeout)
+        if wait_for_uploads:
+            Session.get().wait_committed(self.id, timeout)
+        else:
+            Session.get().ingest(timeout)
         return True
 
     def mark_completed(self, **kwargs: Any) -> None:

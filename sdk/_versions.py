@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 from artisync.protocol import ArtifactRecord, Origin, Spool, new_artifact_record, new_id
 
 from ._artifact import Artifact
-from ._lookup import locator
+from ._handover import RawHolder
+from ._lookup import after, locator
 from ._quota import SpoolFull
 from ._session import Session
 
@@ -42,22 +43,28 @@ def store_version(
     task_id: str,
     destination_uri: str,
     name: str,
-    capture: Callable[[Spool, str], Captured],
+    capture: Callable[[Spool, str, Callable[[], int] | None], Captured],
     metadata: dict[str, Any] | None,
     delete_after: dict[str, Any] | None,
 ) -> Artifact:
-    """Write the raw snapshot (``capture(spool, record_id)``) and then its record into
-    the spool; return once both are there. Nothing is left behind if either fails.
+    """Write the raw snapshot (``capture(spool, record_id, opener)``) and then its record
+    into the spool, or hand both to a shared daemon; return once both are there.
+    Nothing is left behind if either fails.
 
     :raises SerializationError: the object cannot be stored as asked.
     :raises SpoolFull: the spool's disk is full.
     """
     spool = session.spool
     record_id = new_id()
+    holder = RawHolder(session, spool, record_id) if session.shared else None
     try:
-        cap = capture(spool, record_id)
-    except OSError as exc:
-        raise _refused(exc) from exc
+        cap = capture(spool, record_id, None if holder is None else holder.open)
+    except BaseException as exc:
+        if holder is not None:
+            holder.close()
+        if isinstance(exc, OSError):
+            raise _refused(exc) from exc
+        raise
     record: ArtifactRecord = new_artifact_record(
         record_id=record_id,
         task_id=task_id,
@@ -74,15 +81,18 @@ def store_version(
     if cap.preview is not None:
         record["preview"] = cap.preview
     try:
-        session.store(cast(dict[str, Any], record))
+        session.store(cast(dict[str, Any], record), holder)
     except BaseException as exc:
         spool.raw_path(record_id).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _refused(exc) from exc
         raise
+    locate = locator(session.settings, destination_uri, spool)
+    if session.shared:  # the daemon's spool is its own: read back once uploaded
+        locate = after(lambda: session.wait_committed(task_id, None), locate)
     return Artifact(
         cast(dict[str, Any], record),
-        locator(session.settings, destination_uri, spool),
+        locate,
         spool=spool,
         resolve=session.resolve,
         allow_pickle=session.settings.allow_pickle,

@@ -57,16 +57,18 @@ def test_spool_socket_and_journal_are_owner_only(daemon: DaemonProc, env: Env) -
         assert _mode(f) == 0o600, f.name
 
 
-def test_group_mode_shares_with_the_configured_group_only(env: Env) -> None:
-    group = grp.getgrgid(os.getgid()).gr_name
-    d = DaemonProc(env, ARTISYNC_GROUP=group).wait_ready()
+def test_group_mode_shares_the_socket_not_the_spool(env: Env) -> None:
+    group = grp.getgrgid(os.getgid() if os.getgid() != 0 else 1)
+    d = DaemonProc(env, ARTISYNC_GROUP=group.gr_name).wait_ready()
     try:
-        assert _mode(env.socket) == 0o660
-        for sub in ("", "blobs", "tmp", "outbox", "raw"):
-            assert _mode(env.spool / sub) == 0o2770, sub
-            assert os.stat(env.spool / sub).st_gid == os.getgid()
+        st = os.stat(env.socket)
+        assert _mode(env.socket) == 0o660 and st.st_gid == group.gr_gid
+        assert _mode(env.socket.parent) == 0o750
+        assert os.stat(env.socket.parent).st_gid == group.gr_gid
+        for sub in ("", "blobs", "tmp", "outbox", "raw"):  # payloads reach it by descriptor
+            assert _mode(env.spool / sub) == 0o700, sub
         for f in env.spool.glob("journal.db*"):
-            assert _mode(f) == 0o660, f.name
+            assert _mode(f) == 0o600, f.name
     finally:
         d.stop()
 

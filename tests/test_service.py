@@ -1,18 +1,20 @@
 """Running as a service: autostart with idle exit, systemd socket activation and
-readiness, and the group-shared system mode."""
+readiness, and the system mode's configuration errors."""
 
 from __future__ import annotations
 
-import grp
 import os
+import shutil
 import socket
-import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from artisync.daemon.app import spool_is_served
-from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
+from tests.harness import REPO, Conn, DaemonProc, Env, run_py, stored_objects
 
 
 def test_autostarted_daemon_uploads_then_exits_when_idle(env: Env) -> None:
@@ -72,21 +74,34 @@ def test_socket_activation_and_sd_notify(env: Env) -> None:
         notify.close()
 
 
-def test_group_mode_shares_socket_and_spool_with_the_group(env: Env) -> None:
-    group = grp.getgrgid(os.getgid() if os.getgid() != 0 else 1)
-    d = DaemonProc(env, ARTISYNC_GROUP=group.gr_name).wait_ready()
-    try:
-        st = os.stat(env.socket)
-        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group.gr_gid
-        sp = os.stat(env.spool)
-        assert stat.S_IMODE(sp.st_mode) == 0o2770 and sp.st_gid == group.gr_gid
-        for sub in ("blobs", "tmp", "outbox"):
-            assert os.stat(env.spool / sub).st_gid == group.gr_gid
-    finally:
-        d.stop()
-
-
 def test_unknown_group_is_a_clear_error(env: Env) -> None:
     d = DaemonProc(env, ARTISYNC_GROUP="no-such-group-artisync")
     assert d.wait_exit(30) == 2
     assert "group 'no-such-group-artisync' does not exist" in d.output()
+
+
+def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The units as installed (README's steps), checked by systemd's own verifier."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("ARTISYNC_REQUIRE_SERVERS"):
+            raise AssertionError("systemd-analyze is missing (apt-get install systemd)")
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    daemon_bin = Path(sys.executable).with_name("artisyncd")
+    assert daemon_bin.exists(), daemon_bin
+    for unit in ("artisyncd.service", "artisyncd.socket", "artisyncd-user.service"):
+        text = (REPO / "systemd" / unit).read_text()
+        # where README installs it: /usr/local/bin (a venv here)
+        text = text.replace("/usr/local/bin/artisyncd", str(daemon_bin))
+        text = text.replace("%h/.local/bin/artisyncd", str(daemon_bin))
+        (tmp_path / unit).write_text(text)
+    units = [str(tmp_path / u) for u in ("artisyncd.socket", "artisyncd.service")]
+    for args in (units, [str(tmp_path / "artisyncd-user.service")]):
+        res = subprocess.run(
+            [analyze, "verify", "--man=no", *args], capture_output=True, text=True, timeout=60
+        )
+        complaints = [ln for ln in res.stderr.splitlines() if "artisyncd" in ln]
+        assert res.returncode == 0 and not complaints, res.stderr
+    service = (REPO / "systemd" / "artisyncd.service").read_text()
+    for line in ("Type=notify", "User=artisync", "ProtectSystem=strict", "UMask=0077"):
+        assert line in service.splitlines(), line

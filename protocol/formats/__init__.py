@@ -89,9 +89,11 @@ def snapshot(
     serialization_function: Callable[[Any], bytes] | None = None,
     preview: Any = None,
     room: Callable[[int], None] | None = None,
+    opener: Callable[[], int] | None = None,
 ) -> Captured:
     """Write the raw snapshot of ``obj`` to ``spool.raw_path(record_id)`` now
-    (``room(n)`` raises when ``n`` more bytes must not go into the spool).
+    (``room(n)`` raises when ``n`` more bytes must not go into the spool; ``opener``,
+    when given, makes the raw file instead: a shared daemon's, as a descriptor).
 
     Nothing is left behind when this raises.
 
@@ -101,7 +103,9 @@ def snapshot(
     ext = _norm_ext(extension_name)
     pv = None if preview is None else str(preview)[:PREVIEW_MAX]
     target = resolve_path(obj) if isinstance(obj, str) or is_pathlike(obj) else None
-    req = Request(spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room)
+    req = Request(
+        spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room, opener
+    )
     if serialization_function is not None:
         return binary.snapshot_custom(obj, serialization_function, req)
     if ext == ".pkl":

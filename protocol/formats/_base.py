@@ -100,6 +100,13 @@ class Request:
     path: PathTarget | None = None  # for a str or path-like object that names a path
     # raises when ``n`` more bytes must not go into the spool (its disk's reserve)
     room: Callable[[int], None] | None = None
+    # a shared daemon's spool: the raw file is created there and handed over as a
+    # descriptor (``raw`` is then never created)
+    opener: Callable[[], int] | None = None
+
+    def create(self) -> int:
+        """A descriptor of the new raw snapshot file, open for writing."""
+        return self.opener() if self.opener is not None else create_raw(self.raw, self.mode)
 
     def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
         """The stored form itself as the raw snapshot (made as cheaply as a copy)."""
@@ -111,7 +118,10 @@ class Request:
             return {"codec": codec, "size": len(data), "data": data}
         if self.room is not None:  # known only now that it is serialized (a dict's JSON)
             self.room(len(data))
-        return {"codec": codec, "size": write_raw_bytes(self.raw, data, self.mode)}
+        return {
+            "codec": codec,
+            "size": write_raw(self.raw, lambda f: f.write(data), fd=self.create()),
+        }
 
     def raw_written(
         self, codec: str, write: Callable[[BinaryIO], object], hint: int
@@ -121,7 +131,7 @@ class Request:
             buf = io.BytesIO()
             write(buf)
             return self.raw_bytes(codec, buf.getvalue())
-        return {"codec": codec, "size": write_raw(self.raw, write, self.mode)}
+        return {"codec": codec, "size": write_raw(self.raw, write, fd=self.create())}
 
 
 @dataclass(frozen=True)
@@ -160,13 +170,17 @@ def create_raw(path: Path, mode: int) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
 
-def write_raw(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o600) -> int:
-    """Create ``path`` (never an existing file), fill it with ``write``, return its size.
+def write_raw(
+    path: Path, write: Callable[[BinaryIO], object], mode: int = 0o600, fd: int | None = None
+) -> int:
+    """Create ``path`` (never an existing file; ``fd``: this descriptor of it, made
+    already), fill it with ``write``, return its size.
 
     No fsync: the caller is the training loop, and the page cache survives its
     process being killed; the daemon syncs what it encodes before anything is deleted.
     """
-    fd = create_raw(path, mode)
+    if fd is None:
+        fd = create_raw(path, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -241,7 +255,18 @@ def encode_to_blob(spool: Spool, write: Callable[[BinaryIO], None]) -> tuple[str
 def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
     """A raw snapshot that is already the stored form: hash it, fsync it, and link it
     into ``blobs/`` (a hard link, no copy; the raw name goes once the record is
-    journaled). A blob with that hash already there is a free dedup."""
+    journaled). A blob with that hash already there is a free dedup.
+
+    With ``spool.link_raw`` off, a copy instead: whoever wrote the raw file may still
+    hold a descriptor of it, and a blob must not change after it was hashed."""
+    if not spool.link_raw:
+
+        def copy(out: BinaryIO) -> None:
+            with open(raw, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    out.write(chunk)
+
+        return encode_to_blob(spool, copy)
     sha, size = hash_file(raw)
     fd = os.open(raw, os.O_RDONLY)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from artisync.protocol import format_size
 
-from ._base import INLINE_MAX, Captured, Format, Request, SerializationError, create_raw
+from ._base import INLINE_MAX, Captured, Format, Request, SerializationError
 from ._paths import FILE_SUFFIX, copy_fd, spool_full
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
@@ -58,7 +58,7 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             if len(data) <= INLINE_MAX:
                 return req.raw_bytes("stored", data)
             os.lseek(fd, 0, os.SEEK_SET)
-        out = create_raw(req.raw, req.mode)
+        out = req.create()
         try:
             return {"codec": "stored", "size": copy_fd(fd, size, out)}
         except BaseException as exc:

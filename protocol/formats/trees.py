@@ -43,7 +43,6 @@ from ._base import (
     Request,
     SerializationError,
     StoredPayload,
-    create_raw,
 )
 from ._paths import CHUNK, WILDCARD, copy_fd, spool_full
 
@@ -157,7 +156,7 @@ def _snap_tree(
         except ValueError as exc:
             raise SerializationError(str(exc)) from None
     entries: list[list[Any]] = []  # [path, offset, size]: the record's raw "files"
-    pack = create_raw(req.raw, req.mode)
+    pack = req.create()
     try:
         offset = 0
         for rel in order:

@@ -1,0 +1,109 @@
+"""Admission: what a record must satisfy before the daemon journals it.
+
+Its destination must parse (and, on a shared daemon, be one of the allowed
+ones); its task must be the submitter's own; it must be publishable; and every
+payload it names must be a regular file in the spool (never a path elsewhere)
+or already at its destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from typing import Any
+
+from artisync.protocol import InvalidMessage, Spool, is_raw
+
+from .journal import Journal
+from .peers import destination_allowed
+from .publish import check_publishable
+from .storage.base import parse_uri
+
+
+async def check_record(
+    spool: Spool,
+    journal: Journal,
+    rec: dict[str, Any],
+    uid: int | None = None,
+    config: Any = None,
+    *,
+    granted: bool = False,
+) -> str | None:
+    """Why a (validated) record must be refused, or None: it names a bad destination
+    (or, ``config`` given, one it does not allow), belongs to another user's task,
+    could never be published, or names payloads that are not in the spool (``granted``:
+    its raw file is one this daemon made and handed to ``uid``)."""
+    try:
+        parse_uri(rec["dest"])
+    except ValueError as exc:
+        return f"record: bad destination: {exc}"
+    if config is not None and (config.group is not None or config.allowed_destinations):
+        allowed = config.allowed_destinations
+        if not destination_allowed(rec["dest"], allowed):
+            listed = ", ".join(allowed) if allowed else "none are configured"
+            return (
+                f"destination {rec['dest']} is not one this daemon may write to "
+                f"(allowed_destinations: {listed}); use output_uri under one of them"
+            )
+    if uid is not None and uid not in (0, os.getuid()):
+        owner = await journal.task_owner(rec["task_id"])
+        if owner is not None and owner != uid:
+            return f"task {rec['task_id']} belongs to another user"
+    problem = await asyncio.to_thread(check_publishable, rec)
+    return problem or await check_blobs(spool, journal, rec, None if granted else uid)
+
+
+def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
+    if rec["raw"].get("data") is not None:
+        return None  # inside the record (checked with it)
+    path = spool.raw_path(rec["record_id"])
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"raw snapshot of record {rec['record_id'][:12]} is not in the spool"
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return f"raw snapshot of record {rec['record_id'][:12]} is not a regular file"
+    if st.st_size != rec["raw"]["size"]:
+        return f"raw snapshot has {st.st_size} bytes, record says {rec['raw']['size']}"
+    if uid is not None and uid != 0 and st.st_uid != uid:
+        return "raw snapshot belongs to another user"
+    return None
+
+
+async def check_blobs(
+    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
+) -> str | None:
+    """Every payload a record names must be a regular file in the spool (never a
+    path elsewhere: names are hashes, symlinks and hard links are refused), or
+    already held by its destination; a raw snapshot must be there, as large as
+    the record says, and (``uid`` known) the submitter's own."""
+    if rec["kind"] != "artifact":
+        return None
+    if is_raw(rec):
+        return await asyncio.to_thread(_check_raw_file, spool, rec, uid)
+
+    def local() -> list[tuple[str, int]]:
+        missing = []
+        for sha, size in rec["blobs"]:
+            try:
+                st = os.lstat(spool.blob_path(sha))
+            except FileNotFoundError:
+                missing.append((sha, size))
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
+            if st.st_size != size:
+                raise InvalidMessage(
+                    f"payload {sha[:12]} has {st.st_size} bytes, record says {size}"
+                )
+        return missing
+
+    try:
+        missing = await asyncio.to_thread(local)
+    except InvalidMessage as exc:
+        return str(exc)
+    for sha, _ in missing:
+        if not await journal.has_object(rec["dest"], sha):
+            return f"payload {sha[:12]} is neither in the spool nor at the destination"
+    return None
