@@ -144,6 +144,8 @@ async def collect_raw(app: Any) -> int:
         out = []
         for rid, mtime in raws:
             state = states.get(rid)
+            if state is None and rid in app.grants:
+                continue  # handed to a client that is still writing it
             if state is None:
                 recent = now - mtime <= app.config.gc_grace
                 if not recent and not (app.spool.outbox / f"{rid}.rec").exists():

@@ -95,6 +95,9 @@ class Grants:
         held = self._owner.get(record_id)
         return held is not None and held[0] == uid
 
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._owner
+
     def release(self, record_id: str) -> None:
         self._owner.pop(record_id, None)
 

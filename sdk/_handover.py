@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from artisync.protocol import ArtisyncError, Settings, Spool, copy_file_fast
+from artisync.protocol import ArtisyncError, Settings, Spool, atomic_write_bytes, copy_file_fast
 
 from ._client import DaemonError, DaemonUnavailable
 
@@ -169,3 +169,20 @@ def pending(spool: Spool) -> int:
         return sum(1 for _ in spool.iter_outbox())
     except FileNotFoundError:
         return 0
+
+
+def remember_offer(spool: Spool, output_uri: str | None) -> None:
+    """Keep the destination a shared daemon offers, for runs that start while it is away."""
+    path = spool.root / "offered_output_uri"
+    try:
+        if output_uri and (not path.exists() or path.read_text() != output_uri):
+            atomic_write_bytes(path, output_uri.encode(), sync=False)
+    except OSError as exc:
+        log.debug("artisync: could not keep the offered destination: %s", exc)
+
+
+def last_offer(spool: Spool) -> str | None:
+    try:
+        return (spool.root / "offered_output_uri").read_text() or None
+    except OSError:
+        return None

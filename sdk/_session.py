@@ -109,6 +109,7 @@ class Session:
                 self._spool = Spool(root).ensure()
                 if self.shared:
                     self._waiting = _handover.pending(self._spool)
+                    _handover.remember_offer(self._spool, self.client.output_uri)
             return self._spool
 
     def default_output_uri(self) -> str:
@@ -120,13 +121,16 @@ class Session:
         try:
             with self.client.lock:
                 self.client.connect(timeout=1.0)
-        except DaemonUnavailable:
-            pass
+        except DaemonUnavailable:  # a shared daemon away: what it offered last time
+            if self._shared_expected():
+                offered = _handover.last_offer(Spool(self.settings.handover))
+                return offered or self.settings.output_uri
         return self.client.output_uri or self.settings.output_uri
 
     def _shared_expected(self) -> bool:
         """No daemon answers, but this user reports to a shared one (its socket is there)."""
-        return len(self.client.paths) > 1 and os.path.lexists(self.settings.system_socket)
+        sock = self.settings.system_socket
+        return len(self.client.paths) > 1 and (os.path.lexists(sock) or sock.parent.is_dir())
 
     def reserve_space(self, obj: Any, what: str) -> None:
         """Before snapshotting ``obj``: wait for (or insist on) room in the spool.

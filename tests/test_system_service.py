@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -61,7 +62,7 @@ class Node:
         )
         self.log = Path(log.name)
         deadline = time.monotonic() + 30
-        while not self.socket.exists():
+        while not _answers(self.socket):  # a stale socket file may be there already
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"daemon did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
@@ -75,6 +76,15 @@ class Node:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(40)
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +351,40 @@ print(json.dumps({"task": t.id}))
     assert check.stdout.strip() == "40 []", check.stdout + check.stderr
 
 
+def test_a_run_that_starts_while_the_daemon_is_away_is_handed_over_later(node: Node) -> None:
+    alice = node.trainer(ALICE)
+    alice.py("from artisync import Task; Task.init(project_name='p', task_name='seen')")
+    node.stop()  # a clean stop: its socket is gone, its folder stays
+    try:
+        res = alice.py(
+            """
+            from artisync import Task
+            t = Task.init(project_name="offline start", task_name="while away")
+            t.upload_artifact("payload", {"pad": "z" * 7000})
+            print("ok", t.id, t.output_uri)
+            """
+        )
+        assert res.stdout.startswith("ok"), res.stdout + res.stderr
+        _, task_id, dest = res.stdout.split()
+        assert dest == str(node.storage), "the destination the daemon offered last time"
+        assert "handed over by the next artisync process of yours" in res.stderr
+        assert not (node.storage / "tasks" / task_id).exists()
+    finally:
+        node.start()
+    wait = alice.popen(
+        [*node.python, "-m", "artisync.cli", "wait", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = wait.communicate(timeout=120)
+    assert wait.returncode == 0, out + err
+    check = alice.py(
+        f"from artisync import Task; "
+        f"print(Task.get_task(task_id={task_id!r}).artifacts['payload'].get()['pad'][:3])"
+    )
+    assert check.stdout.strip() == "zzz", check.stdout + check.stderr
+
+
 def test_socket_activation_through_systemd_socket_activate(node: Node) -> None:
     """The daemon started by a real activator on the first connection, as its user."""
     run = users.make_dir(node.base / "run-activated", DAEMON, 0o750, GROUP)
@@ -397,11 +441,9 @@ def test_socket_activation_through_systemd_socket_activate(node: Node) -> None:
 
 def test_a_socket_served_by_another_user_gets_no_data(node: Node) -> None:
     """A socket in a trusted folder, but listened on by another user's process."""
-    import socket as socket_mod
-
     folder = users.make_dir(node.base / "planted", "root", 0o755)
     path = folder / "d.sock"
-    listener = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, 0o666)
     bob = node.trainer(BOB)
