@@ -147,8 +147,16 @@ def newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
     ]
     if not events:
         return None
-    # a closing event wins over a start that arrived later; then the newest
-    return max(events, key=lambda e: (e.get("event") != "started", e.get("created", 0)))
+    # a closing event wins over a start that arrived later; a failure (of any process
+    # of the job) over any other end; then the newest
+    return max(
+        events,
+        key=lambda e: (
+            e.get("event") != "started",
+            e.get("status") == "failed",
+            e.get("created", 0),
+        ),
+    )
 
 
 def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:

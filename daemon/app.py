@@ -334,6 +334,7 @@ class Daemon:
             "uploaded_objects": stats["objects_uploaded"],
             "uploaded_bytes": stats["bytes_uploaded"],
             "failed": {"records": counts[State.FAILED][0], "items": stats["failed"]},
+            "rejected": await asyncio.to_thread(_rejected, self.spool),
             "retrying": stats["retrying"],
             "destinations": destinations,
             "spool_bytes": await asyncio.to_thread(self.spool.usage),
@@ -341,6 +342,12 @@ class Daemon:
             "connections": self.server.connections,
             "group_commits": self.committer.batches,
         }
+
+
+def _rejected(spool: Spool) -> dict[str, Any]:
+    """Outbox records refused (kept in ``rejected/``): how many, and the first few."""
+    items = [{"record_id": rid, "reason": why} for rid, why in spool.iter_rejected()]
+    return {"records": len(items), "items": items[:20]}
 
 
 def spool_is_served(spool: Path) -> bool:

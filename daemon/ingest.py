@@ -85,9 +85,9 @@ async def _ingest_one(app: Any, path: Path) -> int:
         if exc.errno != errno.ELOOP:  # EMFILE, EIO...: may heal; the file stays for later
             log.warning("outbox record %s not readable yet: %s", path.name, exc)
             return 0
-        return await _reject(path, exc)  # a symlink planted in the outbox
+        return await _reject(app, path, exc)  # a symlink planted in the outbox
     except ProtocolError as exc:
-        return await _reject(path, exc)
+        return await _reject(app, path, exc)
     try:
         await app.committer.submit(Incoming(rec, owner, None))
     except Exception as exc:  # journal not writable (disk full): the file stays for later
@@ -97,10 +97,11 @@ async def _ingest_one(app: Any, path: Path) -> int:
     return 1
 
 
-async def _reject(path: Path, exc: Exception) -> int:
-    bad = path.with_name(path.name + ".rejected")
-    log.error("outbox record %s rejected (kept as %s): %s", path.name, bad.name, exc)
-    await asyncio.to_thread(os.replace, path, bad)
+async def _reject(app: Any, path: Path, exc: Exception) -> int:
+    """Keep a refused record in ``rejected/`` with why: its SDK raises it at its next
+    call, and ``artisync status`` shows it."""
+    kept = await asyncio.to_thread(app.spool.reject, path, str(exc))
+    log.error("outbox record %s rejected (kept as %s): %s", path.name, kept, exc)
     return 0
 
 

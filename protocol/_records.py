@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from ._errors import InvalidMessage
 from ._layout import check_name
@@ -45,6 +45,19 @@ class Origin:
     host: str
     user: str
     pid: int
+    # where a launcher says them (torchrun, srun, mpirun): the process's place in its job
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The record fields: host, user, pid, and the rank fields that are known."""
+        out: dict[str, Any] = {"host": self.host, "user": self.user, "pid": self.pid}
+        for name in ("rank", "local_rank", "world_size"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 class TaskRecord(TypedDict):
@@ -64,6 +77,9 @@ class TaskRecord(TypedDict):
     ended: float | None
     tags: list[str]
     comment: NotRequired[str]
+    rank: NotRequired[int]
+    local_rank: NotRequired[int]
+    world_size: NotRequired[int]
 
 
 class ArtifactRecord(TypedDict):
@@ -88,6 +104,9 @@ class ArtifactRecord(TypedDict):
     size: NotRequired[int]
     blobs: NotRequired[list[list[Any]]]  # [[sha256, size], ...]
     preview: NotRequired[str]
+    rank: NotRequired[int]
+    local_rank: NotRequired[int]
+    world_size: NotRequired[int]
 
 
 Record = TaskRecord | ArtifactRecord
@@ -98,39 +117,46 @@ def new_id() -> str:
 
 
 def new_task_record(
-    *, project: str, name: str, dest: str, tags: list[str], origin: Origin
+    *,
+    project: str,
+    name: str,
+    dest: str,
+    tags: list[str],
+    origin: Origin,
+    task_id: str | None = None,
 ) -> TaskRecord:
     now = time.time()
-    return TaskRecord(
-        kind="task",
-        record_id=new_id(),
-        task_id=new_id(),
-        created=now,
-        dest=dest,
-        host=origin.host,
-        user=origin.user,
-        pid=origin.pid,
-        event="started",
-        project=project,
-        name=name,
-        status="in_progress",
-        started=now,
-        ended=None,
-        tags=list(tags),
-    )
-
-
-def task_event(task: TaskRecord, *, status: str, event: str) -> TaskRecord:
-    """The task's next state: a new record (new id, new time), never an edit."""
-    now = time.time()
-    return {
-        **task,
-        "status": status,
-        "event": event,
+    rec: dict[str, Any] = {
+        "kind": "task",
         "record_id": new_id(),
+        "task_id": task_id or new_id(),
         "created": now,
-        "ended": now,
+        "dest": dest,
+        **origin.fields(),
+        "event": "started",
+        "project": project,
+        "name": name,
+        "status": "in_progress",
+        "started": now,
+        "ended": None,
+        "tags": list(tags),
     }
+    return cast(TaskRecord, rec)
+
+
+def task_event(
+    task: TaskRecord, *, status: str, event: str, origin: Origin | None = None
+) -> TaskRecord:
+    """The task's next state: a new record (new id, new time), never an edit
+    (``origin``: made by another process than the one that started the task)."""
+    now = time.time()
+    base: dict[str, Any] = dict(task)
+    if origin is not None:
+        for field in ("rank", "local_rank", "world_size"):
+            base.pop(field, None)
+        base.update(origin.fields())
+    base.update(status=status, event=event, record_id=new_id(), created=now, ended=now)
+    return cast(TaskRecord, base)
 
 
 def new_artifact_record(
@@ -146,22 +172,21 @@ def new_artifact_record(
     delete_after: dict[str, Any] | None,
     origin: Origin,
 ) -> ArtifactRecord:
-    return ArtifactRecord(
-        kind="artifact",
-        record_id=record_id or new_id(),
-        task_id=task_id,
-        created=time.time(),
-        dest=dest,
-        host=origin.host,
-        user=origin.user,
-        pid=origin.pid,
-        name=name,
-        type=type,
-        format=format,
-        extension=extension,
-        metadata=metadata or {},
-        delete_after=delete_after,
-    )
+    rec: dict[str, Any] = {
+        "kind": "artifact",
+        "record_id": record_id or new_id(),
+        "task_id": task_id,
+        "created": time.time(),
+        "dest": dest,
+        **origin.fields(),
+        "name": name,
+        "type": type,
+        "format": format,
+        "extension": extension,
+        "metadata": metadata or {},
+        "delete_after": delete_after,
+    }
+    return cast(ArtifactRecord, rec)
 
 
 _COMMON: Spec = {
@@ -173,6 +198,9 @@ _COMMON: Spec = {
     "host": (str, True),
     "user": (str, True),
     "pid": (int, True),
+    "rank": (int, False),
+    "local_rank": (int, False),
+    "world_size": (int, False),
 }
 _TASK: Spec = {
     "event": (str, True),

@@ -3,6 +3,7 @@
 ```
 <spool>/raw/<record_id>        raw snapshots the SDK wrote, waiting to be encoded
 <spool>/outbox/<record_id>.rec records waiting for the daemon to journal them (msgpack)
+<spool>/rejected/<record_id>.rec records the daemon refused, each with <record_id>.why
 <spool>/blobs/<sha256>         stored payloads, content-addressed, complete or absent
 <spool>/tmp/<pid>.<rand>.part  payloads being written (never read by the daemon)
 <spool>/journal.db             the daemon's journal (SQLite, WAL)
@@ -113,6 +114,7 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.outbox = self.root / "outbox"
         self.raw = self.root / "raw"
+        self.rejected = self.root / "rejected"
         self.journal_path = self.root / "journal.db"
         self.lock_path = self.root / "daemon.lock"
         self.file_mode = file_mode
@@ -127,7 +129,7 @@ class Spool:
         return self
 
     def folders(self) -> tuple[Path, ...]:
-        return (self.root, self.blobs, self.tmp, self.outbox, self.raw)
+        return (self.root, self.blobs, self.tmp, self.outbox, self.raw, self.rejected)
 
     def raw_path(self, record_id: str) -> Path:
         """Where the raw snapshot of record ``record_id`` (32 hex digits) lives."""
@@ -196,6 +198,30 @@ class Spool:
             for entry in it:
                 if entry.name.endswith(".rec") and not entry.name.startswith("."):
                     yield Path(entry.path)
+
+    def reject(self, path: Path, reason: str) -> Path:
+        """Move a refused outbox record into ``rejected/``, with the reason beside it."""
+        self.rejected.mkdir(mode=0o700, exist_ok=True)
+        stem = path.name.removesuffix(".rec")
+        atomic_write_bytes(self.rejected / f"{stem}.why", reason.encode()[:4000], sync=False)
+        target = self.rejected / f"{stem}.rec"
+        os.replace(path, target)
+        return target
+
+    def iter_rejected(self) -> Iterator[tuple[str, str]]:
+        """(record_id, reason) of every refused record."""
+        try:
+            it = os.scandir(self.rejected)
+        except FileNotFoundError:
+            return
+        with it:
+            for entry in it:
+                if entry.name.endswith(".why") and not entry.name.startswith("."):
+                    try:
+                        why = Path(entry.path).read_text(errors="replace")
+                    except OSError:
+                        continue
+                    yield entry.name.removesuffix(".why"), why
 
     def iter_stale_temps(self, max_age: float, now: float) -> Iterator[Path]:
         """Temp files whose writer is gone (or that are older than ``max_age``)."""

@@ -51,7 +51,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"running": True, **st}, indent=2))
     else:
         print(_format_status(st))
-    if st["failed"]["records"]:
+    if st["failed"]["records"] or st.get("rejected", {}).get("records"):
         return 1
     return 0 if st["online"] else 2
 
@@ -79,6 +79,11 @@ def _format_status(st: dict[str, Any]) -> str:
         lines.append(
             f"  {item['kind']} {item['record_id'][:12]} -> {item['dest']}: {item['reason']}"
         )
+    rejected = st.get("rejected") or {"records": 0, "items": []}
+    if rejected["records"]:
+        lines.append(f"rejected: {rejected['records']} records (kept in {st['spool']}/rejected)")
+    for item in rejected["items"][:5]:
+        lines.append(f"  rejected {item['record_id'][:12]}: {item['reason']}")
     for d in st["destinations"]:
         if not d["online"]:
             lines.append(

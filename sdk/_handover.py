@@ -104,10 +104,10 @@ def _ask(session: Session, msg: dict[str, Any], record: dict[str, Any]) -> dict[
     except DaemonError as exc:
         if exc.code in ("draining", "journal", "stale", "internal"):
             raise DaemonUnavailable(str(exc)) from exc
-        raise Refused(f"the daemon refused {_what(record)}: {exc}") from exc
+        raise Refused(f"the daemon refused {describe(record)}: {exc}") from exc
 
 
-def _what(record: dict[str, Any]) -> str:
+def describe(record: dict[str, Any]) -> str:
     if record.get("kind") == "artifact":
         return f"artifact {record.get('name')!r}"
     return f"task {record.get('task_id')}"

@@ -26,6 +26,7 @@ from ._errors import UploadFailed, UploadTimeout
 from ._quota import Quota, estimate_size
 
 log = logging.getLogger("artisync")
+MINE_MAX = 10_000  # records a process remembers, to name one the daemon refuses
 
 
 _shutdown_hooks: list[Callable[[], None]] = []
@@ -48,6 +49,9 @@ class Session:
         self._last_autostart = 0.0
         self.shared = False  # reporting to a node's shared daemon (see _handover)
         self._waiting = 0  # records this process left in the handover folder
+        # outbox records of this process (the newest MINE_MAX), by id: what each is, to
+        # name it should the daemon refuse it
+        self._mine: dict[str, str] = {}
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -173,6 +177,7 @@ class Session:
         :raises OSError: the spool cannot be written (e.g. its disk is full).
         :raises Refused: the shared daemon refused it."""
         spool = self.spool
+        self.raise_refused(f"{_handover.describe(record)} not stored: ")
         if self.shared and not (raw is not None and raw.local):
             try:
                 _handover.submit(self, record)
@@ -186,8 +191,24 @@ class Session:
                 if raw is not None:
                     raw.close()
         spool.write_outbox(record, sync=False)
+        self._mine[record["record_id"]] = _handover.describe(record)
+        if len(self._mine) > MINE_MAX:
+            del self._mine[next(iter(self._mine))]
         if self.shared:
             self._waiting += 1
+
+    def raise_refused(self, prefix: str = "") -> None:
+        """Raise what the daemon refused of this process's records (once each).
+
+        :raises UploadFailed: naming each refused record and why."""
+        if not self._mine or self._spool is None:
+            return
+        found = [(r, why) for r, why in self._spool.iter_rejected() if r in self._mine]
+        if found:
+            what = "; ".join(
+                f"{self._mine.pop(r)} was refused by the daemon: {w}" for r, w in found
+            )
+            raise UploadFailed(prefix + what)
 
     def hand_over(self) -> None:
         """Give a shared daemon what waits in the handover folder.
@@ -212,6 +233,7 @@ class Session:
                 return False
         try:
             self.request({"op": "ingest"}, timeout=timeout or self.settings.ack_timeout)
+            self.raise_refused()
             return True
         except (DaemonUnavailable, DaemonError):
             self._maybe_autostart(self.spool.root)
@@ -271,6 +293,7 @@ class Session:
                 if exc.code == "timeout":
                     break
                 raise
+            self.raise_refused()
             if reply.get("failed"):
                 raise UploadFailed(
                     f"{reply['failed']} records of task {task_id} failed; see `artisync status`"

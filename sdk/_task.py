@@ -1,9 +1,8 @@
 """Task: ClearML's artifact API, backed by the spool and the daemon.
 
-Nothing here waits on the network, or on encoding: ``upload_artifact`` writes
-a raw snapshot of the object (or a kernel copy of the file) and its record
-into the spool and returns; the daemon, another process, encodes, hashes and
-uploads it.
+Nothing here waits on the network, or on encoding: ``upload_artifact`` writes a raw
+snapshot of the object (or a kernel copy of the file) and its record into the spool
+and returns; the daemon, another process, encodes, hashes and uploads it.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from typing import Any, ClassVar, cast
 
 from artisync.protocol import TaskRecord, check_name, new_task_record, task_event
 
-from . import _lookup, _signals
+from . import _exit, _job, _lookup
 from ._artifact import Artifact
 from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
-from ._session import Session, on_shutdown
+from ._session import Session
 from ._tracking import Tracked, Tracker, content_hash
 from ._versions import origin, store_version
 
@@ -35,7 +34,6 @@ class Task:
     _local: ClassVar[dict[str, Task]] = {}  # tasks of this process: read-your-writes
     _tracker: ClassVar[Tracker | None] = None
     _class_lock: ClassVar[threading.RLock] = threading.RLock()
-    _exit_exc: ClassVar[BaseException | None] = None
     _hook_installed: ClassVar[bool] = False
 
     def __init__(
@@ -48,6 +46,7 @@ class Task:
         self._record: dict[str, Any] = dict(record)
         self._artifacts: dict[str, Artifact] = artifacts or {}
         self._closed = not owned  # only a task made by Task.init here is open
+        self._leader = owned  # this process started it: it completes it (see _job)
         self._pid = os.getpid()  # a forked child reports into it, but never closes it
         self._lock = threading.RLock()
 
@@ -69,8 +68,8 @@ class Task:
         deferred_init: bool = False,
         **kwargs: Any,
     ) -> Task:
-        """Start a task and make it current. ClearML's other parameters are accepted
-        and ignored (artisync only handles artifacts)."""
+        """Start a task (or join this job's: see ``_job``) and make it current. ClearML's
+        other parameters are accepted and ignored (artisync only handles artifacts)."""
         with cls._class_lock:
             if cls._current is not None and not cls._current._closed:
                 return cls._current
@@ -80,15 +79,24 @@ class Task:
                 task_name or os.path.basename(sys.argv[0] or "") or "task", "task_name"
             )
             chosen = output_uri if isinstance(output_uri, str) and output_uri else None
-            record = new_task_record(
-                project=project,
-                name=name,
-                dest=resolve_destination(chosen or session.default_output_uri()),
-                tags=list(tags or []),
-                origin=origin(),
+            join = _job.joining(project, name)  # a parent's task, or the job's (see _job)
+            record: dict[str, Any] = dict(
+                (join and join.parent)
+                or new_task_record(
+                    project=project,
+                    name=name,
+                    dest=resolve_destination(chosen or session.default_output_uri()),
+                    tags=list(tags or []),
+                    origin=origin(),
+                    task_id=join.task_id if join else None,
+                )
             )
-            session.store(dict(record))  # a shared daemon may refuse it (its destination)
+            leader = join is None or (join.parent is None and join.leader)
+            if leader:  # a shared daemon may refuse it (its destination)
+                session.store(dict(record))
             task = cls(record, owned=True)
+            task._leader = leader
+            _job.export(record)
             cls._local[task.id] = task
             cls._current = task
             cls._install_exit_hook()
@@ -184,10 +192,9 @@ class Task:
     ) -> bool:
         """Snapshot ``artifact_object`` into the spool now; it is uploaded in the background.
 
-        Returns True once the snapshot and its record are in the spool: later changes
-        to the object or file do not affect what is stored, and the process may be
-        killed. With ``wait_on_upload=True``, returns only when the artifact is
-        committed in storage.
+        Returns True once the snapshot and its record are in the spool: later changes to
+        the object or file do not affect what is stored, and the process may be killed.
+        With ``wait_on_upload=True``, returns once the artifact is committed in storage.
 
         :raises SerializationError: the object cannot be stored as asked.
         :raises SpoolFull: no room in the spool (nothing was stored).
@@ -322,7 +329,9 @@ class Task:
         session = Session.get()
         with self._lock:
             self._record = dict(
-                task_event(cast(TaskRecord, self._record), status=status, event=event)
+                task_event(
+                    cast(TaskRecord, self._record), status=status, event=event, origin=origin()
+                )
             )
             rec = dict(self._record)
         session.store(rec)
@@ -338,10 +347,11 @@ class Task:
                 return
             self._closed = True
         self._final_tracked()
-        if self.status == "in_progress":
+        if self.status == "in_progress" and self._leader:
             self._set_status("completed", "closed")
         Session.get().ingest(min(timeout, 2.0) if timeout is not None else 2.0)
         with Task._class_lock:
+            _job.forget(self.id)  # processes started from now on make tasks of their own
             if Task._current is self:
                 Task._current = None
 
@@ -358,19 +368,9 @@ class Task:
     # -- interpreter exit ----------------------------------------------------------------------------
     @classmethod
     def _install_exit_hook(cls) -> None:
-        if cls._hook_installed:
-            return
-        cls._hook_installed = True
-        on_shutdown(lambda: cls._close_all("failed" if cls._exit_exc is not None else None))
-        limit = Session.get().settings.exit_timeout
-        _signals.install(lambda _: cls._close_all("aborted", limit), limit + 1)
-        previous = sys.excepthook
-
-        def hook(et: type[BaseException], ev: BaseException, tb: TracebackType | None) -> None:
-            cls._exit_exc = ev
-            previous(et, ev, tb)
-
-        sys.excepthook = hook
+        if not cls._hook_installed:
+            cls._hook_installed = True
+            _exit.install(cls._close_all)
 
     @classmethod
     def _close_all(cls, status: str | None, timeout: float | None = None) -> None:
@@ -380,7 +380,8 @@ class Task:
             if task._closed or task._pid != os.getpid():
                 continue
             if status is not None and task.status == "in_progress":
-                task._set_status(status, "closed")
+                if task._leader or status == "failed":  # a failing rank fails the task
+                    task._set_status(status, "closed")
             try:
                 task.close(timeout)
             except Exception as exc:  # at exit, report and go on with the others

@@ -15,6 +15,7 @@ from artisync.protocol import ArtifactRecord, Origin, Spool, new_artifact_record
 
 from ._artifact import Artifact
 from ._handover import RawHolder
+from ._job import rank_fields
 from ._lookup import after, locator
 from ._quota import SpoolFull
 from ._session import Session
@@ -35,7 +36,15 @@ def _user() -> str:
 
 def origin() -> Origin:
     """This process, as every record names it."""
-    return Origin(host=_HOST, user=_user(), pid=os.getpid())
+    ranks = rank_fields()
+    return Origin(
+        host=_HOST,
+        user=_user(),
+        pid=os.getpid(),
+        rank=ranks.get("rank"),
+        local_rank=ranks.get("local_rank"),
+        world_size=ranks.get("world_size"),
+    )
 
 
 def store_version(

@@ -135,7 +135,7 @@ def test_records_cannot_make_the_daemon_read_outside_the_spool(
     link = env.spool / "outbox" / "planted.rec"
     link.symlink_to(secret)
     faults.wait_until(
-        lambda: len(list((env.spool / "outbox").glob("*.rejected"))) == 2, 30, "rejection"
+        lambda: len(list((env.spool / "rejected").glob("*.rec"))) == 2, 30, "rejection"
     )
     stored = [p for p in env.storage.rglob("*") if p.is_file()] if env.storage.exists() else []
     assert all(p.read_bytes() != b"not for upload" for p in stored)
