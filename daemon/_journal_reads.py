@@ -89,6 +89,17 @@ def task_owner(db: sqlite3.Connection, task_id: str) -> int | None:
     return None if r is None else r["peer_uid"]
 
 
+def versions_of(db: sqlite3.Connection, task_id: str, name: str) -> list[dict[str, Any]]:
+    bodies = (
+        msgpack.unpackb(r["body"], raw=False)
+        for r in db.execute(
+            "SELECT body FROM records WHERE kind='artifact' AND task_id=? ORDER BY seq",
+            (task_id,),
+        )
+    )
+    return [b for b in bodies if b.get("name") == name]
+
+
 def artifacts_of(db: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for r in db.execute(

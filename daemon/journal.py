@@ -378,6 +378,10 @@ class Journal:
         """The uid that journaled a task's first record (None: unknown task)."""
         return await self._run(lambda db: _reads.task_owner(db, task_id))
 
+    async def versions_of(self, task_id: str, name: str) -> list[dict[str, Any]]:
+        """Every version of one artifact of a task, in journal order."""
+        return await self._run(lambda db: _reads.versions_of(db, task_id, name))
+
     async def artifacts_of(self, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task, any state."""
         return await self._run(lambda db: _reads.artifacts_of(db, task_id))

@@ -200,7 +200,10 @@ class Server:
             )
             if app.group_mode:  # another user's tasks are theirs to see
                 tasks = [t for t in tasks if await self._owns(peer, t["task_id"])]
-            arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
+            if tasks and req.get("versions_of"):
+                arts = await app.journal.versions_of(tasks[0]["task_id"], req["versions_of"])
+            else:
+                arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
             return ok(rid, tasks=tasks[:20], artifacts=arts)
         return await self._wait(rid, req, writer)
 

@@ -29,6 +29,8 @@ _REQUESTS: dict[str, Spec] = {
         "project": ((str, type(None)), False),
         "name": ((str, type(None)), False),
         "statuses": ((list, type(None)), False),
+        # instead of the newest version of each artifact: every version of this one
+        "versions_of": ((str, type(None)), False),
     },
     "retry": {},
     # journal what the outbox holds now (flush: durable once this returns)

@@ -160,3 +160,32 @@ def in_storage(settings: Settings, uri: str, q: Query) -> Found | None:
         for a in reader.artifact_records(uri, rec["task_id"])
     }
     return Found(rec, arts)
+
+
+def versions(session: Session, task: dict[str, Any], name: str, rank: int | None) -> list[Artifact]:
+    """Every version of one artifact of ``task``, oldest first: those the local daemon
+    holds (uploaded or not) and those in storage (from any node); ``rank``: only the
+    versions that rank made."""
+    from ._reader import Reader
+
+    found: dict[str, dict[str, Any]] = {}
+    spool, wait = None, None
+    try:
+        reply = session.request(
+            {"op": "query_task", "task_id": task["task_id"], "versions_of": name}, timeout=10
+        )
+        found.update((r["record_id"], r) for r in reply.get("artifacts") or [])
+        spool = session.spool  # the daemon's (or, with a shared daemon, wait for uploads)
+        if session.shared:
+            wait = lambda: session.wait_committed(task["task_id"], None)  # noqa: E731
+    except (DaemonUnavailable, DaemonError):
+        pass
+    stored = Reader(session.settings).artifact_versions(task["dest"], task["task_id"], name)
+    for rec in stored:
+        found.setdefault(rec["record_id"], rec)
+    recs = sorted(found.values(), key=lambda r: (r["created"], r["record_id"]))
+    return [
+        artifact_from(r, session.settings, spool, wait)
+        for r in recs
+        if rank is None or r.get("rank") == rank
+    ]

@@ -230,6 +230,27 @@ class Reader:
 
         return _run(go())
 
+    def artifact_versions(self, uri: str, task_id: str, name: str) -> list[dict[str, Any]]:
+        """Every published version of one artifact of a task, oldest first."""
+        st = self.storage(uri)
+
+        async def go() -> list[dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            async for info in st.list(artifact_prefix(task_id, name)):
+                if info.key.endswith(".json"):
+                    rec = await _get_json(st, info.key)
+                    found[rec["record_id"]] = rec
+            async for info in st.list(batch_prefix(task_id)):
+                if info.key.endswith(".json"):
+                    for rec in (await _get_json(st, info.key)).get("records", []):
+                        if rec.get("name") == name:
+                            found[rec["record_id"]] = rec
+            for rec in found.values():
+                rec.setdefault("dest", rec.get("storage", uri))
+            return sorted(found.values(), key=lambda r: (r["created"], r["record_id"]))
+
+        return _run(go())
+
     def index(self, uri: str, prefix: str) -> list[IndexEntry]:
         """Every index entry under ``prefix`` (see ``project_prefix``), in listing order."""
         return _run(_list_index(self.storage(uri), prefix))

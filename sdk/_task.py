@@ -172,6 +172,10 @@ class Task:
         with self._lock:
             return MappingProxyType(dict(self._artifacts))
 
+    def get_artifact_versions(self, name: str, rank: int | None = None) -> list[Artifact]:
+        """Every version of artifact ``name``, oldest first (``rank``: that rank's)."""
+        return _lookup.versions(Session.get(), self._record, name, rank)
+
     def __repr__(self) -> str:
         return f"<Task {self.project}/{self.name} {self.id} {self.status}>"
 
@@ -258,14 +262,8 @@ class Task:
             missing = [c for c in uniqueness_columns if c not in artifact.columns]
             if missing:
                 raise ValueError(f"uniqueness_columns not in the DataFrame: {missing}")
-        item = Tracked(
-            self,
-            name,
-            artifact,
-            meta,
-            uniqueness_columns,
-            content_hash(artifact, uniqueness_columns),
-        )
+        digest = content_hash(artifact, uniqueness_columns)
+        item = Tracked(self, name, artifact, meta, uniqueness_columns, digest)
         self._store_tracked(item)
         self._tracker_instance().add(item)
 

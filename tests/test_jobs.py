@@ -144,6 +144,17 @@ def test_launcher_ranks_share_one_task_and_record_their_rank(daemon: DaemonProc,
     # the same name from 4 ranks: 4 immutable versions, get() the newest
     assert len([v for v in _versions(env.storage, task_id) if v["name"] == "shared"]) == 4
     assert arts["shared"]["value"]["from"] == arts["shared"]["rank"]
+    every = run_py(
+        env,
+        f"""
+        from artisync import Task
+        t = Task.get_task(task_id={task_id!r})
+        print(sorted(a.get()["from"] for a in t.get_artifact_versions("shared")))
+        print([a.get()["from"] for a in t.get_artifact_versions("shared", rank=2)])
+        """,
+        **READER,
+    ).stdout.split("\n")
+    assert every[:2] == ["[0, 1, 2, 3]", "[2]"], every
 
 
 def test_a_failing_rank_fails_the_task(daemon: DaemonProc, env: Env) -> None:
@@ -220,3 +231,30 @@ def test_sixty_four_producers_at_once_are_all_delivered(daemon: DaemonProc, env:
     assert len(versions) == 64 * 50
     names = {v["name"] for v in versions}
     assert names == {f"p{m}-{k}{i}" for m in range(64) for k in "da" for i in range(25)}
+
+
+def test_every_version_is_there_before_and_after_upload(daemon: DaemonProc, env: Env) -> None:
+    out = run_py(
+        env,
+        """
+        from artisync import Task
+        t = Task.init(project_name="versions", task_name="three")
+        for i in range(3):
+            t.upload_artifact("x", {"i": i, "pad": "v" * 5000})
+        print([a.get()["i"] for a in t.get_artifact_versions("x")])  # the daemon's journal
+        t.flush(wait_for_uploads=True, timeout=60)
+        t.close()
+        print(t.id)
+        """,
+    ).stdout.split("\n")
+    assert out[0] == "[0, 1, 2]", out
+    stored = run_py(
+        env,
+        f"""
+        from artisync import Task
+        t = Task.get_task(task_id={out[1]!r})
+        print([a.get()["i"] for a in t.get_artifact_versions("x")], t.artifacts["x"].get()["i"])
+        """,
+        **READER,
+    ).stdout.strip()
+    assert stored == "[0, 1, 2] 2"
