@@ -241,18 +241,19 @@ class Server:
         app = self.app
         if not app.accepting:
             return error(rid, "draining", "daemon is shutting down; keep the record")
+        if await app.journal.record(rec["record_id"]) is not None:
+            return ok(rid, duplicate=True)  # handed over again: it is journaled already
         granted = app.grants.holds(rec["record_id"], peer.uid)
         if app.group_mode and peer.uid not in (0, os.getuid()):
             if rec["kind"] == "artifact" and not is_raw(rec):
                 return error(rid, "invalid", "this daemon takes payloads only as raw snapshots")
             if is_raw(rec) and rec["raw"].get("data") is None and not granted:
-                if await app.journal.record(rec["record_id"]) is None:
-                    return error(
-                        rid,
-                        "stale",
-                        f"raw snapshot of record {rec['record_id'][:12]} was not handed to "
-                        "you (or the daemon restarted since): hand it over again",
-                    )
+                return error(
+                    rid,
+                    "stale",
+                    f"raw snapshot of record {rec['record_id'][:12]} was not handed to "
+                    "you (or the daemon restarted since): hand it over again",
+                )
         problem = await check_record(
             app.spool, app.journal, rec, peer.uid, app.config, granted=granted
         )

@@ -133,8 +133,10 @@ class Session:
 
     def _shared_expected(self) -> bool:
         """No daemon answers, but this user reports to a shared one (its socket is there)."""
-        sock = self.settings.system_socket
-        return len(self.client.paths) > 1 and (os.path.lexists(sock) or sock.parent.is_dir())
+        sock, own = self.settings.system_socket, self.settings.socket
+        if len(self.client.paths) < 2 or os.path.lexists(own):  # this user has a daemon
+            return False
+        return os.path.lexists(sock) or sock.parent.is_dir()
 
     def reserve_space(self, obj: Any, what: str) -> None:
         """Before snapshotting ``obj``: wait for (or insist on) room in the spool.

@@ -245,6 +245,34 @@ def test_a_user_cannot_add_to_another_users_task(node: Node) -> None:
     assert names.stdout.strip() == "['mine']", names.stdout + names.stderr
 
 
+def test_a_record_handed_over_twice_is_kept_once(node: Node) -> None:
+    """A handover that died between the acknowledgement and removing its copy sends the
+    record again: taken as a duplicate, not refused. A payload not handed over as a
+    snapshot (a record naming a hash) is refused: hashes prove nothing."""
+    alice = node.trainer(ALICE)
+    res = alice.py(
+        """
+        from artisync import Task
+        from artisync._session import Session
+        t = Task.init(project_name="dup", task_name="twice")
+        t.upload_artifact("a", {"pad": "d" * 6000})
+        t.flush(wait_for_uploads=True, timeout=60)
+        rec = t.artifacts["a"].record
+        s = Session.get()
+        print(s.request({"op": "submit", "record": rec})["duplicate"])
+        forged = dict(rec, record_id="f" * 32)
+        try:
+            s.request({"op": "submit", "record": forged})
+            print("ACCEPTED")
+        except Exception as exc:
+            print("refused:", exc)
+        """
+    )
+    lines = res.stdout.splitlines()
+    assert lines[:1] == ["True"], res.stdout + res.stderr
+    assert lines[1].startswith("refused:") and "raw snapshots" in lines[1], lines
+
+
 def test_a_user_outside_the_group_is_refused(node: Node) -> None:
     eve = node.trainer(EVE)
     code = """
