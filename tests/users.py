@@ -55,6 +55,19 @@ def ensure_users() -> None:
             subprocess.run([*cmd, name], check=True)
 
 
+def make_reachable(path: Path, allowed: bool) -> str | None:
+    """Let other users traverse to ``path`` (each folder above it searchable: ``o+x``,
+    never readable). Returns why not, when a folder is closed and ``allowed`` is off
+    (outside CI nothing on the machine is changed)."""
+    closed = [p for p in [path, *path.parents] if p.is_dir() and not os.stat(p).st_mode & 0o001]
+    if closed and not allowed:
+        return f"test users cannot reach {path}: {closed[-1]} is closed to others (o-x)"
+    for folder in closed:
+        os.chmod(folder, os.stat(folder).st_mode | 0o001)
+        print(f"made {folder} searchable by other users (o+x) for the multi-user tests")
+    return None
+
+
 def uid(name: str) -> int:
     return pwd.getpwnam(name).pw_uid
 
