@@ -48,6 +48,16 @@ def _read_back(env: Env, project: str, name: str) -> dict[str, object]:
     return value
 
 
+def _one_task(env: Env, project: str, name: str, task_id: str, records: int) -> dict[str, Any]:
+    """Once ``records`` are committed: the task's artifacts, read back from storage."""
+    faults.wait_until(lambda: faults.committed_count(env) >= records, 60, "all committed")
+    found = _read_back(env, project, name)
+    assert found["id"] == task_id and found["status"] == "completed", found
+    arts = found["artifacts"]
+    assert isinstance(arts, dict)
+    return arts
+
+
 def test_workers_launched_by_a_master_join_its_task(daemon: DaemonProc, env: Env) -> None:
     worker = env.root / "worker.py"
     worker.write_text(
@@ -77,11 +87,7 @@ def test_workers_launched_by_a_master_join_its_task(daemon: DaemonProc, env: Env
     )
     codes, task_id = out.stdout.splitlines()[:2]
     assert codes == "[0, 0, 0, 0]", out.stderr
-    faults.wait_until(lambda: faults.committed_count(env) >= 7, 60, "all committed")
-    found = _read_back(env, "launched", "master")
-    assert found["id"] == task_id and found["status"] == "completed"
-    arts = found["artifacts"]
-    assert isinstance(arts, dict)
+    arts = _one_task(env, "launched", "master", task_id, 7)
     assert sorted(arts) == ["master", "worker-0", "worker-1", "worker-2", "worker-3"]
     assert len({arts[f"worker-{i}"]["pid"] for i in range(4)}) == 4  # each its own process
     assert arts["worker-2"]["value"]["worker"] == 2
@@ -131,11 +137,7 @@ def test_launcher_ranks_share_one_task_and_record_their_rank(daemon: DaemonProc,
         ids.add(out.strip())
     assert len(ids) == 1, f"one task for the job, not {ids}"
     task_id = ids.pop()
-    faults.wait_until(lambda: faults.committed_count(env) >= 9, 60, "all committed")
-    found = _read_back(env, "ranks", "train")
-    assert found["id"] == task_id and found["status"] == "completed"
-    arts = found["artifacts"]
-    assert isinstance(arts, dict)
+    arts = _one_task(env, "ranks", "train", task_id, 9)
     assert sorted(arts) == ["rank-0", "rank-1", "rank-2", "rank-3", "shared"]
     for rank in range(4):
         assert arts[f"rank-{rank}"]["rank"] == rank

@@ -175,6 +175,22 @@ def _json_line(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return value
 
 
+def _try_init(user: AsUser, output_uri: str | None = None) -> str:
+    """``Task.init`` as ``user``: "ACCEPTED", or the exception's class and message."""
+    arg = f", output_uri={output_uri!r}" if output_uri else ""
+    res = user.py(
+        f"""
+        from artisync import Task
+        try:
+            Task.init(project_name="p", task_name="t"{arg})
+            print("ACCEPTED")
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        """
+    )
+    return res.stdout + res.stderr
+
+
 def test_two_users_report_at_once_and_each_reads_back_its_own(node: Node) -> None:
     alice, bob = node.trainer(ALICE), node.trainer(BOB)
     alice.env["USER_TAG"], bob.env["USER_TAG"] = "alice", "bob"
@@ -279,47 +295,29 @@ def test_a_record_handed_over_twice_is_kept_once(node: Node) -> None:
 
 def test_a_user_outside_the_group_is_refused(node: Node) -> None:
     eve = node.trainer(EVE)
-    code = """
-        from artisync import Task
-        try:
-            Task.init(project_name="eve", task_name="intruder")
-            print("ACCEPTED")
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-        """
     # the socket's folder and mode keep her out (the kernel says no) ...
-    first = eve.py(code)
-    assert first.stdout.startswith("NotAllowed"), first.stdout + first.stderr
-    assert "add you to its group" in first.stdout
+    first = _try_init(eve)
+    assert first.startswith("NotAllowed"), first
+    assert "add you to its group" in first
     # ... and so does the daemon, should an administrator open them up by mistake
     os.chmod(node.run, 0o755)
     os.chmod(node.socket, 0o666)
     try:
-        second = eve.py(code)
+        second = _try_init(eve)
     finally:
         os.chmod(node.run, 0o750)
         os.chmod(node.socket, 0o660)
-    assert second.stdout.startswith("NotAllowed"), second.stdout + second.stderr
-    assert f"not a member of group '{GROUP}'" in second.stdout
-    assert not (node.storage / "projects" / "eve").exists()
+    assert second.startswith("NotAllowed"), second
+    assert f"not a member of group '{GROUP}'" in second
+    assert not (node.storage / "projects" / "p").exists()
     assert not list((eve.home / ".local/state/artisync/handover/outbox").glob("*.rec"))
 
 
 def test_a_destination_outside_the_allow_list_is_refused(node: Node) -> None:
-    alice = node.trainer(ALICE)
     elsewhere = node.base / "elsewhere"
-    res = alice.py(
-        f"""
-        from artisync import Task
-        try:
-            Task.init(project_name="p", task_name="t", output_uri={str(elsewhere)!r})
-            print("ACCEPTED")
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-        """
-    )
-    assert res.stdout.startswith("Refused"), res.stdout + res.stderr
-    assert "allowed_destinations" in res.stdout and str(node.storage) in res.stdout
+    res = _try_init(node.trainer(ALICE), str(elsewhere))
+    assert res.startswith("Refused"), res
+    assert "allowed_destinations" in res and str(node.storage) in res
     assert not elsewhere.exists()
 
 
@@ -493,18 +491,9 @@ def test_a_socket_served_by_another_user_gets_no_data(node: Node) -> None:
     try:
         alice = node.trainer(ALICE)
         alice.env["ARTISYNC_SOCKET"] = str(path)
-        res = alice.py(
-            """
-            from artisync import Task
-            try:
-                Task.init(project_name="p", task_name="t")
-                print("ACCEPTED")
-            except Exception as exc:
-                print(type(exc).__name__, exc)
-            """
-        )
-        assert res.stdout.startswith("UntrustedDaemon"), res.stdout + res.stderr
-        assert BOB in res.stdout
+        res = _try_init(alice)
+        assert res.startswith("UntrustedDaemon"), res
+        assert BOB in res
     finally:
         fake.kill()
         fake.wait(10)
@@ -517,20 +506,11 @@ def test_a_planted_socket_folder_is_refused(node: Node) -> None:
     subprocess.run(["rm", "-rf", str(planted)], check=True)
     users.make_dir(planted, EVE, 0o777)
     try:
-        res = alice.py(
-            """
-            from artisync import Task
-            try:
-                Task.init(project_name="p", task_name="t")
-                print("ACCEPTED")
-            except Exception as exc:
-                print(type(exc).__name__, exc)
-            """
-        )
+        res = _try_init(alice)
     finally:
         subprocess.run(["rm", "-rf", str(planted)], check=True)
-    assert res.stdout.startswith("UnsafeFolder"), res.stdout + res.stderr
-    assert EVE in res.stdout and "remove it" in res.stdout
+    assert res.startswith("UnsafeFolder"), res
+    assert EVE in res and "remove it" in res
 
 
 def test_the_daemon_refuses_a_spool_others_may_write(node: Node) -> None:
