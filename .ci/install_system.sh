@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install (or verify) the Debian packages the service tests need:
-#   systemd  - systemd-analyze (unit checks) and systemd-socket-activate (a real activator)
-#   python3  - the system's CPython of the virtualenv's version, for the test users
-#              (the virtualenv's own interpreter may sit under /root, out of their reach)
+#   systemd    - systemd-analyze (unit checks) and systemd-socket-activate (a real activator)
+#   prometheus - a real Prometheus server scraping the daemon's metrics
+#   python3    - the system's CPython of the virtualenv's version, for the test users
+#                (the virtualenv's own interpreter may sit under /root, out of their reach)
 # Idempotent; installs only what is missing, and only as root (else says what to install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activa
     need+=(systemd)
 fi
 [ -x "/usr/bin/$pyver" ] || need+=("$pyver")
+command -v prometheus >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "install_system: the service tests need: ${need[*]} (Debian packages); they skip without" >&2

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from ._journal_schema import State, and_where, marks, newest_event, transaction
+from ._journal_schema import OUTSTANDING, State, and_where, marks, newest_event, transaction
 
 
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
@@ -40,10 +40,15 @@ def stats(db: sqlite3.Connection) -> dict[str, Any]:
     objects = db.execute(
         "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM objects"
     ).fetchone()
+    waiting = [str(s) for s in OUTSTANDING]
+    oldest = db.execute(
+        f"SELECT min(received) AS t FROM records WHERE state IN ({marks(waiting)})", waiting
+    ).fetchone()["t"]
     return {
         "records": counts,
         "failed": failed,
         "retrying": retrying,
+        "oldest_waiting": oldest,
         "objects_uploaded": objects["n"],
         "bytes_uploaded": objects["bytes"],
     }

@@ -185,6 +185,8 @@ class Daemon:
                 tg.create_task(self._idle_watch())
                 tg.create_task(self._shutdown(server))
                 tg.create_task(self._warm_up())
+                if self.config.metrics:
+                    tg.create_task(self._serve_metrics(self.config.metrics))
                 log.info(
                     "artisyncd %d serving spool %s on %s",
                     os.getpid(),
@@ -203,6 +205,14 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return 0
+
+    async def _serve_metrics(self, address: str) -> None:
+        from .metrics import serve  # aiohttp: loaded only when metrics are on
+
+        try:
+            await serve(self, address)
+        except OSError as exc:  # the port is taken, say: uploads go on without metrics
+            log.error("metrics not served on %s: %s", address, exc)
 
     async def _warm_up(self) -> None:
         """Load the default destination's backend (a cloud client's import takes half a
@@ -331,6 +341,7 @@ class Daemon:
                 "records": counts[State.COMMITTED][0],
                 "bytes": counts[State.COMMITTED][1],
             },
+            "oldest_waiting": stats["oldest_waiting"],
             "uploaded_objects": stats["objects_uploaded"],
             "uploaded_bytes": stats["bytes_uploaded"],
             "failed": {"records": counts[State.FAILED][0], "items": stats["failed"]},

@@ -18,6 +18,7 @@ gc_grace = 600             # seconds a committed blob stays in the spool
 group = "artisync"         # system mode: serve this group's members (socket 0660, spool private)
 allowed_destinations = ["s3://team-artifacts/runs", "/mnt/nfs/artifacts"]  # system mode:
                            # the only destinations (and what is under them) clients may name
+metrics = "127.0.0.1:9464" # Prometheus /metrics and /healthz (off by default)
 
 [storage.s3]               # defaults for every s3:// destination
 part_size = 8388608
@@ -62,6 +63,7 @@ class DaemonConfig:
     exit_when_idle: bool = False  # exit as soon as the backlog is empty (tests, one-shot sync)
     group: str | None = None
     allowed_destinations: tuple[str, ...] = ()
+    metrics: str | None = None  # host:port of /metrics and /healthz (off: None)
     storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
@@ -88,6 +90,16 @@ def _num(table: Mapping[str, Any], key: str, default: float, env: str | None = N
     if num < 0:
         raise ValueError(f"[daemon] {key} must not be negative")
     return num
+
+
+def _metrics(daemon: Mapping[str, Any]) -> str | None:
+    value = os.environ.get("ARTISYNC_METRICS") or daemon.get("metrics")
+    if not value:
+        return None
+    from .metrics import parse_address
+
+    parse_address(str(value))  # ValueError: a configuration error at start
+    return str(value)
 
 
 def _allowed(daemon: Mapping[str, Any]) -> tuple[str, ...]:
@@ -142,6 +154,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
         group=group,
         allowed_destinations=allowed,
+        metrics=_metrics(daemon),
         storage=storage,
     )
     values.update(overrides)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import DaemonConfig
+from .metrics import METRICS
 from .storage.base import PermanentStorageError, open_storage
 from .storage.retry import STORAGE_RETRY, RetryingStorage, RetryPolicy
 
@@ -115,7 +116,8 @@ class Destinations:
                 raise PermanentStorageError(f"cannot open destination: {exc}", backend=uri) from exc
             policy = replace(STORAGE_RETRY, max_elapsed=self.config.retry_max_elapsed)
             probes = probe_policy(self.config.offline_max_backoff)
-            destination = Destination(uri, RetryingStorage(inner, policy), probes)
+            retried = METRICS.retries.labels(inner.scheme).inc
+            destination = Destination(uri, RetryingStorage(inner, policy, retried), probes)
             self._by_uri[uri] = destination
         return destination
 

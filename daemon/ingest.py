@@ -22,6 +22,7 @@ from typing import Any
 from artisync.protocol import InvalidMessage, ProtocolError, unpack_body, validate_record
 
 from .journal import Incoming, State
+from .metrics import METRICS
 
 log = logging.getLogger("artisync.daemon")
 
@@ -101,6 +102,7 @@ async def _reject(app: Any, path: Path, exc: Exception) -> int:
     """Keep a refused record in ``rejected/`` with why: its SDK raises it at its next
     call, and ``artisync status`` shows it."""
     kept = await asyncio.to_thread(app.spool.reject, path, str(exc))
+    METRICS.refused.inc()
     log.error("outbox record %s rejected (kept as %s): %s", path.name, kept, exc)
     return 0
 

@@ -231,6 +231,19 @@ class Journal:
             )
         )
 
+    async def release_orphans(self, in_flight: Sequence[int]) -> int:
+        """Records marked ``uploading`` that no worker holds go back to ``pending``."""
+        busy = list(in_flight)
+        where = f" AND seq NOT IN ({marks(busy)})" if busy else ""
+        return await self._write(
+            lambda db: (
+                db.execute(
+                    f"UPDATE records SET state=? WHERE state=?{where}",
+                    (State.PENDING, State.UPLOADING, *busy),
+                ).rowcount
+            )
+        )
+
     async def refs(self, seq: int) -> list[tuple[str, int]]:
         def q(db: sqlite3.Connection) -> list[tuple[str, int]]:
             sql = "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256"

@@ -30,6 +30,7 @@ from artisync.protocol import (
 
 from .admission import check_record
 from .journal import Incoming, Journal, State
+from .metrics import METRICS
 from .peers import Peer, peer_credentials, send_with_fds
 
 log = logging.getLogger("artisync.daemon")
@@ -258,6 +259,7 @@ class Server:
             app.spool, app.journal, rec, peer.uid, app.config, granted=granted
         )
         if problem:
+            METRICS.refused.inc()
             return error(rid, "invalid", problem)
         try:
             new = await app.committer.submit(Incoming(rec, peer.uid, peer.pid))

@@ -23,12 +23,14 @@ from artisync.protocol import Spool, object_key
 
 from .destinations import Destination, Destinations
 from .journal import Journal, Row, State
+from .metrics import METRICS
 from .publish import BatchingPublisher, inline_blob, publish_task, record_keys
 from .storage.base import (
     IntegrityError,
     PermanentStorageError,
     TransientStorageError,
     first_error,
+    parse_uri,
 )
 from .storage.retry import RetryPolicy
 
@@ -37,6 +39,7 @@ log = logging.getLogger("artisync.daemon")
 LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
 LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
 _STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
+ORPHAN_SWEEP = 10.0  # seconds between sweeps for records no worker holds any more
 # a journal that cannot be written: the record goes again after 1 s, doubling up to 30 s
 _JOURNAL_RETRY = RetryPolicy(initial=1.0, max_delay=30.0, jitter=0.0, max_elapsed=None)
 
@@ -74,10 +77,15 @@ class Uploader:
         self.wakeup.set()
 
     async def feeder(self) -> None:
+        last_sweep = time.monotonic()
         while self.accepting:
             free = self.concurrency - len(self.in_flight)
             rows: list[Row] = []
             try:
+                if time.monotonic() - last_sweep > ORPHAN_SWEEP:
+                    last_sweep = time.monotonic()
+                    if n := await self.journal.release_orphans(list(self.in_flight)):
+                        log.error("%d records were left half-processed: they go again", n)
                 if free > 0:
                     claimed = await self.journal.claim(
                         free, self.destinations.offline(), list(self.in_flight)
@@ -125,6 +133,13 @@ class Uploader:
             while (row := await self.queue.get()) is not _STOP:
                 try:
                     await self._process_until_journaled(row)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the worker is being stopped
+                    # a cancelled future awaited deep inside: not this worker's end (the
+                    # record is released by the feeder's next sweep)
+                    log.exception("record %s: upload interrupted, it goes again", row.record_id)
                 finally:
                     self.in_flight.pop(row.seq, None)
                     async with self.progress:
@@ -197,6 +212,7 @@ class Uploader:
             await self.journal.make_due(destination.uri)  # the records that waited: now
         destination.succeeded()
         await self.journal.set_state(row.seq, State.COMMITTED)
+        METRICS.record_committed(destination.storage.scheme, row.kind)
         self.journal.suspects.discard((row.destination_uri, row.seq))
         await self._delete_original(row)
 
@@ -212,6 +228,7 @@ class Uploader:
 
     async def _fail(self, row: Row, reason: str) -> None:
         log.error("record %s failed permanently: %s", row.record_id, reason)
+        METRICS.failed.labels(parse_uri(row.destination_uri)[0], row.kind).inc()
         await self.journal.set_state(row.seq, State.FAILED, reason[:1000], bump=True)
 
     async def _publish(
@@ -265,6 +282,8 @@ class Uploader:
             else await self.journal.known_objects(destination.uri, [s for s, _ in refs])
         )
         todo = [(sha, size) for sha, size in refs if sha not in known]
+        there = [size for sha, size in refs if sha in known]
+        METRICS.deduplicated(destination.storage.scheme, len(there), sum(there))
         if len(todo) == 1:
             await self._ensure_object(destination, *todo[0], suspect)
             return
@@ -327,6 +346,7 @@ class Uploader:
         if size >= storage.head_before_put:
             info = await storage.head(okey)
             if info is not None and info.size == size:
+                METRICS.deduplicated(storage.scheme, 1, size)
                 return
         path = self.spool.blob_path(sha)
         try:
@@ -336,10 +356,13 @@ class Uploader:
         if not stat.S_ISREG(st.st_mode):
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
         self.bytes_in_flight += size
+        started = time.monotonic()
         try:
             await storage.put(okey, path, size=size, sha256=sha)
         finally:
             self.bytes_in_flight -= size
+        METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
+        METRICS.uploaded.labels(storage.scheme).inc(size)
         if storage.take_retried(okey):
             # an attempt retried inside this put may have left parts its own clean-up
             # could not remove

@@ -28,7 +28,7 @@ from artisync.daemon.storage.base import (
 )
 from artisync.daemon.storage.file import FileStorage
 from artisync.daemon.storage.gs import GSStorage
-from artisync.daemon.storage.retry import RetryingStorage, RetryPolicy
+from artisync.daemon.storage.retry import RetryingStorage, RetryPolicy, retry_transient
 from artisync.daemon.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy
 from tests.servers import FakeGCS, find_fake_gcs
@@ -410,6 +410,39 @@ def test_retrying_storage_does_not_start_when_cancelled(tmp_path: Path) -> None:
 
     run(go())
     assert not (tmp_path / "k").exists()
+
+
+def test_a_cancellation_nobody_asked_for_is_a_dropped_connection() -> None:
+    """An HTTP client that gives up on a connection the peer dropped may cancel its
+    own future: the task awaiting it sees a CancelledError that no one sent it. That
+    is a network error, retried; it must not end the daemon's worker (it once did,
+    silently, leaving the record half-processed). A real cancellation goes through."""
+    calls: list[int] = []
+
+    async def attempt(n: int) -> str:
+        calls.append(n)
+        if n == 1:
+            dropped = asyncio.get_running_loop().create_future()
+            dropped.cancel()  # what the client does to its own request
+            await dropped
+        return "sent"
+
+    async def stray() -> str:
+        return await retry_transient(RetryPolicy(initial=0.01), attempt, on_retry=lambda *_: None)
+
+    assert run(stray()) == "sent" and calls == [1, 2]
+
+    async def cancelled() -> None:
+        async def slow(n: int) -> None:
+            await asyncio.sleep(30)
+
+        task = asyncio.create_task(retry_transient(RetryPolicy(), slow, on_retry=lambda *_: None))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled())
 
 
 @pytest.mark.parametrize("backend", ["s3", "azure"], indirect=True)

@@ -105,6 +105,14 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError()
 
 
+def _dropped() -> TransientStorageError:
+    """A CancelledError out of an attempt while nobody cancels this task: an HTTP client
+    that gave up on a connection the peer dropped mid-request cancelled its own future.
+    A network error, retried like one (a real cancellation is raised on)."""
+    raise_if_cancelling()
+    return TransientStorageError("connection dropped mid-request")
+
+
 async def retry_transient(
     policy: RetryPolicy,
     attempt: Callable[[int], Awaitable[T]],
@@ -122,12 +130,15 @@ async def retry_transient(
         raise_if_cancelling()
         try:
             result = await attempt(backoff.failures + 1)
-        except TransientStorageError as exc:
+        except (TransientStorageError, asyncio.CancelledError) as caught:
+            exc = caught if isinstance(caught, TransientStorageError) else _dropped()
             delay = backoff.next_delay(exc)
             if delay is None:
                 if on_give_up is not None:
                     on_give_up(backoff, exc)
-                raise
+                if exc is caught:
+                    raise
+                raise exc from None
             on_retry(backoff, exc, delay)
             await asyncio.sleep(delay)
             continue
@@ -192,9 +203,15 @@ class RetryingStorage:
     :param policy: backoff and time budget per operation.
     """
 
-    def __init__(self, inner: Storage, policy: RetryPolicy = STORAGE_RETRY) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        policy: RetryPolicy = STORAGE_RETRY,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.policy = policy
+        self.on_retry = on_retry  # counts each retry (the daemon's metrics)
         self._retried: set[str] = set()  # keys whose put succeeded after failed attempts
 
     @property
@@ -219,10 +236,16 @@ class RetryingStorage:
 
     async def _call(self, op: str, key: str, fn: Callable[[int], Awaitable[T]]) -> T:
         report = _OperationLog(self.uri, op, key)
+
+        def on_retry(backoff: Backoff, exc: TransientStorageError, delay: float) -> None:
+            report.retry(backoff, exc, delay)
+            if self.on_retry is not None:
+                self.on_retry()
+
         return await retry_transient(
             self.policy,
             fn,
-            on_retry=report.retry,
+            on_retry=on_retry,
             on_give_up=report.give_up,
             on_recovered=report.recovered,
         )
