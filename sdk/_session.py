@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from artisync.protocol import Settings, Spool, check_folder, load_settings
+from artisync.protocol import Settings, Spool, check_folder, format_size, load_settings
 
 from . import _handover
 from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
@@ -26,6 +26,7 @@ from ._errors import UploadFailed, UploadTimeout
 from ._quota import Quota, estimate_size
 
 log = logging.getLogger("artisync")
+PROGRESS_EVERY = 10.0  # seconds between lines while flush(wait_for_uploads=True) waits
 MINE_MAX = 10_000  # records a process remembers, to name one the daemon refuses
 
 
@@ -278,13 +279,16 @@ class Session:
         limit = self.settings.wait_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         last: Exception | None = None
+        progress = _WaitReport(task_id)
         while time.monotonic() < deadline:
             left = max(0.1, deadline - time.monotonic())
             if self.shared:
                 self.hand_over()  # what waited while the daemon was away counts too
             try:
                 reply = self.request(
-                    {"op": "wait", "task_id": task_id, "timeout": left}, timeout=left + 5
+                    {"op": "wait", "task_id": task_id, "timeout": left, "progress": True},
+                    timeout=left + 5,
+                    on_progress=progress,
                 )
             except DaemonUnavailable as exc:
                 last = exc
@@ -311,6 +315,30 @@ class Session:
         self, msg: dict[str, Any], timeout: float | None = None, on_progress: Any = None
     ) -> dict[str, Any]:
         return self.client.request(msg, timeout=timeout, on_progress=on_progress)
+
+
+class _WaitReport:
+    """While ``flush(wait_for_uploads=True)`` waits: one line every PROGRESS_EVERY
+    seconds with what is left (nothing for a short wait: training logs stay clean)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.started = self.said = time.monotonic()
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.said < PROGRESS_EVERY:
+            return
+        self.said = now
+        offline = f"; offline: {', '.join(p['offline'])}" if p.get("offline") else ""
+        log.warning(
+            "artisync: waiting %.0f s for task %s: %d records (%s) left to upload%s",
+            now - self.started,
+            self.task_id,
+            p.get("remaining", 0),
+            format_size(int(p.get("bytes", 0))),
+            offline,
+        )
 
 
 os.register_at_fork(after_in_child=Session._after_fork_in_child)

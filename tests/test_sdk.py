@@ -427,3 +427,35 @@ def test_sigterm_writes_out_queued_snapshots_and_marks_the_task_aborted(
         """,
     ).stdout.split()
     assert found == ["aborted", "50", "49.0"]
+
+
+def test_a_long_wait_says_what_is_left_every_ten_seconds() -> None:
+    """flush(wait_for_uploads=True) stays quiet for a short wait; a long one logs a line
+    every 10 s with what is left (and which destination is offline)."""
+    from tests import faults
+    from tests.harness import short_tmpdir
+
+    with short_tmpdir() as root:
+        target = faults.FileTarget(root)
+        env = faults.make_env(root, target)
+        d = DaemonProc(env, ARTISYNC_RETRY_MAX_ELAPSED="1").wait_ready()
+        try:
+            target.network(False)
+            out = run_py(
+                env,
+                """
+                from artisync import Task, UploadTimeout
+                t = Task.init(project_name="slow", task_name="wait")
+                t.upload_artifact("a", {"pad": "w" * 6000})
+                try:
+                    t.flush(wait_for_uploads=True, timeout=14)
+                except UploadTimeout:
+                    print("timed out")
+                """,
+            )
+        finally:
+            d.stop()
+    lines = [ln for ln in out.stderr.splitlines() if "left to upload" in ln]
+    assert out.stdout.strip() == "timed out", out.stderr
+    assert len(lines) == 1, out.stderr
+    assert "2 records" in lines[0] and f"offline: {target.uri}" in lines[0], lines
