@@ -61,7 +61,7 @@ INGEST_BATCH = 256  # outbox files read and journaled together (one transaction)
 
 async def ingest_outbox(app: Any) -> int:
     """Journal every record in the outbox, then remove its file. Returns how many."""
-    paths = await asyncio.to_thread(_oldest_first, app.spool)
+    paths = await asyncio.to_thread(app.spool.outbox_oldest_first)
     done = 0
     for i in range(0, len(paths), INGEST_BATCH):
         if not app.accepting:
@@ -105,16 +105,6 @@ async def _reject(app: Any, path: Path, exc: Exception) -> int:
     METRICS.refused.inc()
     log.error("outbox record %s rejected (kept as %s): %s", path.name, kept, exc)
     return 0
-
-
-def _oldest_first(spool: Any) -> list[Path]:
-    def mtime(p: Path) -> float:
-        try:
-            return p.stat().st_mtime
-        except FileNotFoundError:
-            return 0.0
-
-    return sorted(spool.iter_outbox(), key=mtime)
 
 
 def _read(path: Path) -> tuple[bytes, int]:

@@ -193,6 +193,17 @@ class Spool:
         atomic_write_bytes(path, data, self.file_mode, sync=sync)
         return path
 
+    def outbox_oldest_first(self) -> list[Path]:
+        """The outbox's records, oldest first (one gone meanwhile sorts first)."""
+
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except FileNotFoundError:
+                return 0.0
+
+        return sorted(self.iter_outbox(), key=mtime)
+
     def iter_outbox(self) -> Iterator[Path]:
         with os.scandir(self.outbox) as it:
             for entry in it:

@@ -70,10 +70,15 @@ class RawHolder:
         if self.fd is None:
             return
         dst = self.spool.raw_path(self.record_id)
+        from artisync.protocol.formats import copy_fd
+
         try:
             os.lseek(self.fd, 0, os.SEEK_SET)
-            with open(dst, "wb") as out:
-                _copy_fd(self.fd, out)
+            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                copy_fd(self.fd, os.fstat(self.fd).st_size, out)
+            finally:
+                os.close(out)
         except BaseException:
             dst.unlink(missing_ok=True)
             raise
@@ -83,11 +88,6 @@ class RawHolder:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _copy_fd(fd: int, out: Any) -> None:
-    while chunk := os.read(fd, 1024 * 1024):
-        out.write(chunk)
 
 
 def submit(session: Session, record: dict[str, Any]) -> None:
@@ -119,8 +119,7 @@ def hand_over(session: Session, spool: Spool) -> list[str]:
 
     :raises DaemonUnavailable: the daemon went away (the rest waits)."""
     refused: list[str] = []
-    paths = sorted(spool.iter_outbox(), key=_mtime)
-    for path in paths:
+    for path in spool.outbox_oldest_first():
         try:
             record = msgpack.unpackb(path.read_bytes(), raw=False)
         except FileNotFoundError:
@@ -154,13 +153,6 @@ def _send_raw(session: Session, record: dict[str, Any], raw: Path) -> None:
             copy_file_fast(raw, out)
     except OSError as exc:
         raise DaemonUnavailable(f"could not hand over {raw.name}: {exc}") from exc
-
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def pending(spool: Spool) -> int:

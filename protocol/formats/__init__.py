@@ -62,7 +62,7 @@ from ._base import (
     single_blob,
     write_raw_bytes,
 )
-from ._paths import is_pathlike, resolve_path
+from ._paths import copy_fd, is_pathlike, resolve_path
 from .trees import materialize_pack, materialize_tree
 
 # Asked in order: the first whose snapshot() takes the object stores it, the first
@@ -217,6 +217,7 @@ def load(
 
 
 __all__ = [
+    "copy_fd",
     "CODECS",
     "FORMATS",
     "INLINE_MAX",
