@@ -14,6 +14,7 @@ Readers merge both.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -23,7 +24,7 @@ from typing import Any
 from artisync.protocol import (
     artifact_version_key,
     batch_key,
-    index_key,
+    index_keys,
     is_raw,
     object_key,
     task_key,
@@ -31,7 +32,7 @@ from artisync.protocol import (
 from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .group_commit import GroupCommit
-from .storage.base import Storage
+from .storage.base import Storage, first_error
 
 PRIVATE_FIELDS = ("delete_after", "dest", "raw")
 BATCH_VERSION = 1
@@ -68,7 +69,7 @@ def record_keys(rec: dict[str, Any]) -> list[str]:
         return [artifact_version_key(rec["task_id"], rec["name"], rec["created"], rec["record_id"])]
     return [
         task_key(rec["task_id"]),
-        index_key(rec["project"], rec["name"], rec["started"], rec["task_id"]),
+        *index_keys(rec["project"], rec["name"], rec["started"], rec["task_id"]),
     ]
 
 
@@ -108,11 +109,18 @@ async def publish_artifacts(
 
 
 async def publish_task(storage: Storage, latest: dict[str, Any]) -> str:
-    """Write task.json from the task's latest known event, then its index entry."""
-    task, index = record_keys(latest)
+    """Write task.json from the task's latest known event, then its index entries
+    (all at once: each is an empty object; see :mod:`artisync.protocol._index`).
+    Returns the task's key."""
+    task, *index = record_keys(latest)
     await storage.put_bytes(task, _json(public_record(latest)))
-    await storage.put_bytes(index, latest["task_id"].encode())
-    return index
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for key in index:
+                tg.create_task(storage.put_bytes(key, b""))
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    return task
 
 
 class BatchingPublisher:

@@ -76,29 +76,6 @@ def version_stamp(created: float, record_id: str) -> str:
     return f"{int(created * 1e6):017d}-{record_id}"
 
 
-def project_prefix(project: str | None = None, task_name: str | None = None) -> str:
-    if project is None:
-        return "projects/"
-    if task_name is None:
-        return f"projects/{encode_name(project)}/"
-    return f"projects/{encode_name(project)}/{encode_name(task_name)}/"
-
-
-def index_key(project: str, task_name: str, started: float, task_id: str) -> str:
-    return f"{project_prefix(project, task_name)}{int(started * 1e6):017d}-{task_id}"
-
-
-def parse_index_key(key: str) -> tuple[str, str, float, str] | None:
-    """``projects/<p>/<n>/<started>-<id>`` -> (project, name, started, task_id)."""
-    parts = key.split("/")
-    if len(parts) != 4 or parts[0] != "projects":
-        return None
-    stamp, _, task_id = parts[3].partition("-")
-    if not stamp.isdigit() or len(task_id) != 32:
-        return None
-    return decode_name(parts[1]), decode_name(parts[2]), int(stamp) / 1e6, task_id
-
-
 DESTINATION_SCHEMES = ("file", "s3", "gs", "azure")  # one storage backend each
 
 

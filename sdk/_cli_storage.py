@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from artisync.protocol import NotFound, Settings, project_prefix
+from artisync.protocol import NotFound, Settings
 
 from ._reader import Reader
 from ._task import Task
@@ -17,7 +17,7 @@ from ._task import Task
 
 def cmd_ls(args: argparse.Namespace, settings: Settings) -> int:
     uri = args.uri or settings.output_uri
-    for line in list_entries(Reader(settings), uri, args.project, args.task):
+    for line in list_entries(Reader(settings), uri, args.project, args.task, args.limit):
         print(line)
     return 0
 
@@ -50,18 +50,23 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def list_entries(reader: Reader, uri: str, project: str | None, task: str | None) -> Iterator[str]:
-    """Projects; the tasks of a project; the artifacts of the newest task of that name."""
+def list_entries(
+    reader: Reader, uri: str, project: str | None, task: str | None, limit: int = 0
+) -> Iterator[str]:
+    """Projects; the tasks of a project, newest first (``limit``: at most that many, 0:
+    all; read a page at a time); the artifacts of the newest task of that name."""
     if project is None:
-        seen: set[str] = set()
-        for entry in reader.index(uri, project_prefix()):
-            if entry[0] not in seen:
-                seen.add(entry[0])
-                yield entry[0]
+        yield from reader.projects(uri)
         return
     if task is None:
-        for _project, name, started, task_id in reader.index(uri, project_prefix(project)):
-            yield f"{name}\t{task_id}\t{_iso(started)}"
+        shown = 0
+        for page in reader.task_pages(uri, project, None, None, min(limit or 50, 1000)):
+            for rec in page:
+                if limit and shown >= limit:
+                    yield f"# more: --limit {limit * 10} (or 0 for all)"
+                    return
+                shown += 1
+                yield f"{rec['name']}\t{rec['task_id']}\t{rec.get('status')}\t{_iso(rec['started'])}"
         return
     found = reader.find_tasks(uri, project, task, None)
     if not found:
@@ -70,6 +75,16 @@ def list_entries(reader: Reader, uri: str, project: str | None, task: str | None
     yield f"# task {newest['task_id']} ({newest.get('status')}) started {_iso(newest['started'])}"
     for art in reader.artifact_records(uri, newest["task_id"]):
         yield f"{art['name']}\t{art['type']}/{art['format']}\t{art['size']}\t{art['sha256'][:12]}"
+
+
+def cmd_migrate_index(args: argparse.Namespace, settings: Settings) -> int:
+    uri = args.uri or settings.output_uri
+    found, moved = Reader(settings).migrate_index(uri, apply=args.yes)
+    if args.yes:
+        print(f"{uri}: moved {moved} task index entries to the newest-first layout")
+    else:
+        print(f"{uri}: {found} task index entries in the previous layout (--yes moves them)")
+    return 0
 
 
 def fetch_to(uri: str, project: str, task: str, artifact: str, out: Path | None) -> Path:

@@ -4,7 +4,7 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,8 @@ class Query:
 @dataclass
 class Found:
     record: dict[str, Any]
-    artifacts: dict[str, Artifact]
+    # from storage: read when first asked for (a lookup by id is then one request)
+    artifacts: dict[str, Artifact] | Callable[[], dict[str, Artifact]]
 
 
 def locator(settings: Settings, destination_uri: str, spool: Spool | None) -> Locator:
@@ -46,15 +47,20 @@ def artifact_from(
     settings: Settings,
     spool: Spool | None,
     wait: Callable[[], None] | None = None,
+    resolve: Callable[[str, float], dict[str, Any] | None] | None = None,
 ) -> Artifact:
-    """``wait``: called before reading from storage (until the upload is committed)."""
+    """``wait``: called before reading from storage (until the upload is committed);
+    ``resolve``: the daemon's answer for a record it has not encoded yet (one of its
+    journal's: read from the spool's raw snapshot meanwhile, or once encoded)."""
     locate = locator(settings, record["dest"], spool)
     if wait is not None:
         locate = after(wait, locate)
     inline = record.get("inline")
     if isinstance(inline, str):  # a small payload inside its record (storage's, journal's)
         locate = _with_inline(locate, str(record.get("sha256")), inline)
-    return Artifact(record, locate, allow_pickle=settings.allow_pickle)
+    return Artifact(
+        record, locate, spool=spool, resolve=resolve, allow_pickle=settings.allow_pickle
+    )
 
 
 def after(wait: Callable[[], None], locate: Locator) -> Locator:
@@ -78,6 +84,32 @@ def _with_inline(locate: Locator, sha256: str, inline: str) -> Locator:
         return cache_inline(sha, data)
 
     return find
+
+
+def query(
+    task_id: str | None,
+    project: str | None,
+    name: str | None,
+    task_filter: Mapping[str, Any] | None,
+) -> Query:
+    """ClearML's lookup arguments; of ``task_filter`` only ``status`` is read."""
+    statuses = list((task_filter or {}).get("status") or []) or None
+    return Query(task_id, project, name, statuses)
+
+
+def not_found(q: Query) -> str:
+    what = q.task_id or f"{q.project!r}/{q.name!r}"
+    return f"no task {what} found" + (f" with status in {q.statuses}" if q.statuses else "")
+
+
+def matches(task: dict[str, Any], q: Query) -> bool:
+    """``task`` (a record) answers ``q`` exactly."""
+    return (
+        (q.task_id is None or task["task_id"] == q.task_id)
+        and (q.project is None or task["project"] == q.project)
+        and (q.name is None or task["name"] == q.name)
+        and (not q.statuses or task["status"] in q.statuses)
+    )
 
 
 def in_process(tasks: Iterable[dict[str, Any]], q: Query) -> dict[str, Any] | None:
@@ -124,7 +156,7 @@ def in_daemon(session: Session, q: Query) -> Found | None:
     # a shared daemon's spool is its own: what is not uploaded yet is read once it is
     wait = (lambda: session.wait_committed(task_id, None)) if session.shared else None
     arts = {
-        a["name"]: artifact_from(a, session.settings, spool, wait)
+        a["name"]: artifact_from(a, session.settings, spool, wait, session.resolve)
         for a in reply.get("artifacts") or []
     }
     return Found(chosen, arts)
@@ -138,6 +170,14 @@ def elsewhere(session: Session, q: Query, output_uri: str | None) -> Found | Non
     except ArtisyncError:  # a daemon we may not use: storage may still be readable
         uri = resolve_destination(output_uri or session.settings.output_uri)
     return in_daemon(session, q) or in_storage(session.settings, uri, q)
+
+
+def artifacts_elsewhere(session: Session, q: Query, uri: str | None) -> dict[str, Artifact]:
+    """The artifacts of a task listed by ``get_tasks``, read when first asked for."""
+    found = elsewhere(session, q, uri)
+    if found is None:
+        return {}
+    return found.artifacts() if callable(found.artifacts) else found.artifacts
 
 
 def in_storage(settings: Settings, uri: str, q: Query) -> Found | None:
@@ -155,10 +195,14 @@ def in_storage(settings: Settings, uri: str, q: Query) -> Found | None:
         rec = found[0]
     rec.setdefault("dest", rec.get("storage", uri))
     spool = Spool(settings.spool) if (settings.spool / "blobs").is_dir() else None
-    arts = {
-        a["name"]: artifact_from(a, settings, spool)
-        for a in reader.artifact_records(uri, rec["task_id"])
-    }
+    task_id = rec["task_id"]
+
+    def arts() -> dict[str, Artifact]:
+        return {
+            a["name"]: artifact_from(a, settings, spool)
+            for a in reader.artifact_records(uri, task_id)
+        }
+
     return Found(rec, arts)
 
 
@@ -185,7 +229,7 @@ def versions(session: Session, task: dict[str, Any], name: str, rank: int | None
         found.setdefault(rec["record_id"], rec)
     recs = sorted(found.values(), key=lambda r: (r["created"], r["record_id"]))
     return [
-        artifact_from(r, session.settings, spool, wait)
+        artifact_from(r, session.settings, spool, wait, session.resolve if spool else None)
         for r in recs
         if rank is None or r.get("rank") == rank
     ]

@@ -16,11 +16,12 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from artisync.protocol import (
+    PROJECTS_PREFIX,
     IntegrityError,
     NotFound,
     Settings,
@@ -30,12 +31,15 @@ from artisync.protocol import (
     copy_file_fast,
     encode_name,
     hash_file,
+    legacy_index_prefix,
     object_key,
-    parse_index_key,
-    project_prefix,
+    parse_legacy_index_key,
+    project_of,
     task_key,
     version_stamp,
 )
+
+from . import _task_index
 
 T = TypeVar("T")
 
@@ -102,9 +106,6 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-IndexEntry = tuple[str, str, float, str]  # (project, task name, started, task_id)
-
-
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return _reader().run(coro)
 
@@ -169,35 +170,49 @@ class Reader:
         limit: int = 1,
     ) -> list[dict[str, Any]]:
         """Newest first. Exact name match; failing that, a case-insensitive one (as ClearML)."""
+        return _run(_task_index.find(self.storage(uri), project, name, statuses, limit))
+
+    def task_pages(
+        self,
+        uri: str,
+        project: str | None,
+        name: str | None,
+        statuses: list[str] | None,
+        page_size: int = 50,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Task records newest first, a page at a time, each read only when asked for."""
+        st = self.storage(uri)
+        found = _task_index.entries(st, _task_index.listing(project, name), page_size)
+        window = min(page_size, _task_index.MAX_WINDOW)
+        try:
+            while True:
+                page, more = _run(_task_index.matching(st, found, statuses, page_size, window))
+                if page:
+                    yield page
+                if not more:
+                    return
+        finally:  # maybe at exit, from the garbage collector: never wait for the loop here
+            r = _loop
+            if r is not None and r.loop.is_running():
+                asyncio.run_coroutine_threadsafe(found.aclose(), r.loop)
+
+    def migrate_index(self, uri: str, apply: bool) -> tuple[int, int]:
+        """(entries of the previous index layout found, moved); see ``_task_index.migrate``."""
+        return _run(_task_index.migrate(self.storage(uri), apply))
+
+    def projects(self, uri: str) -> list[str]:
+        """Every project's name, sorted (those of the previous layout's entries too)."""
         st = self.storage(uri)
 
-        async def go() -> list[dict[str, Any]]:
-            prefix = project_prefix(project, name) if project is not None else project_prefix()
-            entries = await _list_index(st, prefix)
-            if not entries and project is not None and name is not None:
-                folded = name.casefold()
-                entries = [
-                    e
-                    for e in await _list_index(st, project_prefix(project))
-                    if e[1].casefold() == folded
-                ]
-            if name is not None and project is None:
-                entries = [e for e in entries if e[1] == name]
-            entries.sort(key=lambda e: e[2], reverse=True)
-            out = []
-            for _, _, _, task_id in entries:
-                try:
-                    rec = await _get_json(st, task_key(task_id))
-                except NotFound:
-                    continue
-                if statuses and rec.get("status") not in statuses:
-                    continue
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-            return out
+        async def go() -> set[str]:
+            names = {p async for info in st.list(PROJECTS_PREFIX) if (p := project_of(info.key))}
+            async for info in st.list(legacy_index_prefix()):
+                parsed = parse_legacy_index_key(info.key)
+                if parsed is not None:
+                    names.add(parsed[0])
+            return names
 
-        return _run(go())
+        return sorted(_run(go()))
 
     def artifact_records(self, uri: str, task_id: str) -> list[dict[str, Any]]:
         """The newest version of each artifact of a task: of those published alone
@@ -206,24 +221,23 @@ class Reader:
         prefix = artifact_prefix(task_id)
 
         async def go() -> list[dict[str, Any]]:
+            # both listings at once; then the newest version of each name, read 32 at a time
+            listed, batches = await asyncio.gather(_keys(st, prefix), _batches(st, task_id))
             # encoded name -> (version stamp, its key or, from a batch, the record)
             newest: dict[str, tuple[str, str | dict[str, Any]]] = {}
-            async for info in st.list(prefix):
-                enc_name, _, version = info.key[len(prefix) :].partition("/")
+            for key in listed:
+                enc_name, _, version = key[len(prefix) :].partition("/")
                 stamp = version.removesuffix(".json")
                 if version.endswith(".json") and stamp > newest.get(enc_name, ("",))[0]:
-                    newest[enc_name] = (stamp, info.key)
-            async for info in st.list(batch_prefix(task_id)):
-                if not info.key.endswith(".json"):
-                    continue
-                for rec in (await _get_json(st, info.key)).get("records", []):
-                    enc_name = encode_name(rec["name"])
-                    stamp = version_stamp(rec["created"], rec["record_id"])
-                    if stamp > newest.get(enc_name, ("",))[0]:
-                        newest[enc_name] = (stamp, rec)
-            recs = []
-            for _, (_, found) in sorted(newest.items()):
-                recs.append(await _get_json(st, found) if isinstance(found, str) else found)
+                    newest[enc_name] = (stamp, key)
+            for rec in batches:
+                enc_name = encode_name(rec["name"])
+                stamp = version_stamp(rec["created"], rec["record_id"])
+                if stamp > newest.get(enc_name, ("",))[0]:
+                    newest[enc_name] = (stamp, rec)
+            chosen = [found for _, (_, found) in sorted(newest.items())]
+            read = iter(await _get_all(st, [f for f in chosen if isinstance(f, str)]))
+            recs = [next(read) if isinstance(f, str) else f for f in chosen]
             for rec in recs:
                 rec.setdefault("dest", rec.get("storage", uri))
             return recs
@@ -235,34 +249,43 @@ class Reader:
         st = self.storage(uri)
 
         async def go() -> list[dict[str, Any]]:
-            found: dict[str, dict[str, Any]] = {}
-            async for info in st.list(artifact_prefix(task_id, name)):
-                if info.key.endswith(".json"):
-                    rec = await _get_json(st, info.key)
-                    found[rec["record_id"]] = rec
-            async for info in st.list(batch_prefix(task_id)):
-                if info.key.endswith(".json"):
-                    for rec in (await _get_json(st, info.key)).get("records", []):
-                        if rec.get("name") == name:
-                            found[rec["record_id"]] = rec
+            keys, batches = await asyncio.gather(
+                _keys(st, artifact_prefix(task_id, name)), _batches(st, task_id)
+            )
+            found = {
+                rec["record_id"]: rec
+                for rec in await _get_all(st, [k for k in keys if k.endswith(".json")])
+            }
+            found.update((r["record_id"], r) for r in batches if r.get("name") == name)
             for rec in found.values():
                 rec.setdefault("dest", rec.get("storage", uri))
             return sorted(found.values(), key=lambda r: (r["created"], r["record_id"]))
 
         return _run(go())
 
-    def index(self, uri: str, prefix: str) -> list[IndexEntry]:
-        """Every index entry under ``prefix`` (see ``project_prefix``), in listing order."""
-        return _run(_list_index(self.storage(uri), prefix))
+
+READ_CONCURRENCY = 32  # small GETs in flight at once, per read
 
 
-async def _list_index(st: Any, prefix: str) -> list[IndexEntry]:
-    out = []
-    async for info in st.list(prefix):
-        parsed = parse_index_key(info.key)
-        if parsed:
-            out.append(parsed)
-    return out
+async def _keys(st: Any, prefix: str) -> list[str]:
+    return [info.key async for info in st.list(prefix)]
+
+
+async def _get_all(st: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """The JSON objects at ``keys``, in order, :data:`READ_CONCURRENCY` at a time."""
+    gate = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(key: str) -> dict[str, Any]:
+        async with gate:
+            return await _get_json(st, key)
+
+    return list(await asyncio.gather(*(one(k) for k in keys)))
+
+
+async def _batches(st: Any, task_id: str) -> list[dict[str, Any]]:
+    """Every version record in the task's batches."""
+    keys = [k for k in await _keys(st, batch_prefix(task_id)) if k.endswith(".json")]
+    return [rec for batch in await _get_all(st, keys) for rec in batch.get("records", [])]
 
 
 def cache_inline(sha256: str, data: bytes) -> Path:

@@ -21,13 +21,14 @@ from . import _exit, _job, _lookup
 from ._artifact import Artifact
 from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
 from ._session import Session
+from ._task_lookup import Lookups
 from ._tracking import Tracked, Tracker, content_hash
 from ._versions import origin, store_version
 
 log = logging.getLogger("artisync")
 
 
-class Task:
+class Task(Lookups):
     """A run that reports artifacts. Create with :meth:`init`; find with :meth:`get_task`."""
 
     _current: ClassVar[Task | None] = None
@@ -39,12 +40,14 @@ class Task:
     def __init__(
         self,
         record: TaskRecord | dict[str, Any],
-        artifacts: dict[str, Artifact] | None = None,
+        artifacts: dict[str, Artifact] | Callable[[], dict[str, Artifact]] | None = None,
         *,
         owned: bool = False,
     ) -> None:
         self._record: dict[str, Any] = dict(record)
-        self._artifacts: dict[str, Artifact] = artifacts or {}
+        # a task listed by get_tasks reads its artifacts when they are first asked for
+        self._load = artifacts if callable(artifacts) else None
+        self._artifacts: dict[str, Artifact] = {} if callable(artifacts) else artifacts or {}
         self._closed = not owned  # only a task made by Task.init here is open
         self._leader = owned  # this process started it: it completes it (see _job)
         self._pid = os.getpid()  # a forked child reports into it, but never closes it
@@ -106,39 +109,6 @@ class Task:
     def current_task(cls) -> Task | None:
         return cls._current
 
-    @classmethod
-    def get_task(
-        cls,
-        task_id: str | None = None,
-        project_name: str | None = None,
-        task_name: str | None = None,
-        tags: Any = None,
-        allow_archived: bool = True,
-        task_filter: Mapping[str, Any] | None = None,
-        output_uri: str | None = None,
-    ) -> Task:
-        """The task with this id, or the newest with this project and name.
-
-        Looks in this process, then the local daemon (acknowledged but not yet
-        uploaded), then storage (``output_uri``, else the configured default).
-        """
-        statuses = list((task_filter or {}).get("status") or []) or None
-        if task_id is None and project_name is None and task_name is None:
-            raise ValueError("get_task needs task_id, or project_name and/or task_name")
-        q = _lookup.Query(task_id, project_name, task_name, statuses)
-        with cls._class_lock:
-            records = {t.id: t._record for t in cls._local.values()}
-        local = _lookup.in_process(records.values(), q)
-        if local is not None:
-            return cls._local[local["task_id"]]
-        found = _lookup.elsewhere(Session.get(), q, output_uri)
-        if found is not None:
-            return cls(found.record, found.artifacts)
-        what = task_id or f"{project_name!r}/{task_name!r}"
-        raise ValueError(
-            f"no task {what} found" + (f" with status in {statuses}" if statuses else "")
-        )
-
     # -- properties ---------------------------------------------------------------------------
     @property
     def id(self) -> str:
@@ -170,6 +140,8 @@ class Task:
     def artifacts(self) -> Mapping[str, Artifact]:
         """Name -> :class:`Artifact` (read-only), newest version of each."""
         with self._lock:
+            if self._load is not None:
+                self._artifacts, self._load = {**self._load(), **self._artifacts}, None
             return MappingProxyType(dict(self._artifacts))
 
     def get_artifact_versions(self, name: str, rank: int | None = None) -> list[Artifact]:

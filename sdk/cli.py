@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("project", nargs="?")
     ls.add_argument("task", nargs="?")
     ls.add_argument("--uri", help="storage to read (default: the configured output URI)")
+    ls.add_argument(
+        "--limit", type=int, default=50, help="tasks to list, newest first (0: all; default 50)"
+    )
     g = sub.add_parser("get", help="download an artifact")
     g.add_argument("path", metavar="PROJECT/TASK/ARTIFACT")
     g.add_argument("-o", "--output", help="where to put it (default: the local cache)")
@@ -36,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--task", help="only this task id")
     w.add_argument("--timeout", type=float, help="give up after this many seconds")
     sub.add_parser("retry", help="queue failed records again")
+    mig = sub.add_parser(
+        "migrate-index", help="move a bucket's task index to the newest-first layout"
+    )
+    mig.add_argument("--uri", help="storage to migrate (default: the configured output URI)")
+    mig.add_argument("--yes", action="store_true", help="do it (without: count what would move)")
     doc = sub.add_parser("doctor", help="check a destination: reach, write, read, list, delete")
     doc.add_argument("uri", nargs="?")
     return p
@@ -48,6 +56,7 @@ HANDLERS = {
     "ls": _cli_storage.cmd_ls,
     "get": _cli_storage.cmd_get,
     "doctor": _cli_storage.cmd_doctor,
+    "migrate-index": _cli_storage.cmd_migrate_index,
 }
 
 

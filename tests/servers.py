@@ -17,11 +17,13 @@ stopped by PID: SIGTERM, then SIGKILL after a timeout.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -201,10 +203,10 @@ class SeaweedFS(Server):
         self.weed = weed
         self.access_key, self.secret_key = access_key, secret_key
         self.volume_max = volume_max
-        if not self.port:  # needs p..p+4 and p+10000..p+10004 (gRPC) free
+        if not self.port:  # needs p..p+5 and p+10000..p+10004 (gRPC) free
             for _ in range(200):
                 p = random.randrange(20000, 45000)
-                if all(_port_free(x) for x in [*range(p, p + 5), *range(p + 10000, p + 10005)]):
+                if all(_port_free(x) for x in [*range(p, p + 6), *range(p + 10000, p + 10005)]):
                     self.port = p
                     break
             else:
@@ -251,6 +253,7 @@ class SeaweedFS(Server):
             f"-volume.port={p + 2}",
             f"-filer.port={p + 3}",
             f"-admin.port={p + 4}",
+            f"-metricsPort={p + 5}",
             f"-volume.max={self.volume_max}",
             "-s3.allowDeleteBucketNotEmpty=false",
             "-s3.autoCreateBucket=false",
@@ -260,6 +263,22 @@ class SeaweedFS(Server):
     def ready(self) -> bool:
         return http_status(f"{self.endpoint}/healthz") == 200
 
+    def requests(self, bucket: str) -> collections.Counter[str]:
+        """How many S3 requests of each kind (GET, PUT, LIST, HEAD...) the server has
+        answered for ``bucket``, from its own Prometheus metrics: counted below any
+        client, so a test can hold a lookup to a number of round trips."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port + 5}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        counts: collections.Counter[str] = collections.Counter()
+        pattern = re.compile(
+            r'^SeaweedFS_s3_request_seconds_count\{bucket="([^"]*)",type="([^"]*)"\} (\S+)$'
+        )
+        for line in text.splitlines():
+            m = pattern.match(line)
+            if m and m.group(1) == bucket:
+                counts[m.group(2)] += int(float(m.group(3)))
+        return counts
+
     def stop(self, timeout: float = 4.0) -> None:
         # weed usually exits ~2 s after SIGTERM but sometimes hangs in filer shutdown;
         # its data is throwaway, so do not wait long before SIGKILL
@@ -268,7 +287,7 @@ class SeaweedFS(Server):
         ports = {
             str(x)
             for x in [
-                *range(self.port, self.port + 5),
+                *range(self.port, self.port + 6),
                 *range(self.port + 10000, self.port + 10005),
             ]
         }

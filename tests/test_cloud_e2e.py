@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from artisync.protocol import project_prefix, task_key
+from artisync.protocol import runs_prefix, task_key
 from tests.harness import REPO, DaemonProc, Env, run_py, short_tmpdir
 from tests.storage_fixtures import Backend
 
@@ -202,7 +202,7 @@ def test_artifacts_example_round_trips_through_cloud_storage(
     # every object in the bucket is intact, and the records point at them
     keys = all_keys(backend)
     assert verify_objects(backend) >= 7
-    (index,) = [k for k in keys if k.startswith(project_prefix("examples", "artifacts example"))]
+    (index,) = [k for k in keys if k.startswith(runs_prefix("examples", "artifacts example"))]
     task_id = index.rsplit("-", 1)[1]
     assert task_key(task_id) in keys
     assert not any(k.startswith("_artisync") for k in keys)

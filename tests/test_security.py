@@ -163,7 +163,10 @@ LAYOUT = re.compile(
     r"(objects/sha256/[0-9a-f]{2}/[0-9a-f]{64}"
     r"|tasks/[0-9a-f]{32}/task\.json"
     r"|tasks/[0-9a-f]{32}/artifacts/[^/]+/\d{17}-[0-9a-f]{32}\.json"
-    r"|projects/[^/]+/[^/]+/\d{17}-[0-9a-f]{32})\Z"
+    r"|index/(runs|folded)/[^/]+/[^/]+/\d{17}-[0-9a-f]{32}"
+    r"|index/(names|tasks)/[^/]+/\d{17}-[0-9a-f]{32}"
+    r"|index/all/\d{17}-[0-9a-f]{32}"
+    r"|index/projects/[^/]+)\Z"
 )
 
 
@@ -208,7 +211,7 @@ def test_names_cannot_escape_their_prefix(backend: Backend, env: Env) -> None:
     assert keys and all(LAYOUT.match(k) for k in keys), [k for k in keys if not LAYOUT.match(k)]
     wanted = {unicodedata.normalize("NFC", r["name"]) for r in accepted}
     artifact_names = {decode_name(k.split("/")[3]) for k in keys if "/artifacts/" in k}
-    project_names = {decode_name(k.split("/")[1]) for k in keys if k.startswith("projects/")}
+    project_names = {decode_name(k.split("/")[2]) for k in keys if k.startswith("index/projects/")}
     assert artifact_names == wanted == project_names
     if backend.name == "file":  # nothing written outside the storage folder
         root = Path(backend.uri).resolve()

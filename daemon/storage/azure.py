@@ -258,12 +258,14 @@ class AzureStorage(CloudStorage):
             data: bytes = await stream.readall()
         return data
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         full = self._prefix.list_prefix(prefix)
         with self._errors("list", prefix):
             container = await self._cc()
         pages = container.list_blobs(
-            name_starts_with=full, include=["metadata"], results_per_page=self.list_page_size
+            name_starts_with=full,
+            include=["metadata"],
+            results_per_page=page_size or self.list_page_size,
         ).by_page()
         while True:
             with self._errors("list", prefix):

@@ -106,8 +106,11 @@ class Storage(Protocol):
         """Read a small object whole. :raises NotFound:"""
         ...
 
-    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in key order, paging as needed."""
+    def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order, paging as needed:
+        a request per page of ``page_size`` keys (default: the backend's
+        ``list_page_size``), each sent only when the caller reads past the last. A
+        caller that wants the first few keys of a long listing asks for a small page."""
         ...
 
     async def delete(self, key: str) -> None:

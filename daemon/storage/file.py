@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import secrets
@@ -195,14 +196,14 @@ class FileStorage:
         path = self._path(key)
         return await self._run("get", key, path.read_bytes)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         # The prefix may end inside a name ("projects/a" matches "projects/ab/..."):
         # walk from its directory part and filter.
         base_dir, _, _ = prefix.rpartition("/")
         start = self._path(base_dir) if base_dir else self.root
 
-        def walk() -> list[ObjectInfo]:
-            found: list[ObjectInfo] = []
+        def walk() -> list[str]:
+            found: list[str] = []
             for dirpath, dirnames, filenames in os.walk(start):
                 dirnames.sort()
                 rel_dir = os.path.relpath(dirpath, self.root)
@@ -211,16 +212,27 @@ class FileStorage:
                         continue  # someone's write in progress
                     key = name if rel_dir == "." else f"{rel_dir}/{name}"
                     if key.startswith(prefix):
-                        try:
-                            st = os.stat(os.path.join(dirpath, name))
-                        except FileNotFoundError:
-                            continue
-                        found.append(ObjectInfo(key, st.st_size, None, st.st_mtime))
-            found.sort(key=lambda o: o.key)
+                        found.append(key)
+            found.sort()
             return found
 
-        for info in await self._run("list", prefix, walk):
-            yield info
+        def stat(keys: list[str]) -> list[ObjectInfo]:
+            out = []
+            for key in keys:
+                try:
+                    st = os.stat(os.path.join(self.root, key))
+                except FileNotFoundError:
+                    continue
+                out.append(ObjectInfo(key, st.st_size, None, st.st_mtime))
+            return out
+
+        keys = await self._run("list", prefix, walk)
+        step = page_size or 1000  # sizes looked up a page at a time, as they are read
+        for i in range(0, len(keys), step):
+            for info in await self._run(
+                "list", prefix, functools.partial(stat, keys[i : i + step])
+            ):
+                yield info
 
     async def delete(self, key: str) -> None:
         path = self._path(key)

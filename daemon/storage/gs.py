@@ -293,10 +293,10 @@ class GSStorage(CloudStorage):
         with self._errors("get", key):
             return await self._gcs().download(self.bucket, name, timeout=_LIB_TIMEOUT)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         params = {
             "prefix": self._prefix.list_prefix(prefix),
-            "maxResults": str(self.list_page_size),
+            "maxResults": str(page_size or self.list_page_size),
         }
         while True:
             with self._errors("list", prefix):

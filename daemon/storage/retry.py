@@ -270,12 +270,12 @@ class RetryingStorage:
     async def get_bytes(self, key: str) -> bytes:
         return await self._call("get", key, lambda _: self.inner.get_bytes(key))
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         """Retried only until the first item arrives: after that a restart would
         repeat items the caller has already seen."""
 
         async def first() -> tuple[AsyncIterator[ObjectInfo], ObjectInfo] | None:
-            items = self.inner.list(prefix)
+            items = self.inner.list(prefix, page_size=page_size)
             try:
                 return items, await anext(items)
             except StopAsyncIteration:

@@ -290,13 +290,13 @@ class S3Storage(CloudStorage):
                 data: bytes = await body.read()
         return data
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         full = self._prefix.list_prefix(prefix)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
         while True:
             with self._errors("list", prefix):
                 s3 = await self._s3()
-                page = await s3.list_objects_v2(**kwargs, MaxKeys=self.list_page_size)
+                page = await s3.list_objects_v2(**kwargs, MaxKeys=page_size or self.list_page_size)
             for obj in page.get("Contents", []):
                 rel = self._prefix.rel(obj["Key"])
                 if rel:
