@@ -16,11 +16,17 @@ from ._journal_schema import OUTSTANDING, State, and_where, marks, newest_event,
 
 
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
+    """Counts from ``totals`` (kept by triggers: no scan of history); the committed
+    include those compacted away."""
     counts: dict[str, list[int]] = {str(s): [0, 0] for s in State}
-    for r in db.execute(
-        "SELECT state, count(*) AS n, coalesce(sum(size),0) AS bytes FROM records GROUP BY state"
-    ):
-        counts[r["state"]] = [r["n"], r["bytes"]]
+    kept = {r["state"]: [r["n"], r["bytes"]] for r in db.execute("SELECT * FROM totals")}
+    for state, (n, nbytes) in kept.items():
+        if state in counts:
+            counts[state] = [n, nbytes]
+    compacted = kept.get("compacted", [0, 0])
+    counts[State.COMMITTED] = [
+        a + b for a, b in zip(counts[State.COMMITTED], compacted, strict=True)
+    ]
     failed = [
         dict(r)  # "dest" is the status reply's key
         for r in db.execute(
@@ -37,9 +43,7 @@ def stats(db: sqlite3.Connection) -> dict[str, Any]:
             (State.PENDING,),
         )
     ]
-    objects = db.execute(
-        "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM objects"
-    ).fetchone()
+    objects = dict(zip(("n", "bytes"), kept.get("objects", [0, 0]), strict=True))
     waiting = [str(s) for s in OUTSTANDING]
     oldest = db.execute(
         f"SELECT min(received) AS t FROM records WHERE state IN ({marks(waiting)})", waiting
@@ -88,10 +92,20 @@ def find_task(
 
 
 def task_owner(db: sqlite3.Connection, task_id: str) -> int | None:
-    r = db.execute(
-        "SELECT peer_uid FROM records WHERE task_id=? ORDER BY seq LIMIT 1", (task_id,)
-    ).fetchone()
-    return None if r is None else r["peer_uid"]
+    """Who journaled the task's first record (kept when its records are compacted)."""
+    r = db.execute("SELECT owner FROM compacted WHERE task_id=?", (task_id,)).fetchone()
+    if r is None:
+        r = db.execute(
+            "SELECT peer_uid AS owner FROM records WHERE task_id=? ORDER BY seq LIMIT 1",
+            (task_id,),
+        ).fetchone()
+    return None if r is None else r["owner"]
+
+
+def is_compacted(db: sqlite3.Connection, task_id: str) -> bool:
+    """Some of the task's committed records were compacted away (storage has them)."""
+    row = db.execute("SELECT 1 FROM compacted WHERE task_id=?", (task_id,)).fetchone()
+    return row is not None
 
 
 def versions_of(db: sqlite3.Connection, task_id: str, name: str) -> list[dict[str, Any]]:
@@ -154,3 +168,25 @@ def known_objects(db: sqlite3.Connection, destination_uri: str, shas: Sequence[s
             )
         )
     return found
+
+
+def states_of(db: sqlite3.Connection, record_ids: Sequence[str]) -> dict[str, State]:
+    out: dict[str, State] = {}
+    for i in range(0, len(record_ids), 500):
+        chunk = list(record_ids[i : i + 500])
+        for r in db.execute(
+            f"SELECT record_id, state FROM records WHERE record_id IN ({marks(chunk)})", chunk
+        ):
+            out[r["record_id"]] = State(r["state"])
+    return out
+
+
+def record(
+    db: sqlite3.Connection, record_id: str
+) -> tuple[State, dict[str, Any], str | None] | None:
+    r = db.execute(
+        "SELECT state, body, reason FROM records WHERE record_id=?", (record_id,)
+    ).fetchone()
+    if r is None:
+        return None
+    return State(r["state"]), msgpack.unpackb(r["body"], raw=False), r["reason"]

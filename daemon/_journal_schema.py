@@ -67,7 +67,45 @@ CREATE TABLE IF NOT EXISTS objects(
     dest TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded REAL NOT NULL,
     PRIMARY KEY(dest, sha256)
 );
+CREATE TABLE IF NOT EXISTS compacted(task_id TEXT PRIMARY KEY, owner INTEGER, through REAL);
 """
+
+# Counters kept by the database itself, in the same transactions as the rows they
+# count: ``status`` reads a handful of rows instead of counting over all history
+# (and committed records keep counting once compacted away: state ``compacted``).
+TOTALS = """
+CREATE TABLE totals(state TEXT PRIMARY KEY, n INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO totals SELECT state, count(*), coalesce(sum(size), 0) FROM records GROUP BY state;
+INSERT INTO totals SELECT 'objects', count(*), coalesce(sum(size), 0) FROM objects;
+CREATE TRIGGER totals_insert AFTER INSERT ON records BEGIN
+    INSERT INTO totals VALUES (NEW.state, 1, NEW.size)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1, bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER totals_update AFTER UPDATE OF state, size ON records BEGIN
+    UPDATE totals SET n = n - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    INSERT INTO totals VALUES (NEW.state, 1, NEW.size)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1, bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER totals_delete AFTER DELETE ON records BEGIN
+    UPDATE totals SET n = n - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+END;
+CREATE TRIGGER totals_objects AFTER INSERT ON objects BEGIN
+    INSERT INTO totals VALUES ('objects', 1, NEW.size)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1, bytes = bytes + NEW.size;
+END;
+"""
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """The tables, and (once, counting what an older journal holds) the totals."""
+    db.executescript(SCHEMA)
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name='totals'").fetchone() is None:
+        try:  # one transaction: counted and kept up to date from the same snapshot
+            db.executescript(f"BEGIN IMMEDIATE;{TOTALS}COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
 gc_grace = 600             # seconds a committed blob stays in the spool
+journal_keep = 604800      # seconds committed history stays in the journal (0: forever)
 group = "artisync"         # system mode: serve this group's members (socket 0660, spool private)
 allowed_destinations = ["s3://team-artifacts/runs", "/mnt/nfs/artifacts"]  # system mode:
                            # the only destinations (and what is under them) clients may name
@@ -59,6 +60,7 @@ class DaemonConfig:
     gc_grace: float = 600.0
     gc_interval: float = 30.0
     orphan_grace: float = 86400.0
+    journal_keep: float = 7 * 86400.0  # committed history kept in the journal (0: forever)
     idle_exit: float = 0.0  # 0: serve forever
     exit_when_idle: bool = False  # exit as soon as the backlog is empty (tests, one-shot sync)
     group: str | None = None
@@ -152,6 +154,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         ),
         gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
+        journal_keep=_num(daemon, "journal_keep", 7 * 86400.0, "ARTISYNC_JOURNAL_KEEP"),
         group=group,
         allowed_destinations=allowed,
         metrics=_metrics(daemon),

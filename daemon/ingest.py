@@ -239,11 +239,30 @@ def under_pressure(app: Any, blob_bytes: int) -> bool:
     return bool(limit) and blob_bytes >= 0.8 * limit
 
 
+COMPACT_EVERY = 3600.0  # seconds between passes over the journal's committed history
+
+
+async def compact_journal(app: Any) -> int:
+    """Drop committed history older than ``journal_keep`` from the journal."""
+    keep = app.config.journal_keep
+    if keep <= 0:
+        return 0
+    t0 = time.monotonic()
+    gone: int = await app.journal.compact(time.time() - keep)
+    if gone:
+        log.info("journal: compacted %d committed records in %.1f s", gone, time.monotonic() - t0)
+    return gone
+
+
 async def housekeeping_loop(app: Any) -> None:
+    compacted = -COMPACT_EVERY
     while app.accepting:
         await clean_temps(app)
         await collect_raw(app)
         await collect_blobs(app)
+        if time.monotonic() - compacted >= COMPACT_EVERY:
+            compacted = time.monotonic()
+            await compact_journal(app)
         interval = app.config.gc_interval
         if app.config.settings.spool_limit:
             interval = min(interval, 2.0)  # room is freed promptly when a quota is set

@@ -12,6 +12,7 @@ shared between threads, and the event loop never blocks on a disk sync.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import time
@@ -22,17 +23,18 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from . import _journal_compact as _compact
 from . import _journal_reads as _reads
 from ._journal_schema import (
     DUE,
     OUTSTANDING,
     ROW_COLUMNS,
-    SCHEMA,
     Incoming,
     Row,
     State,
     and_where,
     commit_each,
+    create_schema,
     insert_one,
     make_room,
     marks,
@@ -106,7 +108,7 @@ class Journal:
             # the journal unable to record the very commits that free the space
             db.execute("PRAGMA wal_autocheckpoint=64")
             db.execute("PRAGMA journal_size_limit=1048576")
-            db.executescript(SCHEMA)
+            create_schema(db)
             self._db = db
         return self._db
 
@@ -350,32 +352,27 @@ class Journal:
 
     async def states_of(self, record_ids: Sequence[str]) -> dict[str, State]:
         """The state of each of these records that the journal holds."""
-
-        def q(db: sqlite3.Connection) -> dict[str, State]:
-            out: dict[str, State] = {}
-            for i in range(0, len(record_ids), 500):
-                chunk = list(record_ids[i : i + 500])
-                for r in db.execute(
-                    f"SELECT record_id, state FROM records WHERE record_id IN ({marks(chunk)})",
-                    chunk,
-                ):
-                    out[r["record_id"]] = State(r["state"])
-            return out
-
-        return await self._run(q)
+        return await self._run(lambda db: _reads.states_of(db, record_ids))
 
     async def record(self, record_id: str) -> tuple[State, dict[str, Any], str | None] | None:
         """(state, body, reason) of one record, or None."""
+        return await self._run(lambda db: _reads.record(db, record_id))
 
-        def q(db: sqlite3.Connection) -> tuple[State, dict[str, Any], str | None] | None:
-            r = db.execute(
-                "SELECT state, body, reason FROM records WHERE record_id=?", (record_id,)
-            ).fetchone()
-            if r is None:
-                return None
-            return State(r["state"]), msgpack.unpackb(r["body"], raw=False), r["reason"]
+    async def compact(self, cutoff: float) -> int:
+        """Delete committed history older than ``cutoff`` (see :mod:`._journal_compact`),
+        a chunk per transaction. Returns how many records went."""
+        cursor: int | None = 0
+        gone = 0
+        while cursor is not None:
+            step = functools.partial(_compact.compact_chunk, cursor=cursor, cutoff=cutoff)
+            cursor, n = await self._run(step)
+            gone += n
+        while await self._run(lambda db: _compact.forget_objects(db, cutoff)) == _compact.CHUNK:
+            pass
+        return gone
 
-        return await self._run(q)
+    async def is_compacted(self, task_id: str) -> bool:
+        return await self._run(lambda db: _reads.is_compacted(db, task_id))
 
     async def find_task(
         self,

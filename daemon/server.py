@@ -205,7 +205,9 @@ class Server:
                 arts = await app.journal.versions_of(tasks[0]["task_id"], req["versions_of"])
             else:
                 arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
-            return ok(rid, tasks=tasks[:20], artifacts=arts)
+            # its older versions compacted out of the journal: the client merges storage's
+            compacted = bool(tasks) and await app.journal.is_compacted(tasks[0]["task_id"])
+            return ok(rid, tasks=tasks[:20], artifacts=arts, compacted=compacted)
         return await self._wait(rid, req, writer)
 
     async def _owns(self, peer: Peer, task_id: str) -> bool:

@@ -159,6 +159,11 @@ def in_daemon(session: Session, q: Query) -> Found | None:
         a["name"]: artifact_from(a, session.settings, spool, wait, session.resolve)
         for a in reply.get("artifacts") or []
     }
+    if reply.get("compacted"):  # the daemon kept only recent versions: the rest are stored
+        stored = in_storage(session.settings, chosen["dest"], Query(task_id, None, None, None))
+        if stored is not None and callable(stored.artifacts):
+            for name, art in stored.artifacts().items():
+                arts.setdefault(name, art)
     return Found(chosen, arts)
 
 
