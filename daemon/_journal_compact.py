@@ -95,3 +95,13 @@ def forget_objects(db: sqlite3.Connection, cutoff: float) -> int:
             chunk = old[i : i + 500]
             db.execute(f"DELETE FROM objects WHERE rowid IN ({marks(chunk)})", chunk)
     return len(old)
+
+
+def give_back(db: sqlite3.Connection, pages: int = 4096) -> bool:
+    """Return up to ``pages`` free pages to the file system (a journal created with
+    ``auto_vacuum=INCREMENTAL``; an older one keeps and reuses them). True while
+    more are free."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        return False
+    db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+    return bool(db.execute("PRAGMA freelist_count").fetchone()[0])

@@ -35,9 +35,24 @@ async def check_record(
     could never be published, or names payloads that are not in the spool (``granted``:
     its raw file is one this daemon made and handed to ``uid``)."""
     try:
+        problem, missing = await asyncio.to_thread(
+            check_static, spool, rec, uid, config, granted=granted
+        )
+    except InvalidMessage as exc:
+        return str(exc)
+    return problem or await check_journal(journal, rec, uid, missing)
+
+
+def check_static(
+    spool: Spool, rec: dict[str, Any], uid: int | None, config: Any, *, granted: bool = False
+) -> tuple[str | None, list[str]]:
+    """What can be checked without the journal (no awaiting: the outbox checks a
+    whole batch in one thread hop): (why it is refused or None, the payloads it
+    names that are not in the spool, which must be at the destination)."""
+    try:
         parse_uri(rec["dest"])
     except ValueError as exc:
-        return f"record: bad destination: {exc}"
+        return f"record: bad destination: {exc}", []
     if config is not None and (config.group is not None or config.allowed_destinations):
         allowed = config.allowed_destinations
         if not destination_allowed(rec["dest"], allowed):
@@ -45,13 +60,28 @@ async def check_record(
             return (
                 f"destination {rec['dest']} is not one this daemon may write to "
                 f"(allowed_destinations: {listed}); use output_uri under one of them"
-            )
+            ), []
+    problem = check_publishable(rec)
+    if problem or rec["kind"] != "artifact":
+        return problem, []
+    if is_raw(rec):
+        return _check_raw_file(spool, rec, None if granted else uid), []
+    return None, _local_blobs(spool, rec)
+
+
+async def check_journal(
+    journal: Journal, rec: dict[str, Any], uid: int | None, missing: list[str]
+) -> str | None:
+    """The checks that need the journal: the task is the submitter's own, and the
+    payloads not in the spool are at the destination already."""
     if uid is not None and uid not in (0, os.getuid()):
         owner = await journal.task_owner(rec["task_id"])
         if owner is not None and owner != uid:
             return f"task {rec['task_id']} belongs to another user"
-    problem = await asyncio.to_thread(check_publishable, rec)
-    return problem or await check_blobs(spool, journal, rec, None if granted else uid)
+    for sha in missing:
+        if not await journal.has_object(rec["dest"], sha):
+            return f"payload {sha[:12]} is neither in the spool nor at the destination"
+    return None
 
 
 def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
@@ -71,39 +101,21 @@ def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str |
     return None
 
 
-async def check_blobs(
-    spool: Spool, journal: Journal, rec: dict[str, Any], uid: int | None = None
-) -> str | None:
+def _local_blobs(spool: Spool, rec: dict[str, Any]) -> list[str]:
     """Every payload a record names must be a regular file in the spool (never a
     path elsewhere: names are hashes, symlinks and hard links are refused), or
-    already held by its destination; a raw snapshot must be there, as large as
-    the record says, and (``uid`` known) the submitter's own."""
-    if rec["kind"] != "artifact":
-        return None
-    if is_raw(rec):
-        return await asyncio.to_thread(_check_raw_file, spool, rec, uid)
+    already held by its destination: returns those not in the spool.
 
-    def local() -> list[tuple[str, int]]:
-        missing = []
-        for sha, size in rec["blobs"]:
-            try:
-                st = os.lstat(spool.blob_path(sha))
-            except FileNotFoundError:
-                missing.append((sha, size))
-                continue
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
-            if st.st_size != size:
-                raise InvalidMessage(
-                    f"payload {sha[:12]} has {st.st_size} bytes, record says {size}"
-                )
-        return missing
-
-    try:
-        missing = await asyncio.to_thread(local)
-    except InvalidMessage as exc:
-        return str(exc)
-    for sha, _ in missing:
-        if not await journal.has_object(rec["dest"], sha):
-            return f"payload {sha[:12]} is neither in the spool nor at the destination"
-    return None
+    :raises InvalidMessage: one is not a regular file, or not the size named."""
+    missing = []
+    for sha, size in rec["blobs"]:
+        try:
+            st = os.lstat(spool.blob_path(sha))
+        except FileNotFoundError:
+            missing.append(sha)
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise InvalidMessage(f"payload {sha[:12]} in the spool is not a regular file")
+        if st.st_size != size:
+            raise InvalidMessage(f"payload {sha[:12]} has {st.st_size} bytes, record says {size}")
+    return missing

@@ -52,6 +52,8 @@ class Encoder:
         self.on_encoded = on_encoded
         self.in_flight: set[int] = set()
         self.wakeup = asyncio.Event()
+        self.unpaused = asyncio.Event()  # cleared while a long outbox backlog is journaled
+        self.unpaused.set()
         self.progress = asyncio.Condition()  # notified whenever a record is encoded or fails
         self.accepting = True
         self.encoded = 0
@@ -71,6 +73,7 @@ class Encoder:
         limit = max(ENCODING_IN_FLIGHT, 2 * self.workers + 2)
         try:
             while self.accepting:
+                await self.unpaused.wait()
                 free = limit - len(self.in_flight)
                 rows: list[Row] = []
                 if free > 0:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import InvalidMessage, ProtocolError, unpack_body, validate_record
+from artisync.protocol import ProtocolError, unpack_body, validate_record
 
+from .admission import check_journal, check_static
 from .journal import Incoming, State
 from .metrics import METRICS
 
@@ -35,18 +36,30 @@ class OutboxWatcher:
         self._observer: Any = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.events import (
+            FileCreatedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         loop, event = self.loop, self.event
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, ev: FileSystemEvent) -> None:
-                if ev.event_type in ("created", "moved", "closed"):
+                if ev.event_type in ("created", "moved"):
                     loop.call_soon_threadsafe(event.set)
 
         self._observer = Observer()
-        self._observer.schedule(Handler(), str(self.path), recursive=False)
+        # records arrive by rename; only those events reach us (inotify's mask), not the
+        # removals of ingested files: a backlog of a million would be as many wakeups
+        self._observer.schedule(
+            Handler(),
+            str(self.path),
+            recursive=False,
+            event_filter=[FileCreatedEvent, FileMovedEvent],
+        )
         self._observer.daemon = True
         self._observer.start()
 
@@ -56,55 +69,105 @@ class OutboxWatcher:
             self._observer.join(timeout=5)
 
 
-INGEST_BATCH = 256  # outbox files read and journaled together (one transaction)
+INGEST_BATCH = 1024  # outbox files read and journaled together (one transaction)
+INGEST_PARALLEL = 1  # batches in flight at once
+INGEST_CHUNK = 8192  # outbox entries listed at a time: a million waiting are never all in memory
 
 
 async def ingest_outbox(app: Any) -> int:
-    """Journal every record in the outbox, then remove its file. Returns how many."""
-    paths = await asyncio.to_thread(app.spool.outbox_oldest_first)
+    """Journal every record in the outbox, then remove its file. Returns how many.
+
+    The outbox is listed a chunk at a time, oldest first within each chunk (all of
+    it when it holds no more than a chunk); each batch of a chunk is read, checked
+    and journaled with one thread hop, one journal transaction and one removal pass,
+    so a week's backlog goes in at disk speed while new clients are served between
+    batches. While more than a chunk waits, encoding waits: journaling comes first."""
     done = 0
-    for i in range(0, len(paths), INGEST_BATCH):
-        if not app.accepting:
-            break
-        batch = paths[i : i + INGEST_BATCH]
-        done += sum(await asyncio.gather(*(_ingest_one(app, p) for p in batch)))
-    return done
-
-
-async def _ingest_one(app: Any, path: Path) -> int:
-    from .admission import check_record
-
     try:
-        data, owner = await asyncio.to_thread(_read, path)
-        rec = validate_record(unpack_body(data))
-        problem = await check_record(app.spool, app.journal, rec, owner, app.config)
+        while app.accepting:
+            paths = await asyncio.to_thread(app.spool.outbox_chunk, INGEST_CHUNK)
+            if len(paths) == INGEST_CHUNK:  # a long backlog: journal it all first (durable
+                app.encoder.unpaused.clear()  # against power loss), then encode and upload
+            handled = 0
+            step = INGEST_BATCH * INGEST_PARALLEL
+            for i in range(0, len(paths), step):
+                if not app.accepting:
+                    return done
+                # a few batches at once: one is read while another commits
+                parts = [paths[j : j + INGEST_BATCH] for j in range(i, i + step, INGEST_BATCH)]
+                for ingested, settled in await asyncio.gather(
+                    *(_ingest_batch(app, part) for part in parts if part)
+                ):
+                    done += ingested
+                    handled += settled
+            if len(paths) < INGEST_CHUNK or handled == 0:
+                return done  # all of it, or only records that must wait (unreadable now)
+        return done
+    finally:
+        app.encoder.unpaused.set()
+
+
+_Admitted = tuple[Path, dict[str, Any], int, list[str]]  # path, record, owner, payloads missing
+
+
+async def _ingest_batch(app: Any, paths: list[Path]) -> tuple[int, int]:
+    """(records journaled, records settled: journaled, or refused and moved away)."""
+    admitted, refused = await asyncio.to_thread(_read_and_check, app, paths)
+    ready = []
+    for path, rec, owner, missing in admitted:
+        problem = None
+        if missing or owner not in (0, os.getuid()):
+            problem = await check_journal(app.journal, rec, owner, missing)
         if problem:
-            raise InvalidMessage(problem)
-    except FileNotFoundError:
-        return 0  # another pass took it
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:  # EMFILE, EIO...: may heal; the file stays for later
-            log.warning("outbox record %s not readable yet: %s", path.name, exc)
-            return 0
-        return await _reject(app, path, exc)  # a symlink planted in the outbox
-    except ProtocolError as exc:
-        return await _reject(app, path, exc)
-    try:
-        await app.committer.submit(Incoming(rec, owner, None))
-    except Exception as exc:  # journal not writable (disk full): the file stays for later
-        log.error("outbox record %s not ingested yet: %s", path.name, exc)
-        return 0
-    await asyncio.to_thread(path.unlink, True)
-    return 1
+            refused.append((path, problem))
+        else:
+            ready.append((path, rec, owner))
+    journaled: list[Path] = []
+    try:  # the batch in one transaction (duplicates, already journaled, are ignored)
+        if ready:
+            await app.journal.insert_many([Incoming(r, owner, None) for _, r, owner in ready])
+            journaled = [path for path, _, _ in ready]
+            app.committer.on_commit()  # wake the encoder and the uploader
+    except Exception as exc:  # journal not writable (disk full): the files stay for later
+        log.error("%d outbox records not ingested yet: %s", len(ready), exc)
+
+    def settle() -> None:
+        for path in journaled:
+            path.unlink(missing_ok=True)
+        for path, why in refused:  # kept in rejected/ with why: its SDK raises it next call
+            kept = app.spool.reject(path, why)
+            log.error("outbox record %s rejected (kept as %s): %s", path.name, kept, why)
+
+    await asyncio.to_thread(settle)
+    METRICS.refused.inc(len(refused))
+    return len(journaled), len(journaled) + len(refused)
 
 
-async def _reject(app: Any, path: Path, exc: Exception) -> int:
-    """Keep a refused record in ``rejected/`` with why: its SDK raises it at its next
-    call, and ``artisync status`` shows it."""
-    kept = await asyncio.to_thread(app.spool.reject, path, str(exc))
-    METRICS.refused.inc()
-    log.error("outbox record %s rejected (kept as %s): %s", path.name, kept, exc)
-    return 0
+def _read_and_check(app: Any, paths: list[Path]) -> tuple[list[_Admitted], list[tuple[Path, str]]]:
+    """Read, parse and check (all but what needs the journal) a batch of outbox files."""
+    admitted: list[_Admitted] = []
+    refused: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            data, owner = _read(path)
+            rec = validate_record(unpack_body(data))
+            problem, missing = check_static(app.spool, rec, owner, app.config)
+        except FileNotFoundError:
+            continue  # another pass took it
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink planted in the outbox
+                refused.append((path, str(exc)))
+            else:  # EMFILE, EIO...: may heal; the file stays for later
+                log.warning("outbox record %s not readable yet: %s", path.name, exc)
+            continue
+        except ProtocolError as exc:
+            refused.append((path, str(exc)))
+            continue
+        if problem:
+            refused.append((path, problem))
+        else:
+            admitted.append((path, rec, owner, missing))
+    return admitted, refused
 
 
 def _read(path: Path) -> tuple[bytes, int]:

@@ -2,11 +2,11 @@
 
 Every record moves ``pending -> uploading -> uploaded -> committed``, or to
 ``failed`` with a reason (kept, retried on request); an artifact version sent
-raw starts in ``encoding``, until its raw snapshot is encoded (it has no
-``refs`` until then, which is how a failed one is told apart when retried). ``objects`` remembers
-which payloads each destination already holds, so they are never sent twice.
-All access goes through one dedicated thread: SQLite connections are not
-shared between threads, and the event loop never blocks on a disk sync.
+raw starts in ``encoding`` until encoded (it has no ``refs`` until then: how a
+failed one is told apart when retried). ``objects`` remembers which payloads each
+destination holds, so they are never sent twice. Committed history is compacted
+(:mod:`._journal_compact`). One dedicated thread does all access: SQLite
+connections are not shared between threads, and the loop never waits on a sync.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ class Journal:
                 os.close(fd)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.row_factory = sqlite3.Row
+            # a new journal returns compacted pages to the disk (an older one reuses them)
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
             # the WAL is checkpointed every 64 pages (256 KiB), not SQLite's 1,000: the log
@@ -368,6 +370,8 @@ class Journal:
             cursor, n = await self._run(step)
             gone += n
         while await self._run(lambda db: _compact.forget_objects(db, cutoff)) == _compact.CHUNK:
+            pass
+        while await self._run(_compact.give_back):  # free pages back, a few MiB at a time
             pass
         return gone
 

@@ -21,6 +21,7 @@ rename, fsync of the directory). Only the daemon deletes, and only after commit.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -203,6 +204,13 @@ class Spool:
                 return 0.0
 
         return sorted(self.iter_outbox(), key=mtime)
+
+    def outbox_chunk(self, limit: int) -> list[Path]:
+        """Up to ``limit`` of the outbox's records: all of them oldest first when that
+        is all there is, else the first ``limit`` listed (a long backlog is taken in
+        directory order, without a stat per file)."""
+        listed = list(itertools.islice(self.iter_outbox(), limit))
+        return self.outbox_oldest_first() if len(listed) < limit else listed
 
     def iter_outbox(self) -> Iterator[Path]:
         with os.scandir(self.outbox) as it:
