@@ -160,11 +160,7 @@ class Journal:
         return await self._run(insert)
 
     async def has_object(self, destination_uri: str, sha256: str) -> bool:
-        def q(db: sqlite3.Connection) -> bool:
-            sql = "SELECT 1 FROM objects WHERE dest=? AND sha256=?"
-            return db.execute(sql, (destination_uri, sha256)).fetchone() is not None
-
-        return await self._run(q)
+        return sha256 in await self.known_objects(destination_uri, [sha256])
 
     async def known_objects(self, destination_uri: str, shas: Sequence[str]) -> set[str]:
         """Of ``shas``, those the destination is known to hold."""
@@ -375,7 +371,7 @@ class Journal:
             pass
         return gone
 
-    async def is_compacted(self, task_id: str) -> bool:
+    async def is_compacted(self, task_id: str) -> bool:  # see _journal_reads.is_compacted
         return await self._run(lambda db: _reads.is_compacted(db, task_id))
 
     async def find_task(
