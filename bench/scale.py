@@ -38,7 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import machine, table
+from _common import machine, table, world
+from _scale_backlog import bench_ingest, bench_journal
 
 from tests.servers import SeaweedFS, find_weed
 
@@ -315,6 +316,12 @@ def main() -> None:
     print(f"# bench/scale — {machine()}\n")
     if args.only in (None, "reads"):
         print(bench_reads(args), "\n", flush=True)
+    if args.only in (None, "ingest"):
+        with world() as w:
+            print(bench_ingest(w, args.records), "\n", flush=True)
+    if args.only in (None, "journal"):
+        with world() as w:
+            print(bench_journal(w, args.journal_rows), "\n", flush=True)
 
 
 if __name__ == "__main__":

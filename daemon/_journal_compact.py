@@ -47,7 +47,8 @@ def compact_chunk(db: sqlite3.Connection, cursor: int, cutoff: float) -> tuple[i
         events = [r for r in done if r["kind"] == "task"]
         finished = {t for t in {r["task_id"] for r in events} if _all_done(db, t, cutoff)}
         doomed += [r["seq"] for r in events if r["task_id"] in finished]
-        gone = [r for r in done if r["seq"] in set(doomed)]
+        going = set(doomed)
+        gone = [r for r in done if r["seq"] in going]
         for task_id in {r["task_id"] for r in gone}:
             _mark(db, task_id, cutoff)
         for i in range(0, len(doomed), 500):
@@ -97,7 +98,7 @@ def forget_objects(db: sqlite3.Connection, cutoff: float) -> int:
     return len(old)
 
 
-def give_back(db: sqlite3.Connection, pages: int = 4096) -> bool:
+def give_back(db: sqlite3.Connection, pages: int = 1024) -> bool:
     """Return up to ``pages`` free pages to the file system (a journal created with
     ``auto_vacuum=INCREMENTAL``; an older one keeps and reuses them). True while
     more are free."""

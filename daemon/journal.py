@@ -367,7 +367,7 @@ class Journal:
             gone += n
         while await self._run(lambda db: _compact.forget_objects(db, cutoff)) == _compact.CHUNK:
             pass
-        while await self._run(_compact.give_back):  # free pages back, a few MiB at a time
+        while await self._run(_compact.give_back):  # free pages back, 4 MiB at a time
             pass
         return gone
 
