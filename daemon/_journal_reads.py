@@ -15,6 +15,31 @@ import msgpack
 from ._journal_schema import OUTSTANDING, State, and_where, marks, newest_event, transaction
 
 
+def count(
+    db: sqlite3.Connection, states: tuple[State, ...], task_id: str | None, max_seq: int | None
+) -> tuple[int, int]:
+    """(records, bytes) in the given states, optionally of one task and up to a seq;
+    of all of them from the trigger-kept ``totals`` (no scan: the idle watch asks
+    every second, with a million records waiting)."""
+    if task_id is None and max_seq is None:
+        r = db.execute(
+            "SELECT coalesce(sum(n),0) AS n, coalesce(sum(bytes),0) AS bytes "
+            f"FROM totals WHERE state IN ({marks(states)})",
+            states,
+        ).fetchone()
+        return int(r["n"]), int(r["bytes"])
+    args: list[Any] = [*states]
+    sql = and_where(
+        "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
+        f"WHERE state IN ({marks(states)})",
+        args,
+        ("task_id=?", task_id),
+        ("seq<=?", max_seq),
+    )
+    r = db.execute(sql, args).fetchone()
+    return int(r["n"]), int(r["bytes"])
+
+
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
     """Counts from ``totals`` (kept by triggers: no scan of history); the committed
     include those compacted away."""

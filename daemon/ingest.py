@@ -70,7 +70,6 @@ class OutboxWatcher:
 
 
 INGEST_BATCH = 1024  # outbox files read and journaled together (one transaction)
-INGEST_PARALLEL = 1  # batches in flight at once
 INGEST_CHUNK = 8192  # outbox entries listed at a time: a million waiting are never all in memory
 
 
@@ -85,23 +84,26 @@ async def ingest_outbox(app: Any) -> int:
     done = 0
     try:
         while app.accepting:
-            paths = await asyncio.to_thread(app.spool.outbox_chunk, INGEST_CHUNK)
-            if len(paths) == INGEST_CHUNK:  # a long backlog: journal it all first (durable
-                app.encoder.unpaused.clear()  # against power loss), then encode and upload
-            handled = 0
-            step = INGEST_BATCH * INGEST_PARALLEL
-            for i in range(0, len(paths), step):
-                if not app.accepting:
-                    return done
-                # a few batches at once: one is read while another commits
-                parts = [paths[j : j + INGEST_BATCH] for j in range(i, i + step, INGEST_BATCH)]
-                for ingested, settled in await asyncio.gather(
-                    *(_ingest_batch(app, part) for part in parts if part)
-                ):
-                    done += ingested
-                    handled += settled
-            if len(paths) < INGEST_CHUNK or handled == 0:
-                return done  # all of it, or only records that must wait (unreadable now)
+            listed, handled = 0, 0
+            chunks = app.spool.outbox_chunks(INGEST_CHUNK)
+            try:
+                while app.accepting:
+                    paths = await asyncio.to_thread(next, chunks, None)
+                    if paths is None:
+                        break
+                    if len(paths) == INGEST_CHUNK:  # a long backlog: journal it all first
+                        app.encoder.unpaused.clear()  # (power-loss safe), then encode
+                    listed += len(paths)
+                    for i in range(0, len(paths), INGEST_BATCH):
+                        ingested, settled = await _ingest_batch(app, paths[i : i + INGEST_BATCH])
+                        done += ingested
+                        handled += settled
+            finally:
+                with contextlib.suppress(ValueError):  # cancelled while a thread lists it
+                    chunks.close()
+            if listed < INGEST_CHUNK or handled == 0:
+                return done  # all there was, or only records that must wait (unreadable now)
+            # a long pass: look again for what arrived meanwhile
         return done
     finally:
         app.encoder.unpaused.set()

@@ -32,7 +32,6 @@ from ._journal_schema import (
     Incoming,
     Row,
     State,
-    and_where,
     commit_each,
     create_schema,
     insert_one,
@@ -273,21 +272,7 @@ class Journal:
     async def _count(
         self, states: tuple[State, ...], task_id: str | None, max_seq: int | None
     ) -> tuple[int, int]:
-        """(records, bytes) in the given states, optionally of one task and up to a seq."""
-        args: list[Any] = [*states]
-        sql = and_where(
-            "SELECT count(*) AS n, coalesce(sum(size),0) AS bytes FROM records "
-            f"WHERE state IN ({marks(states)})",
-            args,
-            ("task_id=?", task_id),
-            ("seq<=?", max_seq),
-        )
-
-        def q(db: sqlite3.Connection) -> tuple[int, int]:
-            r = db.execute(sql, args).fetchone()
-            return int(r["n"]), int(r["bytes"])
-
-        return await self._run(q)
+        return await self._run(lambda db: _reads.count(db, states, task_id, max_seq))
 
     async def max_seq(self) -> int:
         return await self._run(

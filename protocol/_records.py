@@ -17,8 +17,8 @@ also the JSON the daemon publishes, so they never change meaning.
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
@@ -113,7 +113,10 @@ Record = TaskRecord | ArtifactRecord
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch (12), then 80 random bits (as a
+    UUIDv7 orders them), so ids made one after another sort together: the journal's
+    index on them grows at its end instead of touching a random page per record."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def new_task_record(

@@ -25,7 +25,7 @@ import itertools
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -196,23 +196,36 @@ class Spool:
 
     def outbox_oldest_first(self) -> list[Path]:
         """The outbox's records, oldest first (one gone meanwhile sorts first)."""
+        return self._oldest_first(self.iter_outbox())
 
+    @staticmethod
+    def _oldest_first(paths: Iterable[Path]) -> list[Path]:
         def mtime(p: Path) -> float:
             try:
                 return p.stat().st_mtime
             except FileNotFoundError:
                 return 0.0
 
-        return sorted(self.iter_outbox(), key=mtime)
+        return sorted(paths, key=mtime)
 
-    def outbox_chunk(self, limit: int) -> list[Path]:
-        """Up to ``limit`` of the outbox's records: all of them oldest first when that
-        is all there is, else the first ``limit`` listed (a long backlog is taken in
-        directory order, without a stat per file)."""
-        listed = list(itertools.islice(self.iter_outbox(), limit))
-        return self.outbox_oldest_first() if len(listed) < limit else listed
+    def outbox_chunks(self, size: int) -> Generator[list[Path], None, None]:
+        """The outbox's records in lists of at most ``size``: all of them oldest first
+        when they fit in one, else in directory order, all from one listing (a long
+        backlog must not be listed again from the start for each chunk: the directory
+        of a million records, most of them removed, is slow to walk)."""
+        listing = self.iter_outbox()
+        try:
+            first = list(itertools.islice(listing, size))
+            if len(first) < size:
+                yield self._oldest_first(first)
+                return
+            yield first
+            while chunk := list(itertools.islice(listing, size)):
+                yield chunk
+        finally:
+            listing.close()
 
-    def iter_outbox(self) -> Iterator[Path]:
+    def iter_outbox(self) -> Generator[Path, None, None]:
         with os.scandir(self.outbox) as it:
             for entry in it:
                 if entry.name.endswith(".rec") and not entry.name.startswith("."):

@@ -186,7 +186,9 @@ class Reader:
         window = min(page_size, _task_index.MAX_WINDOW)
         try:
             while True:
-                page, more = _run(_task_index.matching(st, found, statuses, page_size, window))
+                page, more = _run(
+                    _task_index.matching(st, found, statuses, page_size, window, paging=True)
+                )
                 if page:
                     yield page
                 if not more:

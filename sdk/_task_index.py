@@ -157,18 +157,20 @@ async def matching(
     statuses: Sequence[str] | None,
     limit: int,
     window: int = 1,
+    *,
+    paging: bool = False,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Up to ``limit`` task records of ``found``, in its order, whose status is in
     ``statuses`` (any if None), and whether ``found`` had any entry at all.
     task.json is read a window at a time, the window doubling up to
-    :data:`MAX_WINDOW` (``window``: the first one's size)."""
+    :data:`MAX_WINDOW` (``window``: the first one's size). ``paging``: the next
+    call goes on where this one stopped, so no entry is read past the limit."""
     out: list[dict[str, Any]] = []
     any_entry = False
     done = False
     while not done and len(out) < limit:
         batch = []
-        for _ in range(min(window, limit - len(out))):  # never past the limit: the rest is
-            # the next page's
+        for _ in range(min(window, limit - len(out)) if paging else window):
             entry = await anext(found, None)
             if entry is None:
                 done = True
