@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, table, world
 from _scale_backlog import bench_ingest, bench_journal
 
+from artisync.protocol import Origin, new_task_record, task_event
 from tests.servers import SeaweedFS, find_weed
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -49,22 +50,13 @@ KEY, SECRET = "benchkey", "benchsecret"
 
 
 def _task(dest: str, project: str, name: str, started: float, status: str) -> dict[str, Any]:
-    return {
-        "kind": "task",
-        "event": "started" if status == "in_progress" else "closed",
-        "record_id": uuid.uuid4().hex,
-        "task_id": uuid.uuid4().hex,
-        "created": started,
-        "dest": dest,
-        "host": "bench",
-        "user": "bench",
-        "pid": 1,
-        "project": project,
-        "name": name,
-        "status": status,
-        "started": started,
-        "ended": None,
-    }
+    """A task's newest event, as the SDK makes it, dated ``started``."""
+    rec = new_task_record(
+        project=project, name=name, dest=dest, tags=[], origin=Origin("bench", "bench", 1)
+    )
+    if status != "in_progress":
+        rec = task_event(rec, status=status, event="closed")
+    return {**rec, "created": started, "started": started, "ended": None}
 
 
 def _artifact(task: dict[str, Any], i: int) -> tuple[dict[str, Any], bytes]:

@@ -24,7 +24,14 @@ import pytest
 
 from artisync.daemon.publish import publish_artifacts, publish_task
 from artisync.daemon.storage import open_storage
-from artisync.protocol import index_keys, legacy_index_key, legacy_index_prefix
+from artisync.protocol import (
+    Origin,
+    index_keys,
+    legacy_index_key,
+    legacy_index_prefix,
+    new_task_record,
+    task_event,
+)
 from tests.harness import Env, run_py
 from tests.storage_fixtures import Backend
 
@@ -43,22 +50,13 @@ def s3(storage_uri_factory: Any, env: Env) -> Iterator[Backend]:
 
 
 def _task(dest: str, project: str, name: str, started: float, status: str) -> dict[str, Any]:
-    return {
-        "kind": "task",
-        "event": "closed" if status != "in_progress" else "started",
-        "record_id": uuid.uuid4().hex,
-        "task_id": uuid.uuid4().hex,
-        "created": started,
-        "dest": dest,
-        "host": "h",
-        "user": "u",
-        "pid": 1,
-        "project": project,
-        "name": name,
-        "status": status,
-        "started": started,
-        "ended": None,
-    }
+    """A task's newest event, as the SDK makes it, dated ``started``."""
+    rec = new_task_record(
+        project=project, name=name, dest=dest, tags=[], origin=Origin("h", "h", 1)
+    )
+    if status != "in_progress":
+        rec = task_event(rec, status=status, event="closed")
+    return {**rec, "created": started, "started": started, "ended": None}
 
 
 def _artifact(task: dict[str, Any], name: str, created: float) -> tuple[dict[str, Any], bytes]:
