@@ -1,2 +1,0 @@
-8d5c3bee
-{"lastIndex":4,"lastTerm":0,"peers":[{"name":"127.0.0.1:23554.33554","connectionString":"127.0.0.1:33554"}],"state":"eyJtYXhWb2x1bWVJZCI6MCwidG9wb2xvZ3lJZCI6Ijc1YTQ1YTk1LWExZmYtNDk4NC05ZTk4LTQ2YzZjYmQ4YjI3MSJ9","path":"/work/main/bench/.cache/scale-index-v2-3000-1000-100-100/weed/m23554/snapshot/0_4.ss"}
