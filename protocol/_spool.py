@@ -282,8 +282,11 @@ class Spool:
         """Bytes held by raw snapshots, payloads, temp files and outbox records (what
         ``spool_limit`` bounds; the daemon's journal is not counted)."""
         total = 0
-        linked: set[int] = set()  # a raw snapshot hard-linked into blobs/ counts once
-        for folder in (self.raw, self.blobs, self.tmp, self.outbox):
+        # Files move tmp/ -> raw/ -> blobs/ (renamed or hard-linked) while this scans;
+        # scanning in that order, remembering every inode seen, counts a file that moved
+        # meanwhile once, and one hard-linked in both raw/ and blobs/ once.
+        seen: set[int] = set()
+        for folder in (self.tmp, self.raw, self.blobs, self.outbox):
             try:
                 with os.scandir(folder) as it:
                     for entry in it:
@@ -291,10 +294,10 @@ class Spool:
                             st = entry.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                        if st.st_nlink > 1:
-                            if st.st_ino in linked:
+                        if folder is not self.outbox:
+                            if st.st_ino in seen:
                                 continue
-                            linked.add(st.st_ino)
+                            seen.add(st.st_ino)
                         total += st.st_size
             except FileNotFoundError:
                 continue
