@@ -29,6 +29,7 @@ def build_tree(src: Path, dest: Path) -> None:
             out.mkdir(parents=True)
             for f in (src / folder).glob("*.py"):
                 shutil.copy2(f, out / f.name)
+            shutil.copytree(src / folder / "ui", out / "ui", ignore=skip)  # artisync.ui
         else:
             shutil.copytree(src / folder, out, ignore=skip)
 

@@ -1,4 +1,4 @@
-"""``artisync ls``, ``get`` and ``doctor``: storage read directly, no daemon needed."""
+"""``artisync ls``, ``get``, ``ui`` and ``doctor``: storage read directly, no daemon needed."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = run_loop(doctor(uri, load_config(settings).options_for(uri)))
     print(format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    from .ui import serve
+
+    serve(settings, args.uri or settings.output_uri, args.host, args.port, args.open)
+    return 0
 
 
 def list_entries(

@@ -198,6 +198,33 @@ class Reader:
             if r is not None and r.loop.is_running():
                 asyncio.run_coroutine_threadsafe(found.aclose(), r.loop)
 
+    def task_page(
+        self, uri: str, project: str | None, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Tasks ``offset`` .. ``offset + limit`` of a project (of all: None), newest
+        first, and whether more follow. The entries skipped cost LIST pages only
+        (1,000 keys each); task.json is read for the page's own tasks alone."""
+        st = self.storage(uri)
+        where = _task_index.listing(project, None)
+
+        async def go() -> tuple[list[dict[str, Any]], bool]:
+            page = min(offset + limit + 1, 1000)
+            async with contextlib.aclosing(_task_index.entries(st, where, page)) as found:
+                kept: list[_task_index.Entry] = []
+                position = 0
+                async for entry in found:
+                    if position >= offset:
+                        kept.append(entry)
+                        if len(kept) > limit:
+                            break
+                    position += 1
+            recs = await asyncio.gather(
+                *(_task_index.task_json(st, e.task_id) for e in kept[:limit])
+            )
+            return [r for r in recs if r is not None], len(kept) > limit
+
+        return _run(go())
+
     def migrate_index(self, uri: str, apply: bool) -> tuple[int, int]:
         """(entries of the previous index layout found, moved); see ``_task_index.migrate``."""
         return _run(_task_index.migrate(self.storage(uri), apply))

@@ -2,7 +2,7 @@
 
 ``status``, ``wait`` and ``retry`` talk to the daemon like any training process
 (:mod:`._cli_daemon`); ``ls``, ``get`` and ``doctor`` read storage directly
-(:mod:`._cli_storage`); ``daemon`` runs the daemon in the foreground.
+(:mod:`._cli_storage`), and ``ui`` serves them as web pages; ``daemon`` runs the daemon in the foreground.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("--uri", help="storage to migrate (default: the configured output URI)")
     mig.add_argument("--yes", action="store_true", help="do it (without: count what would move)")
+    ui = sub.add_parser("ui", help="browse what runs produced in a web page (read-only)")
+    ui.add_argument("--uri", help="storage to show (default: the configured output URI)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    ui.add_argument("--open", action="store_true", help="open it in a browser")
     doc = sub.add_parser("doctor", help="check a destination: reach, write, read, list, delete")
     doc.add_argument("uri", nargs="?")
     return p
@@ -57,6 +62,7 @@ HANDLERS = {
     "get": _cli_storage.cmd_get,
     "doctor": _cli_storage.cmd_doctor,
     "migrate-index": _cli_storage.cmd_migrate_index,
+    "ui": _cli_storage.cmd_ui,
 }
 
 

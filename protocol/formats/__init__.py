@@ -63,7 +63,7 @@ from ._base import (
     write_raw_bytes,
 )
 from ._paths import copy_fd, is_pathlike, resolve_path
-from .trees import materialize_pack, materialize_tree
+from .trees import materialize_pack, materialize_tree, read_listing
 
 # Asked in order: the first whose snapshot() takes the object stores it, the first
 # whose loads() accepts a record reads it. binary stays last: it reads any type's
@@ -234,5 +234,6 @@ __all__ = [
     "load_raw",
     "materialize_pack",
     "materialize_tree",
+    "read_listing",
     "snapshot",
 ]
