@@ -372,3 +372,68 @@ def test_a_pickle_is_never_unpickled(served: Served, browser: Any) -> None:
     assert status == 200
     assert not served.filled.marker.exists()
     assert not d.find_elements(By.CSS_SELECTOR, ".error")
+
+
+def test_pending_uploads_show_beside_storage(request: pytest.FixtureRequest) -> None:
+    """Accepted by this node's daemon, not uploaded (its S3 endpoint refuses
+    connections): the view, which reads S3 directly, shows the task and its
+    artifact as pending upload; once the endpoint is back, as stored."""
+    from tests.faultproxy import FaultProxy
+
+    with short_tmpdir() as root:
+        backend = _make("s3", request, root)
+        proxy = FaultProxy(backend.target).start()
+        request.addfinalizer(proxy.stop)
+        proxy.set("refuse")
+        env = Env(root, backend.uri)
+        env.config.write_text(_toml("s3", backend.options_via(proxy.endpoint)))
+        direct = root / "direct.toml"
+        direct.write_text(_toml("s3", backend.options))
+        daemon = DaemonProc(env).wait_ready()
+        ui = None
+        try:
+            code = """
+                from artisync import Task
+                t = Task.init(project_name="pending view", task_name="offline run")
+                t.upload_artifact("cfg", {"epochs": 3})
+                t.close()
+                print(t.id)
+            """
+            task_id = run_py(env, code).stdout.split()[-1]
+            port = _free_port()
+            ui = subprocess.Popen(
+                [sys.executable, "-m", "artisync.cli", "ui", "--port", str(port)],
+                env=env.environ(ARTISYNC_CONFIG=str(direct)),
+                stdout=open(root / "ui.log", "w"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+            )
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while _get_quiet(base + "/") is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            status, _, body = _get(base + "/p/" + quote("pending view", safe=""))
+            assert status == 200 and b"offline run" in body and b"pending upload" in body
+            task_url = f"{base}/p/{quote('pending view', safe='')}/t/{task_id}"
+            status, _, body = _get(task_url)
+            assert status == 200 and b"Pending upload (1)" in body and b"cfg" in body
+            proxy.set("pass")
+            wait = (
+                "from artisync.cli import main; raise SystemExit(main(['wait', '--timeout', '90']))"
+            )
+            run_py(env, wait, timeout=120)
+            status, _, body = _get(task_url)
+            assert status == 200, (root / "ui.log").read_text()
+            assert b"Pending upload" not in body
+            assert b'data-name="cfg"' in body and b"Artifacts (1)" in body
+        finally:
+            if ui is not None:
+                ui.terminate()
+                ui.wait(10)
+            daemon.stop()
+
+
+def _get_quiet(url: str) -> bytes | None:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return bytes(r.read())
+    return None

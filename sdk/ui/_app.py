@@ -31,7 +31,7 @@ from artisync.protocol.formats import read_listing
 
 from .._lookup import artifact_from
 from .._reader import Reader, cache_inline
-from . import _previews
+from . import _pending, _previews
 
 T = TypeVar("T")
 PAGE = 50  # tasks a project page lists
@@ -49,6 +49,7 @@ class View:
         self.settings = settings
         self.uri = uri
         self.reader = Reader(settings)
+        self.pending = _pending.Pending(settings, uri)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -59,6 +60,9 @@ class View:
         if not _TASK_ID.match(task_id):
             raise web.HTTPNotFound(text=f"no task {task_id!r}")
         rec = await self.run(self.reader.task_record, self.uri, task_id)
+        if rec is None:  # maybe accepted here and not uploaded yet
+            tasks, _ = await self.run(self.pending.ask, None, task_id)
+            rec = dict(tasks[0], pending=True) if tasks else None
         project = request.match_info.get("project")
         if rec is None or (project is not None and rec.get("project") != project):
             raise web.HTTPNotFound(text=f"no task {task_id!r} in project {project!r}")
@@ -118,11 +122,25 @@ async def project(request: web.Request) -> dict[str, Any]:
     except ValueError:
         raise web.HTTPBadRequest(text="page must be a number") from None
     tasks, more = await view.run(view.reader.task_page, view.uri, name, (page - 1) * PAGE, PAGE)
+    if page == 1:
+        tasks = await _pending_tasks(view, name, tasks) + tasks
     if not tasks and page == 1:
         known = await view.run(view.reader.projects, view.uri)
         if name not in known:
             raise web.HTTPNotFound(text=f"no project {name!r}")
     return {"project": name, "tasks": tasks, "page": page, "more": more}
+
+
+async def _pending_tasks(
+    view: View, project: str, stored: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The daemon's tasks of ``project`` that storage does not hold yet."""
+    daemon, _ = await view.run(view.pending.ask, project, None)
+    maybe = _pending.not_stored(daemon, stored, "task_id")
+    found = await asyncio.gather(
+        *(view.run(view.reader.task_record, view.uri, t["task_id"]) for t in maybe)
+    )
+    return [t for t, rec in zip(maybe, found, strict=True) if rec is None]
 
 
 async def artifact_count(request: web.Request) -> web.Response:
@@ -137,7 +155,9 @@ async def task_page(request: web.Request) -> dict[str, Any]:
     view = _view(request)
     task = await view.task(request)
     arts = await view.run(view.reader.artifact_records, view.uri, task["task_id"])
-    return {"task": task, "artifacts": arts, "project": task["project"]}
+    _, daemon = await view.run(view.pending.ask, None, task["task_id"])
+    pending = _pending.not_stored(daemon, arts, "record_id")
+    return {"task": task, "artifacts": arts, "pending": pending, "project": task["project"]}
 
 
 @aiohttp_jinja2.template("artifact.html")
@@ -156,7 +176,9 @@ async def preview(request: web.Request) -> web.Response:
     full = request.query.get("full") == "1"
     compact = request.query.get("compact") == "1"
     try:
-        if rec.get("format") == "tree":
+        if (rec.get("size") or 0) > _previews.FETCH_LIMIT and rec.get("format") != "tree":
+            data = {"kind": "none", "why": "too large to preview here: its summary, and download"}
+        elif rec.get("format") == "tree":
             listing = read_listing(await view.run(view.payload, rec))
             data = _previews.tree(listing)
         else:
@@ -296,7 +318,7 @@ def make_app(settings: Settings, uri: str) -> web.Application:
         app,
         loader=jinja2.PackageLoader("artisync.ui", "templates"),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.ChainableUndefined,  # older records may lack a field: blank
     )
     env.filters.update(
         q=lambda s: quote(str(s), safe=""),

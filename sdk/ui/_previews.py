@@ -1,7 +1,8 @@
 """Previews: what the artifact page shows of a stored payload, read with limits.
 
 Each function takes a verified local copy of the payload (a file in the reader's
-cache) and returns plain data for a template. Nothing here loads more than its
+cache) and returns plain data for a template; payloads over :data:`FETCH_LIMIT`
+are not fetched for a preview at all. Nothing here loads more than its
 limit: a parquet preview reads the first row groups only (its shape and column
 statistics come from the footer), a text preview reads its first bytes, an array
 preview is skipped past :data:`ARRAY_LIMIT`. Pickles are never unpickled.
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 ROWS = 500  # table rows shown
+# payloads larger than this are not fetched for a preview (storage is read whole into
+# the verified cache first): the record's own summary is shown, and the download
+FETCH_LIMIT = 512 * 1024 * 1024
 TEXT_LIMIT = 256 * 1024  # bytes of text shown before "show all"
 TEXT_ALL_LIMIT = 16 * 1024 * 1024  # "show all" stops here too
 ARRAY_LIMIT = 256 * 1024 * 1024  # npz payloads larger than this: metadata only
