@@ -391,6 +391,7 @@ def test_pending_uploads_show_beside_storage(request: pytest.FixtureRequest) -> 
         direct.write_text(_toml("s3", backend.options))
         daemon = DaemonProc(env).wait_ready()
         ui = None
+        log = (root / "ui.log").open("w")
         try:
             code = """
                 from artisync import Task
@@ -404,7 +405,7 @@ def test_pending_uploads_show_beside_storage(request: pytest.FixtureRequest) -> 
             ui = subprocess.Popen(
                 [sys.executable, "-m", "artisync.cli", "ui", "--port", str(port)],
                 env=env.environ(ARTISYNC_CONFIG=str(direct)),
-                stdout=open(root / "ui.log", "w"),  # noqa: SIM115
+                stdout=log,
                 stderr=subprocess.STDOUT,
             )
             base = f"http://127.0.0.1:{port}"
@@ -429,6 +430,7 @@ def test_pending_uploads_show_beside_storage(request: pytest.FixtureRequest) -> 
             if ui is not None:
                 ui.terminate()
                 ui.wait(10)
+            log.close()
             daemon.stop()
 
 
