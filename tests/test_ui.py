@@ -52,6 +52,8 @@ t = Task.init(project_name="view tests", task_name=f"run {variant}")
 frame = pd.DataFrame({"step": range(1000), "loss": [1.0 / (i + 1) for i in range(1000)]})
 t.upload_artifact("frame", frame, metadata={"split": "train"})
 t.upload_artifact("config", {"lr": 0.1 if variant == "a" else 0.2, "layers": [64, 64]})
+t.upload_artifact("config yaml", {"optimizer": "adam"}, extension_name=".yaml")
+t.upload_artifact("frame csv", frame.head(600), extension_name=".csv.gz")
 t.upload_artifact("weights", np.arange(12.0).reshape(3, 4))
 t.upload_artifact("picture", Image.new("RGB", (64, 48), (200, 30, 30)))
 t.upload_artifact("folder", data)
@@ -214,6 +216,12 @@ def test_previews_are_capped(served: Served) -> None:
     status, _, body = _get(_artifact_url(served, "a", "big frame", "/preview"))
     assert status == 200 and b"200,000 rows" in body
     assert body.count(b"<tr>") <= 500 + 10  # 500 rows shown, plus headers and the summary
+    # a csv.gz frame: its first 500 rows (its size unknown without reading it all)
+    status, _, body = _get(_artifact_url(served, "a", "frame csv", "/preview"))
+    assert status == 200 and b"first 500 rows" in body and b"<th>499</th>" in body
+    assert b"<th>500</th>" not in body
+    status, _, body = _get(_artifact_url(served, "a", "config yaml", "/preview"))
+    assert status == 200 and b"optimizer: adam" in body
 
 
 def test_downloads_are_attachments_except_images(served: Served) -> None:
@@ -287,10 +295,17 @@ def test_browse_project_task_artifact(served: Served, browser: Any) -> None:
     d.find_element(By.LINK_TEXT, "view tests").click()
     rows = _wait(d, "table.tasks tbody").find_elements(By.TAG_NAME, "tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["run b", "run a"]
-    # artifact counts arrive lazily (htmx): 9 artifacts in each run
+    # artifact counts arrive lazily (htmx): 11 artifacts in each run
     WebDriverWait(d, 30).until(
-        lambda drv: [c.text for c in drv.find_elements(By.CSS_SELECTOR, "td.count")] == ["9", "9"]
+        lambda drv: [c.text for c in drv.find_elements(By.CSS_SELECTOR, "td.count")] == ["11", "11"]
     )
+    # a click on a column's header sorts the page by it
+    d.find_element(By.XPATH, "//table[contains(@class, 'tasks')]//th[text()='Name']").click()
+    names = [
+        r.find_elements(By.TAG_NAME, "td")[1].text
+        for r in d.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")
+    ]
+    assert names == ["run a", "run b"]
     d.find_element(By.LINK_TEXT, "run a").click()
     # the DataFrame's first rows (its preview loaded lazily), the image loaded, the JSON
     frame = _wait(d, 'tr[data-name="frame"] table.frame tbody')
