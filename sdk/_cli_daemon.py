@@ -12,6 +12,7 @@ from artisync.protocol import Settings, Spool, format_size
 
 from ._client import DaemonClient, DaemonError, DaemonUnavailable
 from ._handover import hand_over
+from ._progress import Progress
 
 
 def _client(settings: Settings) -> DaemonClient:
@@ -49,11 +50,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         return 3
     if args.json:
         print(json.dumps({"running": True, **st}, indent=2))
+    elif args.watch:
+        return _watch(settings, args.watch)
     else:
         print(_format_status(st))
     if st["failed"]["records"] or st.get("rejected", {}).get("records"):
         return 1
     return 0 if st["online"] else 2
+
+
+def _watch(settings: Settings, every: float) -> int:
+    """``status --watch``: the status again every ``every`` seconds, until Ctrl-C (on a
+    terminal in place; elsewhere one block after the other, with its time)."""
+    client = _client(settings)
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                text = _format_status(client.request({"op": "status"}, timeout=10)["status"])
+            except DaemonUnavailable as exc:
+                text = f"daemon: not running ({exc})"
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: the block stays in place
+            else:
+                text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}"
+            print(text, flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _format_status(st: dict[str, Any]) -> str:
@@ -106,15 +130,15 @@ def _encoding_line(st: dict[str, Any]) -> list[str]:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    start = time.monotonic()
+    bar = Progress("uploading", quiet=args.quiet)
+    peak = 0  # the most bytes seen waiting: the bar's total
 
     def progress(p: dict[str, Any]) -> None:
+        nonlocal peak
+        left = int(p.get("bytes", 0))
+        peak = max(peak, left)
         off = f", offline: {', '.join(p['offline'])}" if p.get("offline") else ""
-        sys.stderr.write(
-            f"\rwaiting: {p['remaining']} records, {format_size(p['bytes'])} "
-            f"left ({time.monotonic() - start:.0f} s){off}   "
-        )
-        sys.stderr.flush()
+        bar.update(peak - left, peak, f"{p['remaining']} records left{off}")
 
     client = _client(settings)
     try:
@@ -125,16 +149,18 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
             on_progress=progress,
         )
     except DaemonUnavailable as exc:
-        print(f"\nartisync wait: {exc}", file=sys.stderr)
+        print(f"artisync wait: {exc}", file=sys.stderr)
         return 3
     except DaemonError as exc:
-        print(f"\nartisync wait: {exc}", file=sys.stderr)
+        print(f"artisync wait: {exc}", file=sys.stderr)
         return 2
-    sys.stderr.write("\n")
+    finally:
+        bar.close()
     if reply["failed"]:
         print(f"done, but {reply['failed']} records failed: see `artisync status`")
         return 1
-    print("everything acknowledged so far is committed")
+    if not args.quiet:
+        print("everything acknowledged so far is committed")
     return 0
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import shutil
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
+from typing import Any
 
 from artisync.protocol import NotFound, Settings
 
-from ._reader import Reader
+from ._progress import Progress
+from ._reader import Reader, cache_root
 from ._task import Task
 
 
@@ -34,6 +39,7 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
         task,
         artifact,
         Path(args.output) if args.output else None,
+        quiet=args.quiet,
     )
     print(out)
     return 0
@@ -94,15 +100,30 @@ def cmd_migrate_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def fetch_to(uri: str, project: str, task: str, artifact: str, out: Path | None) -> Path:
-    """The newest task of that name, that artifact's verified local copy (or ``out``)."""
+def fetch_to(
+    uri: str, project: str, task: str, artifact: str, out: Path | None, *, quiet: bool = True
+) -> Path:
+    """The newest task of that name, that artifact's verified local copy (or ``out``),
+    with progress: bytes of its objects in the local cache so far."""
     t = Task.get_task(project_name=project, task_name=task, output_uri=uri)
     if artifact not in t.artifacts:
         raise NotFound(
             f"task {task!r} has no artifact {artifact!r} "
             f"(it has: {', '.join(sorted(t.artifacts)) or 'none'})"
         )
-    local = Path(t.artifacts[artifact].get_local_copy(raise_on_error=True) or "")
+    art = t.artifacts[artifact]
+    blobs = [(str(sha), int(size)) for sha, size in art.record.get("blobs") or []]
+    bar = Progress(f"downloading {artifact}", quiet=quiet)
+    total = sum(size for _, size in blobs)
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(art.get_local_copy, raise_on_error=True)
+        try:
+            while not _done(job, 0.2):
+                bar.update(_in_cache(blobs), total)
+            bar.update(total, total)
+        finally:
+            bar.close()
+        local = Path(job.result() or "")
     if out is None:
         return local
     if local.is_dir():
@@ -110,6 +131,30 @@ def fetch_to(uri: str, project: str, task: str, artifact: str, out: Path | None)
     else:
         shutil.copyfile(local, out)
     return out
+
+
+def _done(job: Future[Any], wait: float) -> bool:
+    try:
+        job.result(timeout=wait)
+    except FuturesTimeout:
+        return False
+    except Exception:
+        return True  # raised by job.result() below
+    return True
+
+
+def _in_cache(blobs: list[tuple[str, int]]) -> int:
+    """Bytes of ``blobs`` in the reader's cache: whole objects, and those being written."""
+    cache = cache_root()
+    done = 0
+    for sha, size in blobs:
+        if (cache / sha).exists():
+            done += size
+            continue
+        for part in cache.glob(f".{sha}.*.tmp"):
+            with contextlib.suppress(OSError):
+                done += part.stat().st_size
+    return done
 
 
 def _iso(ts: float) -> str:

@@ -24,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_args(d)
     s = sub.add_parser("status", help="backlog, uploads, failures, online/offline")
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
     ls = sub.add_parser("ls", help="list projects, tasks, or a task's artifacts")
     ls.add_argument("project", nargs="?")
     ls.add_argument("task", nargs="?")
@@ -35,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("path", metavar="PROJECT/TASK/ARTIFACT")
     g.add_argument("-o", "--output", help="where to put it (default: the local cache)")
     g.add_argument("--uri", help="storage to read (default: the configured output URI)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
     w = sub.add_parser("wait", help="wait until everything acknowledged is committed")
     w.add_argument("--task", help="only this task id")
     w.add_argument("--timeout", type=float, help="give up after this many seconds")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors")
     sub.add_parser("retry", help="queue failed records again")
     mig = sub.add_parser(
         "migrate-index", help="move a bucket's task index to the newest-first layout"

@@ -111,3 +111,77 @@ def test_bad_configuration_is_reported(env: Env) -> None:
     d = DaemonProc(env)
     assert d.wait_exit(30) == 2
     assert "configuration error" in d.output()
+
+
+def _pty_run(env: Env, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """``artisync ARGS`` with its stdout and stderr on a pseudo-terminal, as in a shell."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artisync.cli", *args],
+        env=env.environ(COLUMNS="120"),
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the other side closed: the process is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_of_get_and_wait(daemon: DaemonProc, env: Env) -> None:
+    """A bar on a terminal (rich: bytes, rate), plain lines in a log, nothing with -q."""
+    run_py(
+        env,
+        """
+        import os
+        from artisync import Task
+        t = Task.init(project_name="cli proj", task_name="big")
+        t.upload_artifact("blob", os.urandom(24 * 2**20))
+        t.close()
+        """,
+    )
+    w = cli(env, "wait", "-q", "--timeout", "60")
+    assert (w.returncode, w.stdout, w.stderr) == (0, "", "")
+    # not a terminal: one plain line at the end, with the size
+    out = cli(env, "get", "cli proj/big/blob", "-o", str(env.root / "a.bin"))
+    assert out.returncode == 0, out.stderr
+    assert "downloading blob: 24.0 MiB of 24.0 MiB" in out.stderr
+    assert (env.root / "a.bin").stat().st_size == 24 * 2**20
+    quiet = cli(env, "get", "-q", "cli proj/big/blob", "-o", str(env.root / "b.bin"))
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    # a terminal, and a cold cache: rich's bar, with bytes done and the rate
+    code, shown = _pty_run(
+        env, "get", "cli proj/big/blob", "-o", str(env.root / "c.bin"), timeout=60
+    )
+    assert code == 0, shown
+    assert "downloading blob" in shown and "25.2/25.2 MB" in shown, shown
+    assert "\x1b[" in shown  # drawn in place
+
+
+def test_status_watch_refreshes(daemon: DaemonProc, env: Env) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artisync.cli", "status", "--watch", "0.5"],
+        env=env.environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(2)  # Ctrl-C
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    blocks = [b for b in out.split("--- ") if b.strip()]
+    assert len(blocks) >= 3 and all("backlog:" in b for b in blocks), out
