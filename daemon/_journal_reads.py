@@ -180,16 +180,20 @@ def collectable(db: sqlite3.Connection, shas: Sequence[str], orphans: Sequence[s
     return out
 
 
-def known_objects(db: sqlite3.Connection, destination_uri: str, shas: Sequence[str]) -> set[str]:
-    """Of ``shas``, those the destination is known to hold (one query per 500)."""
+def known_objects(
+    db: sqlite3.Connection, destination_uri: str, shas: Sequence[str], since: float = 0.0
+) -> set[str]:
+    """Of ``shas``, those the destination is known to hold since ``since`` (one query
+    per 500)."""
     found: set[str] = set()
     for i in range(0, len(shas), 500):
         chunk = list(shas[i : i + 500])
         found.update(
             r["sha256"]
             for r in db.execute(
-                f"SELECT sha256 FROM objects WHERE dest=? AND sha256 IN ({marks(chunk)})",
-                (destination_uri, *chunk),
+                f"SELECT sha256 FROM objects WHERE dest=? AND uploaded >= ? "
+                f"AND sha256 IN ({marks(chunk)})",
+                (destination_uri, since, *chunk),
             )
         )
     return found

@@ -81,6 +81,7 @@ class Daemon:
             self.destinations,
             config.concurrency,
             config.object_concurrency,
+            config.settings.reuse_window,
         )
         self.encoder = Encoder(self.journal, self.spool, config.encode_workers, self.uploader.poke)
         self.committer = Committer(self.journal, self._on_commit)

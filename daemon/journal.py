@@ -158,17 +158,22 @@ class Journal:
 
         return await self._run(insert)
 
-    async def has_object(self, destination_uri: str, sha256: str) -> bool:
-        return sha256 in await self.known_objects(destination_uri, [sha256])
+    async def has_object(self, destination_uri: str, sha256: str, since: float = 0.0) -> bool:
+        return sha256 in await self.known_objects(destination_uri, [sha256], since)
 
-    async def known_objects(self, destination_uri: str, shas: Sequence[str]) -> set[str]:
-        """Of ``shas``, those the destination is known to hold."""
-        return await self._run(lambda db: _reads.known_objects(db, destination_uri, shas))
+    async def known_objects(
+        self, destination_uri: str, shas: Sequence[str], since: float = 0.0
+    ) -> set[str]:
+        """Of ``shas``, those the destination is known to hold, uploaded or confirmed
+        at ``since`` or later."""
+        return await self._run(lambda db: _reads.known_objects(db, destination_uri, shas, since))
 
     async def add_object(self, destination_uri: str, sha256: str, size: int) -> None:
+        """The destination holds the object as of now (uploaded, or found fresh there)."""
         await self._write(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO objects VALUES (?,?,?,?)",
+                "INSERT INTO objects VALUES (?,?,?,?) ON CONFLICT(dest, sha256) "
+                "DO UPDATE SET uploaded = excluded.uploaded",
                 (destination_uri, sha256, size, time.time()),
             )
         )

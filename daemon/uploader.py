@@ -19,8 +19,9 @@ import stat
 import time
 from typing import Any
 
-from artisync.protocol import Spool, object_key
+from artisync.protocol import REUSE_WINDOW, Spool, object_key
 
+from .delete_after import delete_original
 from .destinations import Destination, Destinations
 from .journal import Journal, Row, State
 from .metrics import METRICS
@@ -52,8 +53,10 @@ class Uploader:
         destinations: Destinations,
         concurrency: int,
         object_concurrency: int = 32,
+        reuse_window: float = REUSE_WINDOW,
     ) -> None:
         self.journal = journal
+        self.reuse_window = reuse_window
         self.spool = spool
         self.destinations = destinations
         self.concurrency = concurrency
@@ -183,11 +186,13 @@ class Uploader:
         suspect = (row.destination_uri, row.seq) in self.journal.suspects
         try:
             inline = inline_blob(row.body)  # travels in the record: no object of its own
+            # also when only publishing is left: an object confirmed longer ago than the
+            # reuse window may have been pruned since (known fresh ones cost no request)
+            refs = await self.journal.refs(row.seq)
+            if inline is not None:
+                refs = [ref for ref in refs if ref[0] != inline[0]]
+            await self._ensure_objects(destination, refs, suspect)
             if row.state is not State.UPLOADED:
-                refs = await self.journal.refs(row.seq)
-                if inline is not None:
-                    refs = [ref for ref in refs if ref[0] != inline[0]]
-                await self._ensure_objects(destination, refs, suspect)
                 await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
                 for key in record_keys(row.body):
@@ -214,7 +219,7 @@ class Uploader:
         await self.journal.set_state(row.seq, State.COMMITTED)
         METRICS.record_committed(destination.storage.scheme, row.kind)
         self.journal.suspects.discard((row.destination_uri, row.seq))
-        await self._delete_original(row)
+        await asyncio.to_thread(delete_original, row)
 
     async def _retry_later(
         self, destination: Destination, row: Row, exc: TransientStorageError
@@ -276,10 +281,11 @@ class Uploader:
         error cancels the rest and is raised."""
         if not refs:
             return
+        since = time.time() - self.reuse_window
         known = (
             set()
             if suspect
-            else await self.journal.known_objects(destination.uri, [s for s, _ in refs])
+            else await self.journal.known_objects(destination.uri, [s for s, _ in refs], since)
         )
         todo = [(sha, size) for sha, size in refs if sha not in known]
         there = [size for sha, size in refs if sha in known]
@@ -319,7 +325,8 @@ class Uploader:
                 # unfinished upload the destination lists for it was abandoned
                 if suspect:  # by a killed daemon, or by a failed attempt whose abort failed
                     await destination.abort_incomplete(object_key(sha), self.started, size)
-                if not await self.journal.has_object(destination.uri, sha):
+                since = time.time() - self.reuse_window
+                if not await self.journal.has_object(destination.uri, sha, since):
                     await self._upload_object(destination, sha, size)
                     await self.journal.add_object(destination.uri, sha, size)
             fut.set_result(None)
@@ -345,7 +352,11 @@ class Uploader:
         # content addresses, so a second copy is the same bytes)
         if size >= storage.head_before_put:
             info = await storage.head(okey)
-            if info is not None and info.size == size:
+            # reused only if written within the reuse window: an older one may be a
+            # candidate of `artisync prune`, so it is written again (the same bytes)
+            fresh = info is not None and (info.modified or 0) >= time.time() - self.reuse_window
+            # (with no copy in the spool to send, what storage has is what there is)
+            if info is not None and info.size == size and (fresh or not self._spooled(sha)):
                 METRICS.deduplicated(storage.scheme, 1, size)
                 return
         path = self.spool.blob_path(sha)
@@ -368,25 +379,8 @@ class Uploader:
             # could not remove
             await destination.abort_incomplete(okey, self.started, size)
 
-    async def _delete_original(self, row: Row) -> None:
-        """``delete_after_upload``: only the submitter's own, unchanged file."""
-        spec = row.body.get("delete_after")
-        if row.kind != "artifact" or not isinstance(spec, dict) or row.peer_uid is None:
-            return  # (a task record may carry anything in fields it does not define)
-        path = spec.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path):
-            return
-        try:
-            st = os.lstat(path)
-            if (
-                stat.S_ISREG(st.st_mode)
-                and st.st_uid == row.peer_uid
-                and st.st_size == spec.get("size")
-                and st.st_mtime_ns == spec.get("mtime_ns")
-            ):
-                os.unlink(path)
-        except OSError as exc:
-            log.info("not deleting %s after upload: %s", path, exc)
+    def _spooled(self, sha: str) -> bool:
+        return os.path.isfile(self.spool.blob_path(sha))
 
 
 def _waiting(row: Row) -> State:

@@ -71,11 +71,12 @@ from ._records import (
     task_event,
     validate_record,
 )
-from ._settings import Settings, load_settings
-from ._sizes import format_size, parse_size
+from ._settings import REUSE_WINDOW, Settings, load_settings
+from ._sizes import format_size, parse_duration, parse_size
 from ._spool import Spool, atomic_write_bytes, copy_file_fast, fsync_dir, hash_file
 
 __all__ = [
+    "REUSE_WINDOW",
     "DESTINATION_SCHEMES",
     "parse_destination",
     "MAX_METADATA_BYTES",
@@ -141,6 +142,7 @@ __all__ = [
     "object_key",
     "ok",
     "parse_size",
+    "parse_duration",
     "version_stamp",
     "task_key",
     "unpack_body",

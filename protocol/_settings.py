@@ -19,6 +19,7 @@ from ._sizes import parse_size
 
 _FALSE = {"0", "false", "no", "off", ""}
 SYSTEM_SOCKET = Path("/run/artisync/artisyncd.sock")
+REUSE_WINDOW = 6 * 3600.0  # seconds; see Settings.reuse_window
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class Settings:
     daemon_user: str = "artisync"  # the user a shared daemon must run as (checked by the kernel)
     # this user's own folder where reports wait while a shared daemon cannot be reached
     handover: Path = Path("handover")
+    # an object already in storage is reused (not sent again) only if it was written or
+    # confirmed this recently, and the record that points to it is published within the
+    # same window; `artisync prune` deletes only objects older than twice it. Every
+    # writer and pruner of one bucket must agree on it (see README: Retention).
+    reuse_window: float = REUSE_WINDOW
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -108,6 +114,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ack = float(pick("ARTISYNC_ACK_TIMEOUT", "ack_timeout", 10.0))
         wait = float(pick("ARTISYNC_WAIT_TIMEOUT", "wait_timeout", 300.0))
         exit_timeout = float(pick("ARTISYNC_EXIT_TIMEOUT", "exit_timeout", 5.0))
+        reuse = float(pick("ARTISYNC_REUSE_WINDOW", "reuse_window", REUSE_WINDOW))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
     spool_limit, spool_full, spool_wait = _quota(pick)
@@ -133,6 +140,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         output_chosen=bool(env.get("ARTISYNC_OUTPUT_URI") or table.get("output_uri")),
         daemon_user=str(pick("ARTISYNC_DAEMON_USER", "daemon_user", "artisync")),
         handover=state / "artisync" / "handover",
+        reuse_window=reuse,
     )
 
 

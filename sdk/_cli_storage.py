@@ -1,4 +1,4 @@
-"""``artisync ls``, ``get``, ``ui`` and ``doctor``: storage read directly, no daemon needed."""
+"""``artisync ls``, ``get``, ``ui``, ``prune`` and ``doctor``: storage read directly, no daemon needed."""
 
 from __future__ import annotations
 
@@ -54,6 +54,40 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = run_loop(doctor(uri, load_config(settings).options_for(uri)))
     print(format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete by policy: the config's ``[prune]`` table, with the flags on top."""
+    from artisync.daemon.cli import run_loop
+    from artisync.daemon.config import load_config
+    from artisync.daemon.prune import Policy, prune
+    from artisync.daemon.storage import open_storage
+
+    table = dict(settings.raw.get("prune") or {})
+    table.pop("every", None)  # the daemon's schedule
+    for key in ("older_than", "before", "keep_versions"):
+        if getattr(args, key) is not None:
+            table[key] = getattr(args, key)
+    if args.project:
+        table["projects"] = args.project
+    if args.status:
+        table["statuses"] = args.status
+    if args.no_objects:
+        table["objects"] = False
+    policy = Policy.from_table(table)
+    uri = args.uri or settings.output_uri
+
+    async def go() -> str:
+        st = open_storage(uri, load_config(settings).options_for(uri))
+        try:
+            report = await prune(st, policy, settings.reuse_window, apply=args.yes)
+        finally:
+            await st.aclose()
+        return report.summary(uri)
+
+    print(f"prune {uri}: {policy.describe()}")
+    print(run_loop(go()))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:

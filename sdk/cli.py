@@ -54,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("--uri", help="storage to migrate (default: the configured output URI)")
     mig.add_argument("--yes", action="store_true", help="do it (without: count what would move)")
+    pr = sub.add_parser(
+        "prune", help="delete old tasks and versions by policy, then unreferenced objects"
+    )
+    pr.add_argument("--uri", help="storage to prune (default: the configured output URI)")
+    when = pr.add_mutually_exclusive_group()
+    when.add_argument("--older-than", metavar="AGE", help='tasks started longer ago ("90d", "12h")')
+    when.add_argument("--before", metavar="DATE", help="tasks started before (2026-01-31)")
+    pr.add_argument("--project", action="append", help="only this project (repeatable)")
+    pr.add_argument(
+        "--status", action="append", help="only tasks in this state (default: closed ones)"
+    )
+    pr.add_argument(
+        "--keep-versions", type=int, metavar="N", help="keep each artifact's newest N versions"
+    )
+    pr.add_argument("--no-objects", action="store_true", help="leave unreferenced objects")
+    pr.add_argument("--yes", action="store_true", help="delete (without: a dry run that counts)")
     ui = sub.add_parser("ui", help="browse what runs produced in a web page (read-only)")
     ui.add_argument("--uri", help="storage to show (default: the configured output URI)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -73,6 +89,7 @@ HANDLERS = {
     "doctor": _cli_storage.cmd_doctor,
     "migrate-index": _cli_storage.cmd_migrate_index,
     "ui": _cli_storage.cmd_ui,
+    "prune": _cli_storage.cmd_prune,
 }
 
 
