@@ -24,6 +24,7 @@ from typing import Any
 
 from artisync.protocol import Spool, check_folder, load_settings
 
+from . import prune
 from .config import DaemonConfig, load_config
 from .destinations import Destinations
 from .encoder import Encoder
@@ -186,6 +187,7 @@ class Daemon:
                 tg.create_task(self._idle_watch())
                 tg.create_task(self._shutdown(server))
                 tg.create_task(self._warm_up())
+                tg.create_task(prune.scheduled(self))
                 if self.config.metrics:
                     tg.create_task(self._serve_metrics(self.config.metrics))
                 log.info(

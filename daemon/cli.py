@@ -50,6 +50,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     from .app import Daemon, SpoolLocked
     from .config import load_config
+    from .prune import schedule_of
 
     _setup_logging(args.log_level)
     overrides: dict[str, Any] = {"exit_when_idle": args.exit_when_idle}
@@ -57,6 +58,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         overrides["idle_exit"] = args.idle_exit
     try:
         config = load_config(**overrides)
+        schedule_of(config.settings.raw)  # a bad [prune] table: refused now, not at 3 am
     except ValueError as exc:
         print(f"artisyncd: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ class Policy:
     objects: bool = True  # then remove the objects no remaining record references
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], now: float | None = None) -> Policy:
+    def from_table(cls, table: Mapping[str, Any], now: float | None = None) -> Policy:
         """A ``[prune]`` table: ``older_than`` (a duration such as "90d") or ``before``
         (an ISO date), ``projects``, ``statuses``, ``keep_versions``, ``objects``.
 
@@ -148,6 +148,44 @@ async def prune(st: Storage, policy: Policy, reuse_window: float, apply: bool) -
             report.objects, report.object_bytes = found
     log.info("prune %s: %s", st.uri, report.summary(st.uri).replace("\n", ";"))
     return report
+
+
+# -- on a schedule --------------------------------------------------------------------------
+def schedule_of(raw: Mapping[str, Any]) -> tuple[float, Policy] | None:
+    """``[prune] every = "24h"`` and the policy beside it, or None (not scheduled).
+
+    :raises ValueError: a bad ``[prune]`` table (the daemon refuses to start)."""
+    table = dict(raw.get("prune") or {})
+    every = table.pop("every", None)
+    policy = Policy.from_table(table)  # checked even when not scheduled
+    if not every:
+        return None
+    interval = parse_duration(every)
+    if interval < 1:
+        raise ValueError("[prune] every must be at least a second (hours are usual)")
+    return interval, policy
+
+
+async def scheduled(app: Any) -> None:
+    """Run the ``[prune]`` policy on the default destination every ``every`` (the first
+    run one interval after start); a failed run is logged and tried at the next."""
+    found = schedule_of(app.config.settings.raw)
+    if found is None:
+        return
+    interval, _ = found
+    uri = app.config.settings.output_uri
+    while app.accepting:
+        await app.sleep_unless_stopping(interval)
+        if not app.accepting:
+            return
+        try:
+            policy = Policy.from_table(
+                {k: v for k, v in app.config.settings.raw["prune"].items() if k != "every"}
+            )  # "older_than" counts from now
+            storage = app.destinations.get(uri).storage
+            await prune(storage, policy, app.config.settings.reuse_window, apply=True)
+        except Exception as exc:
+            log.error("scheduled prune of %s failed (next in %.0f s): %s", uri, interval, exc)
 
 
 # -- tasks ----------------------------------------------------------------------------------

@@ -264,3 +264,43 @@ def test_a_killed_prune_leaves_readable_data_and_a_rerun_finishes(
         after = _stored(backend)
         assert not any(doomed in key for key in after)
         assert not any(key.startswith(("prune/", "index/tasks/", "index/all/")) for key in after)
+
+
+def test_the_daemon_prunes_on_its_schedule(request: pytest.FixtureRequest) -> None:
+    with short_tmpdir() as root:
+        backend = _make("file", request, root)
+        env = _env(root, backend)
+        env.config.write_text('[prune]\nevery = "2s"\nolder_than = "1s"\nkeep_versions = 1\n')
+        daemon = DaemonProc(env).wait_ready()
+        try:
+            code = """
+                from artisync import Task
+                t = Task.init(project_name="sched", task_name="short")
+                t.upload_artifact("cfg", {"a": 1})
+                t.close()
+                print(t.id)
+            """
+            task_id = run_py(env, code).stdout.split()[-1]
+            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
+            deadline = time.monotonic() + 30
+            while any(task_id in key for key in _stored(backend)):
+                assert time.monotonic() < deadline, "the scheduled prune never ran"
+                time.sleep(0.5)
+        finally:
+            daemon.stop()
+        assert "scheduled prune" not in daemon.output()  # no failed run was logged
+
+
+def test_a_bad_prune_table_stops_the_daemon_at_start() -> None:
+    with short_tmpdir() as root:
+        env = Env(root)
+        env.config.write_text('[prune]\nolder_than = "soon"\n')
+        out = subprocess.run(
+            [sys.executable, "-m", "artisync.daemon"],
+            env=env.environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2
+        assert "configuration error" in out.stderr and "not a duration" in out.stderr
