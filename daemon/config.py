@@ -21,6 +21,11 @@ allowed_destinations = ["s3://team-artifacts/runs", "/mnt/nfs/artifacts"]  # sys
                            # the only destinations (and what is under them) clients may name
 metrics = "127.0.0.1:9464" # Prometheus /metrics and /healthz (off by default)
 
+[prune]                    # retention (artisync.daemon.prune); `every` runs it here
+every = "24h"
+older_than = "90d"
+keep_versions = 10
+
 [storage.s3]               # defaults for every s3:// destination
 part_size = 8388608
 
