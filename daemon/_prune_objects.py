@@ -98,7 +98,7 @@ async def collect(
         old = [i for i in page if _sha(i.key) not in keep and _older(i, cutoff)]
         if apply:
             old = [i for i in await _gather([_still_old(st, i, cutoff) for i in old]) if i]
-            await _gather([st.delete(i.key) for i in old])
+            await st.delete_many([i.key for i in old])
         count += len(old)
         size += sum(i.size for i in old)
         page.clear()

@@ -363,4 +363,4 @@ async def _each(items: list[str], fn: Callable[[str], Awaitable[Any]]) -> list[A
 
 
 async def _delete_all(st: Storage, keys: list[str]) -> None:
-    await _each(keys, st.delete)
+    await st.delete_many(keys)

@@ -152,6 +152,27 @@ def test_delete_removes_and_missing_key_is_success(backend: Backend) -> None:
     run(go())
 
 
+def test_delete_many_in_batches_missing_keys_are_success(backend: Backend) -> None:
+    names = [f"m/{i:04d}" for i in range(1100)]  # more than one S3 batch (1,000)
+
+    async def go() -> None:
+        async with backend.opened() as s:
+            gate = asyncio.Semaphore(32)
+
+            async def put(n: str) -> None:
+                async with gate:
+                    await s.put_bytes(n, b"x")
+
+            await asyncio.gather(*(put(n) for n in names), s.put_bytes("m-keep", b"k"))
+            await s.delete_many([*names[:1050], "m/never", "other/never"])
+            assert await keys(s, "m/") == names[1050:]
+            await s.delete_many(names)  # again: those gone are fine
+            assert await keys(s, "m") == ["m-keep"]
+            await s.delete_many([])
+
+    run(go())
+
+
 def test_list_prefix_semantics_in_key_order(backend: Backend) -> None:
     names = ["a/b/2", "a/b/1", "a/bc", "a/c/1", "b", "ab"]
 

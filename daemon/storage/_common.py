@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,7 @@ from .retry import Backoff, RetryPolicy, retry_transient
 log = logging.getLogger("artisync.daemon.storage")
 
 MiB = 1024 * 1024
+DELETES_IN_FLIGHT = 32  # single deletes at once, where the service has no batch
 # one part (block, chunk) of a large upload, retried alone inside one put, so that a
 # flaky network never re-sends finished parts: 4 tries, 0.4 s doubling to 5 s
 PART_RETRY = RetryPolicy(
@@ -128,6 +129,20 @@ class CloudStorage:
         digest = hashlib.sha256(data).hexdigest()
         await self._put_small(key, name, data, digest)
         return ObjectInfo(key, len(data), digest)
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """One request per key, :data:`DELETES_IN_FLIGHT` at a time (backends with a
+        batch request override this)."""
+        gate = asyncio.Semaphore(DELETES_IN_FLIGHT)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await self.delete(key)
+
+        await asyncio.gather(*(one(k) for k in keys))
 
     def _integrity(self, message: str, key: str, op: str = "put") -> IntegrityError:
         return IntegrityError(message, op=op, key=key, backend=self.uri)

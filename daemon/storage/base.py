@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -115,6 +115,12 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is success."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every key of ``keys`` (missing ones are success) in as few requests as
+        the service allows: S3's DeleteObjects (1,000 keys a request), Azure's blob
+        batch (256); one request each elsewhere, many in flight."""
         ...
 
     async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -237,6 +237,16 @@ class FileStorage:
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await self._run("delete", key, lambda: path.unlink(missing_ok=True))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(k) for k in keys]  # every key checked before any goes
+
+        def remove() -> None:
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+        if paths:
+            await self._run("delete", keys[0], remove)
 
     async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
         """Remove the temp files of ``key`` older than ``started`` (those of a writer

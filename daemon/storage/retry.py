@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -297,6 +297,10 @@ class RetryingStorage:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, lambda _: self.inner.delete(key))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        if keys:  # idempotent: a retry deletes again what is left
+            await self._call("delete", keys[0], lambda _: self.inner.delete_many(keys))
 
     async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
         """Forwarded once, not retried: a transient failure sends the record back to

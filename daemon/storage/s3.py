@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,7 +43,6 @@ from ._common import (
     CloudStorage,
     MiB,
     Prefix,
-    b64_to_hex,
     hex_to_b64,
     opt_str,
     parse_retry_after,
@@ -52,6 +51,7 @@ from ._common import (
 )
 from ._http_errors import HttpErrors
 from ._s3_put import LeanPut, credentials_for
+from ._s3_replies import delete_objects, sha256_of
 from .base import (
     AccessDenied,
     ObjectInfo,
@@ -267,7 +267,7 @@ class S3Storage(CloudStorage):
                     return None
                 raise
         modified = resp["LastModified"].timestamp()
-        return ObjectInfo(key, int(resp["ContentLength"]), _sha256_of(resp), modified)
+        return ObjectInfo(key, int(resp["ContentLength"]), sha256_of(resp), modified)
 
     async def get(self, key: str, target: Path) -> ObjectInfo:
         name = self._prefix.key(key)
@@ -278,7 +278,7 @@ class S3Storage(CloudStorage):
                 while chunk := await body.read(MiB):
                     await out.write(chunk)
                 size = int(resp["ContentLength"])
-                verify_download(out, _sha256_of(resp), size, key, self.uri)
+                verify_download(out, sha256_of(resp), size, key, self.uri)
         return ObjectInfo(key, out.size, out.sha256, resp["LastModified"].timestamp())
 
     async def get_bytes(self, key: str) -> bytes:
@@ -315,6 +315,13 @@ class S3Storage(CloudStorage):
                 if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND:
                     raise
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        names = [self._prefix.key(k) for k in keys]
+        with self._errors("delete", keys[0] if keys else ""):
+            failed = await delete_objects(await self._s3(), self.bucket, names)
+            if failed:  # the first says why (AccessDenied, SlowDown...), as for one key
+                raise ClientError({"Error": failed[0]}, "DeleteObjects")
+
     async def abort_incomplete(self, key: str, *, size: int | None, started: float) -> int:
         """Abort every unfinished multipart upload of ``key``, whatever its age
         (``started`` does not matter: by the contract none is this process's, and
@@ -339,16 +346,6 @@ class S3Storage(CloudStorage):
         if aborted:
             log.info("aborted %d unfinished multipart uploads of %s at %s", aborted, key, self.uri)
         return aborted
-
-
-def _sha256_of(resp: Mapping[str, Any]) -> str | None:
-    recorded = (resp.get("Metadata") or {}).get("sha256")
-    if recorded:
-        return str(recorded).lower()
-    checksum = resp.get("ChecksumSHA256")
-    if checksum and "-" not in checksum:  # "<b64>-N" is a multipart composite, not the file's
-        return b64_to_hex(checksum)
-    return None
 
 
 def _factory(uri: str, options: Mapping[str, Any]) -> S3Storage:
