@@ -185,12 +185,14 @@ def newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
     ]
     if not events:
         return None
-    # a closing event wins over a start that arrived later; a failure (of any process
-    # of the job) over any other end; then the newest
+    # a closing event wins over a start that arrived later, and over an update
+    # (parameters, tags) that did; a failure (of any process of the job) over any
+    # other end; then the newest
     return max(
         events,
         key=lambda e: (
             e.get("event") != "started",
+            e.get("status") != "in_progress",
             e.get("status") == "failed",
             e.get("created", 0),
         ),

@@ -158,7 +158,8 @@ def task_event(
         for field in ("rank", "local_rank", "world_size"):
             base.pop(field, None)
         base.update(origin.fields())
-    base.update(status=status, event=event, record_id=new_id(), created=now, ended=now)
+    ended = now if status != "in_progress" else base.get("ended")
+    base.update(status=status, event=event, record_id=new_id(), created=now, ended=ended)
     return cast(TaskRecord, base)
 
 

@@ -9,6 +9,7 @@ from artisync.protocol import ArtisyncError, InvalidName
 from ._artifact import Artifact
 from ._client import DaemonError, DaemonUnavailable
 from ._errors import UploadFailed, UploadTimeout
+from ._logger import Logger
 from ._quota import SpoolFull
 from ._task import Task
 
@@ -18,6 +19,7 @@ __all__ = [
     "DaemonError",
     "DaemonUnavailable",
     "InvalidName",
+    "Logger",
     "SpoolFull",
     "Task",
     "UploadFailed",

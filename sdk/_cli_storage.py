@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -120,6 +121,11 @@ def list_entries(
         raise NotFound(f"no task {task!r} in project {project!r} at {uri}")
     newest = found[0]
     yield f"# task {newest['task_id']} ({newest.get('status')}) started {_iso(newest['started'])}"
+    for section, values in sorted((newest.get("params") or {}).items()):
+        for key, value in sorted(values.items()):
+            yield f"# param {section}/{key} = {json.dumps(value)}"
+    for name in sorted(newest.get("configuration") or {}):
+        yield f"# configuration {name}"
     for art in reader.artifact_records(uri, newest["task_id"]):
         yield f"{art['name']}\t{art['type']}/{art['format']}\t{art['size']}\t{art['sha256'][:12]}"
 

@@ -17,9 +17,10 @@ from typing import Any, ClassVar, cast
 
 from artisync.protocol import TaskRecord, check_name, new_task_record, task_event
 
-from . import _exit, _job, _lookup
+from . import _exit, _job, _logger, _lookup
 from ._artifact import Artifact
 from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
+from ._clearml import ClearMLSurface
 from ._session import Session
 from ._task_lookup import Lookups
 from ._tracking import Tracked, Tracker, content_hash
@@ -28,7 +29,7 @@ from ._versions import origin, store_version
 log = logging.getLogger("artisync")
 
 
-class Task(Lookups):
+class Task(ClearMLSurface, Lookups):
     """A run that reports artifacts. Create with :meth:`init`; find with :meth:`get_task`."""
 
     _current: ClassVar[Task | None] = None
@@ -52,6 +53,7 @@ class Task(Lookups):
         self._leader = owned  # this process started it: it completes it (see _job)
         self._pid = os.getpid()  # a forked child reports into it, but never closes it
         self._lock = threading.RLock()
+        self._connected: list[tuple[str, Any]] = []  # (section, object) of connect()
 
     # -- creation and lookup ---------------------------------------------------------------
     @classmethod
@@ -281,6 +283,7 @@ class Task(Lookups):
             ``wait_timeout`` setting, 300 s), e.g. because no daemon is running.
         :raises UploadFailed: a record failed permanently.
         """
+        _logger.Logger.flush_task(self.id)  # what a Logger holds goes into the spool
         if wait_for_uploads:
             Session.get().wait_committed(self.id, timeout)
         else:
@@ -295,16 +298,17 @@ class Task(Lookups):
     ) -> None:
         self._set_status("failed", "closed")
 
-    def _set_status(self, status: str, event: str) -> None:
+    def _set_status(self, status: str, event: str, **fields: Any) -> None:
         session = Session.get()
         with self._lock:
-            self._record = dict(
-                task_event(
-                    cast(TaskRecord, self._record), status=status, event=event, origin=origin()
-                )
-            )
+            base = cast(TaskRecord, {**self._record, **fields})
+            self._record = dict(task_event(base, status=status, event=event, origin=origin()))
             rec = dict(self._record)
         session.store(rec)
+
+    def _update(self, **fields: Any) -> None:
+        """Parameters, tags, comment...: the task's next event, its status unchanged."""
+        self._set_status(self.status, "updated", **fields)
 
     def close(self, timeout: float | None = None) -> None:
         """Store the final state of tracked artifacts, mark the task completed, and
@@ -317,6 +321,9 @@ class Task(Lookups):
                 return
             self._closed = True
         self._final_tracked()
+        _logger.Logger.flush_task(self.id)
+        if self._connected:
+            self._reconnect()
         if self.status == "in_progress" and self._leader:
             self._set_status("completed", "closed")
         Session.get().ingest(min(timeout, 2.0) if timeout is not None else 2.0)
@@ -368,3 +375,6 @@ class Task(Lookups):
 
 
 os.register_at_fork(after_in_child=Task._after_fork_in_child)
+
+
+_logger.current_task = Task.current_task
