@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import hashlib
+import itertools
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -198,41 +198,30 @@ class FileStorage:
 
     async def list(self, prefix: str, *, page_size: int | None = None) -> AsyncIterator[ObjectInfo]:
         # The prefix may end inside a name ("projects/a" matches "projects/ab/..."):
-        # walk from its directory part and filter.
+        # walk from its directory part and filter. The walk is lazy and in key order
+        # (a folder sorts as its name plus "/"), read a page at a time: a folder of a
+        # million objects costs a page of memory, not a million keys.
         base_dir, _, _ = prefix.rpartition("/")
-        start = self._path(base_dir) if base_dir else self.root
+        keys = _walk(self.root, base_dir, prefix)
+        step = page_size or 1000
 
-        def walk() -> list[str]:
-            found: list[str] = []
-            for dirpath, dirnames, filenames in os.walk(start):
-                dirnames.sort()
-                rel_dir = os.path.relpath(dirpath, self.root)
-                for name in filenames:
-                    if name.startswith(".") and name.endswith(".tmp"):
-                        continue  # someone's write in progress
-                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                    if key.startswith(prefix):
-                        found.append(key)
-            found.sort()
-            return found
-
-        def stat(keys: list[str]) -> list[ObjectInfo]:
+        def page() -> tuple[list[ObjectInfo], bool]:
+            taken = list(itertools.islice(keys, step))
             out = []
-            for key in keys:
+            for key in taken:
                 try:
                     st = os.stat(os.path.join(self.root, key))
                 except FileNotFoundError:
-                    continue
+                    continue  # deleted since the walk saw it
                 out.append(ObjectInfo(key, st.st_size, None, st.st_mtime))
-            return out
+            return out, len(taken) < step
 
-        keys = await self._run("list", prefix, walk)
-        step = page_size or 1000  # sizes looked up a page at a time, as they are read
-        for i in range(0, len(keys), step):
-            for info in await self._run(
-                "list", prefix, functools.partial(stat, keys[i : i + step])
-            ):
+        while True:
+            found, last = await self._run("list", prefix, page)
+            for info in found:
                 yield info
+            if last:
+                return
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -281,6 +270,23 @@ def _factory(uri: str, options: Mapping[str, Any]) -> FileStorage:
         max_concurrency=int(options.get("concurrency", 8)),
         fsync=bool(options.get("fsync", True)),
     )
+
+
+def _walk(root: Path, rel_dir: str, prefix: str) -> Iterator[str]:
+    """The keys under ``root/rel_dir`` starting with ``prefix``, in key order."""
+    try:
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for sort_name, entry in sorted(entries, key=lambda pair: pair[0]):
+        key = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        if sort_name.endswith("/"):
+            if prefix.startswith(key + "/") or (key + "/").startswith(prefix) or not prefix:
+                yield from _walk(root, key, prefix)
+        elif not (entry.name.startswith(".") and entry.name.endswith(".tmp")):  # a write
+            if key.startswith(prefix):
+                yield key
 
 
 OPTIONS = ("concurrency", "fsync")
