@@ -61,22 +61,27 @@ def fill(root: Path, n: int, per_batch: int) -> list[Path]:
     return unreferenced
 
 
+# the prune process's own peak (VmHWM: per address space; ru_maxrss would carry the
+# bench process's size over from before exec)
+PEAK = (
+    "import sys; from artisync.cli import main; rc = main(sys.argv[1:]); "
+    "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), "
+    "file=sys.stderr); sys.exit(rc)"
+)
+
+
 def run_prune(root: Path, apply: bool) -> tuple[float, float, str]:
     """(seconds, peak RSS MiB, what it printed) of one prune process."""
-    cmd = [sys.executable, "-m", "artisync.cli", "prune", "--uri", str(root)]
+    cmd = [sys.executable, "-c", PEAK, "prune", "--uri", str(root), *(["--yes"] if apply else [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARTISYNC_")}
     env["ARTISYNC_CONFIG"] = os.devnull
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [*cmd, *(["--yes"] if apply else [])], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak, not all children's
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"prune failed ({proc.returncode}): {out}")
-    return time.monotonic() - t0, usage.ru_maxrss / 1024, out
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - t0
+    if out.returncode:
+        raise SystemExit(f"prune failed ({out.returncode}): {out.stderr}")
+    kib = int(out.stderr.split("VmHWM:")[1].split()[0])
+    return seconds, kib / 1024, out.stdout
 
 
 def main() -> None:

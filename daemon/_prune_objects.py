@@ -43,9 +43,10 @@ class Marks:
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="artisync-prune-", suffix=".db")
         os.close(fd)
-        self.db = sqlite3.connect(self.path)
+        # autocommit: an open transaction would hold every page it wrote in memory
+        self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-8192;"
             "CREATE TABLE refs(sha TEXT PRIMARY KEY) WITHOUT ROWID;"
             "CREATE TABLE tasks(id TEXT PRIMARY KEY) WITHOUT ROWID;"
             "CREATE TABLE records(key TEXT PRIMARY KEY) WITHOUT ROWID;"
@@ -75,7 +76,9 @@ class Marks:
         return row is not None
 
     def reference(self, shas: list[str]) -> None:
+        self.db.execute("BEGIN")
         self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?)", [(s,) for s in shas])
+        self.db.execute("COMMIT")
 
     def referenced(self, shas: list[str]) -> set[str]:
         marks = ",".join("?" * len(shas))
