@@ -11,6 +11,7 @@ from ._client import DaemonError, DaemonUnavailable
 from ._errors import UploadFailed, UploadTimeout
 from ._logger import Logger
 from ._quota import SpoolFull
+from ._storage_manager import StorageManager
 from ._task import Task
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidName",
     "Logger",
     "SpoolFull",
+    "StorageManager",
     "Task",
     "UploadFailed",
     "UploadTimeout",
