@@ -195,7 +195,9 @@ class Logger:
             scalars = {k: list(v) for k, v in self._scalars.items()}
         now = (len(scalars["value"]), dict(self._single), len(self._text))
         if now[0] != self._stored[0]:
-            self.task.upload_artifact("scalars", scalars)
+            titles = ", ".join(sorted(set(scalars["title"]))[:10])
+            summary = f"scalars: {now[0]} values of {titles}"
+            self.task.upload_artifact("scalars", scalars, preview=summary)
         if now[1] != self._stored[1]:
             self.task.upload_artifact("single values", now[1])
         if now[2] != self._stored[2]:

@@ -60,6 +60,10 @@ t.upload_artifact("folder", data)
 t.upload_artifact("bomb", Bomb())
 t.upload_artifact("long text", "line of text\n" * 40_000)  # 520 KB: capped preview
 t.upload_artifact("big frame", pd.DataFrame({"i": range(200_000)}))
+logger = t.get_logger()
+for i in range(300):
+    logger.report_scalar("loss", "train", 1.0 / (i + 1), iteration=i)
+    logger.report_scalar("loss", "val", 1.5 / (i + 1), iteration=i)
 tracked = pd.DataFrame({"x": [1, 2]})
 t.register_artifact("tracked", tracked)
 t.flush(wait_for_uploads=True)
@@ -295,9 +299,9 @@ def test_browse_project_task_artifact(served: Served, browser: Any) -> None:
     d.find_element(By.LINK_TEXT, "view tests").click()
     rows = _wait(d, "table.tasks tbody").find_elements(By.TAG_NAME, "tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["run b", "run a"]
-    # artifact counts arrive lazily (htmx): 11 artifacts in each run
+    # artifact counts arrive lazily (htmx): 12 artifacts in each run
     WebDriverWait(d, 30).until(
-        lambda drv: [c.text for c in drv.find_elements(By.CSS_SELECTOR, "td.count")] == ["11", "11"]
+        lambda drv: [c.text for c in drv.find_elements(By.CSS_SELECTOR, "td.count")] == ["12", "12"]
     )
     # a click on a column's header sorts the page by it
     d.find_element(By.XPATH, "//table[contains(@class, 'tasks')]//th[text()='Name']").click()
@@ -322,6 +326,11 @@ def test_browse_project_task_artifact(served: Served, browser: Any) -> None:
     assert "1,000 rows × 2 columns" in d.find_element(By.CSS_SELECTOR, "#preview .shape").text
     assert len(d.find_elements(By.CSS_SELECTOR, "#preview table.frame tbody tr")) == 500
     assert "train" in d.find_element(By.CSS_SELECTOR, "table.facts").text  # metadata
+    # the Logger's scalars: a line chart, a line per series
+    d.get(_artifact_url(served, "a", "scalars"))
+    chart = _wait(d, "#preview figure.chart")
+    assert "loss" in chart.text and len(chart.find_elements(By.CSS_SELECTOR, "polyline")) == 2
+    _shot(d, "ui-scalars.png")
     d.get(_artifact_url(served, "a", "tracked"))
     assert len(d.find_elements(By.CSS_SELECTOR, "table.versions tbody tr")) == 2
     # the folder: its listing, and a member's preview by extension

@@ -40,6 +40,10 @@ def of_record(rec: dict[str, Any], path: Path, *, full: bool = False) -> dict[st
         return array(path, fmt)
     if type_ == "image":
         return {"kind": "image"}
+    if rec.get("name") == "scalars" and fmt == "json":  # the Logger's table: charts
+        charts = scalars(path)
+        if charts:
+            return {"kind": "charts", "charts": charts}
     if type_ in ("dict", "list", "str") or fmt in ("json", "yaml", "text"):
         return text(path, fmt, full=full)
     if type_ == "file":
@@ -209,3 +213,53 @@ def array(path: Path, fmt: str) -> dict[str, Any]:
 def tree(listing: list[tuple[str, str, int]]) -> dict[str, Any]:
     files = [{"path": p, "sha256": sha, "size": size} for p, sha, size in listing]
     return {"kind": "tree", "files": files, "total": sum(f["size"] for f in files)}
+
+
+CHART_W, CHART_H, CHART_POINTS = 640, 200, 400  # an SVG line chart per title
+
+
+def scalars(path: Path) -> list[dict[str, Any]]:
+    """The Logger's scalars table as line charts: one per title, a line per series
+    (at most :data:`CHART_POINTS` points each, evenly picked), scaled to the chart."""
+    if path.stat().st_size > TEXT_ALL_LIMIT * 4:
+        return []
+    try:
+        cols = json.loads(path.read_bytes())
+        rows = zip(cols["title"], cols["series"], cols["iteration"], cols["value"], strict=True)
+        lines: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for title, series, it, value in rows:
+            if isinstance(value, int | float) and math.isfinite(value):
+                lines.setdefault(str(title), {}).setdefault(str(series), []).append((it, value))
+    except (ValueError, KeyError, TypeError):
+        return []
+    charts = []
+    for title, by_series in sorted(lines.items()):
+        pts = [p for series in by_series.values() for p in series]
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        sx = (CHART_W - 20) / ((x1 - x0) or 1)
+        sy = (CHART_H - 20) / ((y1 - y0) or 1)
+        drawn = []
+        for i, (series, points) in enumerate(sorted(by_series.items())):
+            points.sort()
+            step = max(1, len(points) // CHART_POINTS)
+            picked = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+            coords = " ".join(
+                f"{10 + (x - x0) * sx:.1f},{CHART_H - 10 - (y - y0) * sy:.1f}" for x, y in picked
+            )
+            drawn.append({"series": series, "points": coords, "color": _COLORS[i % len(_COLORS)]})
+        charts.append(
+            {
+                "title": title,
+                "lines": drawn,
+                "x": (x0, x1),
+                "y": (_cell(y0), _cell(y1)),
+                "w": CHART_W,
+                "h": CHART_H,
+                "n": len(pts),
+            }
+        )
+    return charts
+
+
+_COLORS = ("#2456d6", "#d64524", "#1c9a4f", "#a02ad6", "#d69a24", "#24a7d6")
