@@ -49,6 +49,20 @@ LAYOUT = "index-v2"  # bump when the remote layout changes: a cached bucket is r
 KEY, SECRET = "benchkey", "benchsecret"
 
 
+def cached(name: str) -> tuple[Path, bool, Path]:
+    """``bench/.cache/<name>``: (its folder, whether a bucket was filled there, a fresh
+    scratch folder inside it); a folder never finished is started afresh."""
+    data = CACHE / name
+    filled = (data / "filled").exists()
+    if not filled:
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+    root = data / "run"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    return data, filled, root
+
+
 def _task(dest: str, project: str, name: str, started: float, status: str) -> dict[str, Any]:
     """A task's newest event, as the SDK makes it, dated ``started``."""
     rec = new_task_record(
@@ -239,14 +253,7 @@ def bench_reads(args: argparse.Namespace) -> str:
     if weed is None:
         raise SystemExit("SeaweedFS not installed (scripts/setup --servers)")
     key = f"{LAYOUT}-{args.tasks}-{args.runs}-{args.names}-{args.artifacts}"
-    data = CACHE / f"scale-{key}"
-    filled = (data / "filled").exists()
-    if not filled:
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-    root = data / "run"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
+    data, filled, root = cached("scale-" + key)
     with SeaweedFS(data / "weed", weed=weed, access_key=KEY, secret_key=SECRET) as server:
         fill_s = 0.0
         if not filled:

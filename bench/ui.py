@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -139,14 +138,7 @@ def main() -> None:
     weed = find_weed()
     if weed is None:
         raise SystemExit("SeaweedFS not installed (scripts/setup --servers)")
-    data = scale.CACHE / f"ui-{scale.LAYOUT}-{args.tasks}-{args.artifacts}"
-    filled = (data / "filled").exists()
-    if not filled:
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-    root = data / "run"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
+    data, filled, root = scale.cached(f"ui-{scale.LAYOUT}-{args.tasks}-{args.artifacts}")
     print(f"# bench/ui — {machine()}\n")
     with SeaweedFS(
         data / "weed", weed=weed, access_key=scale.KEY, secret_key=scale.SECRET
