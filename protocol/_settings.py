@@ -50,6 +50,7 @@ class Settings:
     # same window; `artisync prune` deletes only objects older than twice it. Every
     # writer and pruner of one bucket must agree on it (see README: Retention).
     reuse_window: float = REUSE_WINDOW
+    cache_limit: int = 10 * 1024**3  # bytes the local object cache may hold (0: no limit)
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -118,6 +119,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad number in artisync settings: {exc}") from None
     spool_limit, spool_full, spool_wait = _quota(pick)
+    try:
+        cache_limit = parse_size(pick("ARTISYNC_CACHE_LIMIT", "cache_limit", 10 * 1024**3))
+    except ValueError:
+        raise ValueError('cache_limit must be a size in bytes (e.g. "10G"), 0 for none') from None
     if len(os.fsencode(str(sock))) > 100:
         raise ValueError(f"socket path {sock} is too long for a Unix socket (limit ~100 bytes)")
     return Settings(
@@ -141,6 +146,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         daemon_user=str(pick("ARTISYNC_DAEMON_USER", "daemon_user", "artisync")),
         handover=state / "artisync" / "handover",
         reuse_window=reuse,
+        cache_limit=cache_limit,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from artisync.protocol import Spool, is_raw, object_key
 
+from ._cache import forget
 from ._errors import UploadTimeout
 
 # Given a sha256, return a local path holding exactly those bytes.
@@ -123,11 +124,21 @@ class Artifact:
         ``extract_archive=False`` on a folder returns a zip of it, as ClearML does.
         """
         try:
+            if force_download:
+                self._forget()
             return str(self._local_copy(extract_archive))
         except Exception:
             if raise_on_error:
                 raise
             return None
+
+    def _forget(self) -> None:
+        """``force_download``: this version's objects leave the local cache first."""
+        rec = self._record
+        shas = [str(b[0]) for b in rec.get("blobs") or []]
+        if isinstance(rec.get("sha256"), str):
+            shas.append(rec["sha256"])
+        forget(shas)
 
     def _local_copy(self, extract_archive: bool) -> Path:
         from artisync.protocol.formats import materialize_tree
@@ -182,6 +193,8 @@ class Artifact:
         """
         from artisync.protocol.formats import load, load_raw
 
+        if force_download:
+            self._forget()
         if allow_pickle is None:
             allow_pickle = self._allow_pickle
         raw = self._raw_path()

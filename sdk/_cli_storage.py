@@ -16,8 +16,9 @@ from typing import Any
 
 from artisync.protocol import NotFound, Settings
 
+from ._cache import cache_root
 from ._progress import Progress
-from ._reader import Reader, cache_root
+from ._reader import Reader
 from ._task import Task
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +39,8 @@ from artisync.protocol import (
     version_stamp,
 )
 
-from . import _task_index
+from . import _cache, _task_index
+from ._cache import cached
 
 T = TypeVar("T")
 
@@ -110,11 +111,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return _reader().run(coro)
 
 
-def cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "artisync" / "objects"
-
-
 async def _get_json(st: Any, key: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(await st.get_bytes(key))
     return data
@@ -125,6 +121,7 @@ class Reader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        _cache.limit = settings.cache_limit
 
     def storage(self, uri: str) -> Any:
         """The (cached) backend for ``uri``, with the options the daemon would use."""
@@ -153,7 +150,7 @@ class Reader:
                         f"object {sha256[:12]} from {dest_uri} does not match its hash"
                     )
 
-        return _cached(sha256, fill)
+        return cached(sha256, fill)
 
     def task_record(self, uri: str, task_id: str) -> dict[str, Any] | None:
         try:
@@ -321,24 +318,7 @@ def cache_inline(sha256: str, data: bytes) -> Path:
     """A payload that travelled inside its record, checked and kept in the cache."""
     if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"inline payload {sha256[:12]} does not match its hash")
-    return _cached(sha256, lambda tmp: tmp.write_bytes(data))
-
-
-def _cached(sha256: str, fill: Callable[[Path], object]) -> Path:
-    """The cache's verified copy of ``sha256``; made by ``fill(tmp)`` (which writes
-    and checks it) when missing, then renamed into place: never seen half-written."""
-    cache = cache_root()
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / sha256
-    if path.exists():
-        return path
-    tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        fill(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return cached(sha256, lambda tmp: tmp.write_bytes(data))
 
 
 def _copy_from_spool(spool: Spool, sha256: str, tmp: Path) -> bool:

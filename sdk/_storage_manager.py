@@ -23,7 +23,8 @@ from typing import Any
 
 from artisync.protocol import NotFound, Settings, TransientStorageError, hash_file, load_settings
 
-from ._reader import Reader, _run, cache_root
+from ._cache import cache_root
+from ._reader import Reader, _run
 
 CONCURRENCY = 16  # files of a folder in flight
 
