@@ -173,6 +173,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal)
         outbox_event = asyncio.Event()
         watcher = OutboxWatcher(self.spool.outbox, loop, outbox_event)
+        # metrics listen before the socket does: "ready" means both are
+        metrics = await self._serve_metrics(self.config.metrics) if self.config.metrics else None
         server = await asyncio.start_unix_server(self.server.handle, sock=sock)
         try:
             watcher.start()
@@ -188,8 +190,6 @@ class Daemon:
                 tg.create_task(self._shutdown(server))
                 tg.create_task(self._warm_up())
                 tg.create_task(prune.scheduled(self))
-                if self.config.metrics:
-                    tg.create_task(self._serve_metrics(self.config.metrics))
                 log.info(
                     "artisyncd %d serving spool %s on %s",
                     os.getpid(),
@@ -203,19 +203,22 @@ class Daemon:
             self.encoder.stop()
             watcher.stop()
             server.close()
+            if metrics is not None:
+                await metrics.cleanup()
             await self.destinations.aclose()
             await self.journal.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return 0
 
-    async def _serve_metrics(self, address: str) -> None:
+    async def _serve_metrics(self, address: str) -> Any:
         from .metrics import serve  # aiohttp: loaded only when metrics are on
 
         try:
-            await serve(self, address)
+            return await serve(self, address)
         except OSError as exc:  # the port is taken, say: uploads go on without metrics
             log.error("metrics not served on %s: %s", address, exc)
+            return None
 
     async def _warm_up(self) -> None:
         """Load the default destination's backend (a cloud client's import takes half a

@@ -175,8 +175,9 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(app: Any, address: str) -> None:
-    """Serve /metrics and /healthz until cancelled."""
+async def serve(app: Any, address: str) -> Any:
+    """Serve /metrics and /healthz; returns once listening, with the runner to
+    ``cleanup()`` at the end."""
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -199,7 +200,4 @@ async def serve(app: Any, address: str) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("metrics on http://%s:%d/metrics", host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    return runner
