@@ -168,13 +168,16 @@ class Journal:
         at ``since`` or later."""
         return await self._run(lambda db: _reads.known_objects(db, destination_uri, shas, since))
 
-    async def add_object(self, destination_uri: str, sha256: str, size: int) -> None:
-        """The destination holds the object as of now (uploaded, or found fresh there)."""
+    async def add_object(
+        self, destination_uri: str, sha256: str, size: int, written: float
+    ) -> None:
+        """The destination holds the object, written there at ``written`` (uploaded now,
+        or found there with that time): what the reuse window counts from."""
         await self._write(
             lambda db: db.execute(
                 "INSERT INTO objects VALUES (?,?,?,?) ON CONFLICT(dest, sha256) "
                 "DO UPDATE SET uploaded = excluded.uploaded",
-                (destination_uri, sha256, size, time.time()),
+                (destination_uri, sha256, size, written),
             )
         )
 

@@ -327,8 +327,8 @@ class Uploader:
                     await destination.abort_incomplete(object_key(sha), self.started, size)
                 since = time.time() - self.reuse_window
                 if not await self.journal.has_object(destination.uri, sha, since):
-                    await self._upload_object(destination, sha, size)
-                    await self.journal.add_object(destination.uri, sha, size)
+                    written = await self._upload_object(destination, sha, size)
+                    await self.journal.add_object(destination.uri, sha, size, written)
             fut.set_result(None)
         except Exception as exc:
             fut.set_exception(exc)
@@ -345,7 +345,9 @@ class Uploader:
         each already sending parts in parallel (bandwidth- and memory-bound)."""
         return self._large if size >= LARGE_OBJECT else self._small
 
-    async def _upload_object(self, destination: Destination, sha: str, size: int) -> None:
+    async def _upload_object(self, destination: Destination, sha: str, size: int) -> float:
+        """Send the object unless storage has a fresh copy; returns when the copy there
+        was written (now, or the one found: an old one reused keeps its old time)."""
         okey = object_key(sha)
         storage = destination.storage
         # a small object costs about as much to send as to ask for: send it (keys are
@@ -358,7 +360,7 @@ class Uploader:
             # (with no copy in the spool to send, what storage has is what there is)
             if info is not None and info.size == size and (fresh or not self._spooled(sha)):
                 METRICS.deduplicated(storage.scheme, 1, size)
-                return
+                return info.modified or 0.0
         path = self.spool.blob_path(sha)
         try:
             st = os.lstat(path)
@@ -368,6 +370,7 @@ class Uploader:
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
         self.bytes_in_flight += size
         started = time.monotonic()
+        written = time.time()  # before the put: S3 dates a multipart object by its start
         try:
             await storage.put(okey, path, size=size, sha256=sha)
         finally:
@@ -378,6 +381,7 @@ class Uploader:
             # an attempt retried inside this put may have left parts its own clean-up
             # could not remove
             await destination.abort_incomplete(okey, self.started, size)
+        return written
 
     def _spooled(self, sha: str) -> bool:
         return os.path.isfile(self.spool.blob_path(sha))
