@@ -151,37 +151,33 @@ async def prune(st: Storage, policy: Policy, reuse_window: float, apply: bool) -
 
 
 # -- on a schedule --------------------------------------------------------------------------
-def schedule_of(raw: Mapping[str, Any]) -> tuple[float, Policy] | None:
-    """``[prune] every = "24h"`` and the policy beside it, or None (not scheduled).
+def schedule_of(raw: Mapping[str, Any]) -> float | None:
+    """Seconds between runs of the ``[prune]`` policy (its ``every``), or None.
 
     :raises ValueError: a bad ``[prune]`` table (the daemon refuses to start)."""
-    table = dict(raw.get("prune") or {})
-    every = table.pop("every", None)
-    policy = Policy.from_table(table)  # checked even when not scheduled
-    if not every:
+    table = raw.get("prune") or {}
+    Policy.from_table(table)  # checked even when not scheduled
+    if not table.get("every"):
         return None
-    interval = parse_duration(every)
+    interval = parse_duration(table["every"])
     if interval < 1:
         raise ValueError("[prune] every must be at least a second (hours are usual)")
-    return interval, policy
+    return interval
 
 
 async def scheduled(app: Any) -> None:
     """Run the ``[prune]`` policy on the default destination every ``every`` (the first
     run one interval after start); a failed run is logged and tried at the next."""
-    found = schedule_of(app.config.settings.raw)
-    if found is None:
+    interval = schedule_of(app.config.settings.raw)
+    if interval is None:
         return
-    interval, _ = found
     uri = app.config.settings.output_uri
     while app.accepting:
         await app.sleep_unless_stopping(interval)
         if not app.accepting:
             return
         try:
-            policy = Policy.from_table(
-                {k: v for k, v in app.config.settings.raw["prune"].items() if k != "every"}
-            )  # "older_than" counts from now
+            policy = Policy.from_table(app.config.settings.raw["prune"])  # ages from now
             storage = app.destinations.get(uri).storage
             await prune(storage, policy, app.config.settings.reuse_window, apply=True)
         except Exception as exc:
@@ -189,13 +185,13 @@ async def scheduled(app: Any) -> None:
 
 
 # -- tasks ----------------------------------------------------------------------------------
-async def _index(st: Storage, policy: Policy) -> AsyncGenerator[tuple[str, float, str], None]:
-    """(listing prefix, started, task id) of every task in the policy's projects."""
+async def _index(st: Storage, policy: Policy) -> AsyncGenerator[tuple[float, str], None]:
+    """(started, task id) of every task in the policy's projects, newest first."""
     for prefix in [tasks_prefix(p) for p in policy.projects] or [tasks_prefix(None)]:
         async for info in st.list(prefix):
             parsed = parse_newest_first(info.key[len(prefix) :])
             if parsed is not None:
-                yield prefix, parsed[0], parsed[1]
+                yield parsed
 
 
 async def _prune_tasks(
@@ -209,8 +205,6 @@ async def _prune_tasks(
         for rec in records:
             if rec is None or rec.get("status") not in policy.statuses:
                 continue
-            if policy.projects and rec.get("project") not in policy.projects:
-                continue
             report.tasks += 1
             if len(report.task_names) < 10:
                 report.task_names.append(f"{rec.get('project')}/{rec.get('name')}")
@@ -220,7 +214,7 @@ async def _prune_tasks(
         chunk.clear()
 
     async with contextlib.aclosing(_index(st, policy)) as entries:
-        async for _prefix, started, task_id in entries:
+        async for started, task_id in entries:
             if started >= policy.before:
                 continue  # newest first: the young ones come first, a LIST page for many
             chunk.append(task_id)
@@ -277,7 +271,7 @@ async def _prune_versions(
 ) -> None:
     seen: set[str] = set()
     async with contextlib.aclosing(_index(st, policy)) as entries:
-        async for _prefix, _started, task_id in entries:
+        async for _started, task_id in entries:
             if task_id in seen or doomed.has_task(task_id):
                 continue
             seen.add(task_id)

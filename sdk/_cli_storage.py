@@ -65,8 +65,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     from artisync.daemon.prune import Policy, prune
     from artisync.daemon.storage import open_storage
 
-    table = dict(settings.raw.get("prune") or {})
-    table.pop("every", None)  # the daemon's schedule
+    table = dict(settings.raw.get("prune") or {})  # its "every" is the daemon's
     for key in ("older_than", "before", "keep_versions"):
         if getattr(args, key) is not None:
             table[key] = getattr(args, key)
