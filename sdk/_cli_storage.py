@@ -6,13 +6,12 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 
 from artisync.protocol import NotFound, Settings
 
@@ -158,7 +157,7 @@ def fetch_to(
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(art.get_local_copy, raise_on_error=True)
         try:
-            while not _done(job, 0.2):
+            while not wait([job], timeout=0.2).done:
                 bar.update(_in_cache(blobs), total)
             bar.update(total, total)
         finally:
@@ -173,28 +172,20 @@ def fetch_to(
     return out
 
 
-def _done(job: Future[Any], wait: float) -> bool:
-    try:
-        job.result(timeout=wait)
-    except FuturesTimeout:
-        return False
-    except Exception:
-        return True  # raised by job.result() below
-    return True
-
-
 def _in_cache(blobs: list[tuple[str, int]]) -> int:
-    """Bytes of ``blobs`` in the reader's cache: whole objects, and those being written."""
-    cache = cache_root()
-    done = 0
-    for sha, size in blobs:
-        if (cache / sha).exists():
-            done += size
-            continue
-        for part in cache.glob(f".{sha}.*.tmp"):
-            with contextlib.suppress(OSError):
-                done += part.stat().st_size
-    return done
+    """Bytes of ``blobs`` in the reader's cache: whole objects, and those being written
+    (``.<sha>.<pid>.<thread>.tmp``); one listing of the cache a call."""
+    whole: set[str] = set()
+    partial: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError), os.scandir(cache_root()) as it:
+        for e in it:
+            if e.name.endswith(".tmp"):
+                sha = e.name[1:].partition(".")[0]
+                with contextlib.suppress(OSError):
+                    partial[sha] = partial.get(sha, 0) + e.stat().st_size
+            else:
+                whole.add(e.name)
+    return sum(size if sha in whole else partial.get(sha, 0) for sha, size in blobs)
 
 
 def _iso(ts: float) -> str:
