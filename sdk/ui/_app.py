@@ -56,26 +56,32 @@ class View:
 
     async def task(self, request: web.Request) -> dict[str, Any]:
         """The task of the URL, which must belong to the URL's project."""
-        task_id = request.match_info["task_id"]
+        return await self.task_by_id(request.match_info["task_id"], request.match_info["project"])
+
+    async def task_by_id(self, task_id: str, project: str | None = None) -> dict[str, Any]:
+        """The task (in storage, else accepted here and not uploaded yet), of ``project``
+        when given. :raises web.HTTPNotFound:"""
         if not _TASK_ID.match(task_id):
             raise web.HTTPNotFound(text=f"no task {task_id!r}")
         rec = await self.run(self.reader.task_record, self.uri, task_id)
-        if rec is None:  # maybe accepted here and not uploaded yet
+        if rec is None:
             tasks, _ = await self.run(self.pending.ask, None, task_id)
             rec = dict(tasks[0], pending=True) if tasks else None
-        project = request.match_info.get("project")
         if rec is None or (project is not None and rec.get("project") != project):
-            raise web.HTTPNotFound(text=f"no task {task_id!r} in project {project!r}")
+            where = f" in project {project!r}" if project is not None else ""
+            raise web.HTTPNotFound(text=f"no task {task_id!r}{where}")
         return rec
 
     async def versions(self, request: web.Request) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The URL's task and every version of its artifact, oldest first."""
         task = await self.task(request)
         name = request.match_info["name"]
-        newest = await self.run(self.reader.artifact_records, self.uri, task["task_id"])
-        if not any(r["name"] == name for r in newest):
+        try:  # the name is encoded into its key prefix (no "/" or ".." survives that)
+            found = await self.run(self.reader.artifact_versions, self.uri, task["task_id"], name)
+        except ValueError:  # not a name storage could hold (too long, say)
+            found = []
+        if not found:
             raise web.HTTPNotFound(text=f"task {task['name']!r} has no artifact {name!r}")
-        found = await self.run(self.reader.artifact_versions, self.uri, task["task_id"], name)
         return task, found
 
     async def version(self, request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -229,14 +235,7 @@ async def compare(request: web.Request) -> dict[str, Any]:
     ids = request.query.getall("t", [])
     if len(ids) < 2:
         raise web.HTTPBadRequest(text="compare needs two tasks or more: /compare?t=ID&t=ID")
-    tasks = []
-    for task_id in ids[:8]:
-        if not _TASK_ID.match(task_id):
-            raise web.HTTPNotFound(text=f"no task {task_id!r}")
-        rec = await view.run(view.reader.task_record, view.uri, task_id)
-        if rec is None:
-            raise web.HTTPNotFound(text=f"no task {task_id!r}")
-        tasks.append(rec)
+    tasks = [await view.task_by_id(task_id) for task_id in ids[:8]]
     arts = await asyncio.gather(
         *(view.run(view.reader.artifact_records, view.uri, t["task_id"]) for t in tasks)
     )
