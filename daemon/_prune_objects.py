@@ -34,7 +34,7 @@ from .storage.base import ObjectInfo, Storage
 OBJECTS = "objects/sha256/"
 CLOCK_MARGIN = 600.0  # seconds of clock difference allowed (at most the window itself)
 CHUNK = 256  # keys read or deleted per round
-IN_FLIGHT = 32
+IN_FLIGHT = 32  # requests at once
 
 
 class Marks:
@@ -100,7 +100,7 @@ async def collect(
         keep = marks.referenced([_sha(i.key) for i in page])
         old = [i for i in page if _sha(i.key) not in keep and _older(i, cutoff)]
         if apply:
-            old = [i for i in await _gather([_still_old(st, i, cutoff) for i in old]) if i]
+            old = [i for i in await gather([_still_old(st, i, cutoff) for i in old]) if i]
             await st.delete_many([i.key for i in old])
         count += len(old)
         size += sum(i.size for i in old)
@@ -134,9 +134,7 @@ async def _mark(st: Storage, marks: Marks) -> None:
     keys: list[str] = []
 
     async def read() -> None:
-        for rec_key, body in zip(
-            keys, await _gather([read_json(st, k) for k in keys]), strict=True
-        ):
+        for rec_key, body in zip(keys, await gather([read_json(st, k) for k in keys]), strict=True):
             if body is None:
                 continue
             records = body.get("records", []) if "/batches/" in rec_key else [body]
@@ -186,7 +184,8 @@ async def read_json(st: Storage, key: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-async def _gather(coros: list[Any]) -> list[Any]:
+async def gather(coros: list[Any]) -> list[Any]:
+    """The results of ``coros``, in order, :data:`IN_FLIGHT` running at a time."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
     async def one(coro: Any) -> Any:

@@ -23,12 +23,11 @@ of the marking, so its object count is what a real run would remove.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +52,6 @@ from .storage.base import Storage
 log = logging.getLogger("artisync.daemon")
 
 TOMBSTONES = "prune/tasks/"
-IN_FLIGHT = 32  # requests at once
 CLOSED_STATUSES = ("completed", "failed", "aborted")  # what a policy prunes by default
 POLICY_KEYS = ("older_than", "before", "projects", "statuses", "keep_versions", "objects")
 
@@ -201,7 +199,7 @@ async def _prune_tasks(
     chunk: list[str] = []
 
     async def settle() -> None:
-        records = await _each(chunk, lambda task_id: _task_json(st, task_id))
+        records = await _prune_objects.gather([_task_json(st, task_id) for task_id in chunk])
         for rec in records:
             if rec is None or rec.get("status") not in policy.statuses:
                 continue
@@ -241,13 +239,13 @@ async def _delete_task(st: Storage, rec: dict[str, Any]) -> None:
 async def _finish(st: Storage, rec: dict[str, Any]) -> None:
     task_id = rec["task_id"]
     keys = [i.key async for i in st.list(f"tasks/{task_id}/") if i.key != task_key(task_id)]
-    await _delete_all(st, keys)
+    await st.delete_many(keys)
     index = record_keys({**rec, "kind": "task"})[1:]
     # the project's entry stays: other tasks of the project may still be listed by it
     index = [k for k in index if not k.startswith("index/projects/")]
     with contextlib.suppress(KeyError, TypeError, ValueError):
         index.append(legacy_index_key(rec["project"], rec["name"], rec["started"], task_id))
-    await _delete_all(st, index)
+    await st.delete_many(index)
     await st.delete(task_key(task_id))
     await st.delete(f"{TOMBSTONES}{task_id}.json")
 
@@ -296,7 +294,7 @@ async def _prune_task_versions(
                 dropped.setdefault(where[0], set()).add(where[1])
                 doomed.add_record_key(f"{where[0]}#{where[1]}")
     if apply:
-        await _delete_all(st, alone)
+        await st.delete_many(alone)
         for key, ids in dropped.items():
             left = [r for r in batches[key] if r["record_id"] not in ids]
             if left:
@@ -344,17 +342,3 @@ def _date(value: Any) -> float:
         return dt.datetime.fromisoformat(str(value)).timestamp()
     except ValueError:
         raise ValueError(f"not a date: {value!r} (e.g. 2026-01-31 or 2026-01-31T12:00)") from None
-
-
-async def _each(items: list[str], fn: Callable[[str], Awaitable[Any]]) -> list[Any]:
-    gate = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(item: str) -> Any:
-        async with gate:
-            return await fn(item)
-
-    return list(await asyncio.gather(*(one(i) for i in items)))
-
-
-async def _delete_all(st: Storage, keys: list[str]) -> None:
-    await st.delete_many(keys)
