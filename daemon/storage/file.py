@@ -282,7 +282,7 @@ def _walk(root: Path, rel_dir: str, prefix: str) -> Iterator[str]:
     for sort_name, entry in sorted(entries, key=lambda pair: pair[0]):
         key = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
         if sort_name.endswith("/"):
-            if prefix.startswith(key + "/") or (key + "/").startswith(prefix) or not prefix:
+            if prefix.startswith(key + "/") or (key + "/").startswith(prefix):
                 yield from _walk(root, key, prefix)
         elif not (entry.name.startswith(".") and entry.name.endswith(".tmp")):  # a write
             if key.startswith(prefix):
