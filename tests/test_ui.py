@@ -284,6 +284,14 @@ def _wait(driver: Any, css: str, timeout: float = 30) -> Any:
     )
 
 
+def _click(driver: Any, css: str, timeout: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+
+
 def _shot(driver: Any, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
@@ -296,7 +304,8 @@ def test_browse_project_task_artifact(served: Served, browser: Any) -> None:
 
     d = browser
     d.get(served.base + "/")
-    d.find_element(By.LINK_TEXT, "view tests").click()
+    # wait, not find: the driver may hand back control before the new page is the one shown
+    _click(d, "ul.projects a[href='/p/view%20tests']")
     rows = _wait(d, "table.tasks tbody").find_elements(By.TAG_NAME, "tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["run b", "run a"]
     # artifact counts arrive lazily (htmx): 12 artifacts in each run
@@ -332,6 +341,7 @@ def test_browse_project_task_artifact(served: Served, browser: Any) -> None:
     assert "loss" in chart.text and len(chart.find_elements(By.CSS_SELECTOR, "polyline")) == 2
     _shot(d, "ui-scalars.png")
     d.get(_artifact_url(served, "a", "tracked"))
+    _wait(d, "#preview table.frame")
     assert len(d.find_elements(By.CSS_SELECTOR, "table.versions tbody tr")) == 2
     # the folder: its listing, and a member's preview by extension
     d.get(_artifact_url(served, "a", "folder"))
