@@ -44,6 +44,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: Path) -> bool:
+    """Flush everything written to ``path``'s filesystem (Linux ``syncfs``): one call
+    makes a burst of unsynced files durable, data and names, where an fsync each
+    would cost a flush each. False where the system has no ``syncfs``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}", str(path))
+    finally:
+        os.close(fd)
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or nothing.
 
@@ -176,6 +198,19 @@ class Spool:
         if sync:
             fsync_dir(self.blobs)
         return sha256, size
+
+    def sync_blobs(self, shas: Iterable[str]) -> None:
+        """Make blobs committed with ``sync=False`` durable: one flush of the spool's
+        filesystem, or (without ``syncfs``) an fsync of each and one of ``blobs/``."""
+        if sync_filesystem(self.blobs):
+            return
+        for sha in dict.fromkeys(shas):
+            fd = os.open(self.blob_path(sha), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(self.blobs)
 
     def write_blob_bytes(self, data: bytes, *, sync: bool = True) -> tuple[str, int]:
         sha = hashlib.sha256(data).hexdigest()

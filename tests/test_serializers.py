@@ -719,6 +719,20 @@ def test_folder_of_small_and_large_files_stores_the_snapshot(spool: Spool, tmp_p
     }
 
 
+def test_folder_of_many_files_is_stored_whole(spool: Spool, tmp_path: Path) -> None:
+    """Past a few files a pack's files are made durable all at once, not one by one:
+    every file still arrives, and no temp file is left behind."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(200):
+        (src / f"f{i:03}.bin").write_bytes(os.urandom(1000) if i % 2 else b"same")
+    payload = write(snapshot(src, spool), spool)
+    assert len(payload.blobs) == 1 + 100 + 1
+    assert not list(spool.tmp.iterdir())
+    out = materialize_tree(spool.blob_path(payload.sha256), fetcher(spool), tmp_path / "out")
+    assert tree(out) == tree(src)
+
+
 def test_empty_folder_is_an_empty_tree(spool: Spool, tmp_path: Path) -> None:
     (tmp_path / "e").mkdir()
     payload = write(snapshot(tmp_path / "e", spool), spool)

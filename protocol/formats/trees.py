@@ -47,6 +47,7 @@ from ._base import (
 from ._paths import CHUNK, WILDCARD, copy_fd, spool_full
 
 LISTING_VERSION = 1
+_SYNC_EACH_BELOW = 16  # files in a pack: fewer are fsynced one by one, more all at once
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -220,18 +221,24 @@ def pack_entries(rec: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 def _encode_pack(spool: Spool, rec: dict[str, Any], raw: Path) -> tuple[StoredPayload, None]:
     entries = pack_entries(rec)
+    # thousands of small files: an fsync each (and of the folder each time) would be
+    # most of the cost; written unsynced, they are made durable at once below, before
+    # the record says they are there (a crash before that encodes the pack again)
+    sync = len(entries) < _SYNC_EACH_BELOW
     with open(raw, "rb") as f:
-        committed = [(rel, *_unpack(spool, f.fileno(), o, n)) for rel, o, n in entries]
+        committed = [(rel, *_unpack(spool, f.fileno(), o, n, sync)) for rel, o, n in entries]
     listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
     data = json.dumps(
         {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
     ).encode("ascii")
-    main = spool.write_blob_bytes(data)
+    main = spool.write_blob_bytes(data, sync=sync)
+    if not sync:
+        spool.sync_blobs([main[0], *(sha for _, sha, _ in committed)])
     blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
     return StoredPayload(main[0], sum(size for _, _, size in committed), blobs), None
 
 
-def _unpack(spool: Spool, pack_fd: int, offset: int, size: int) -> tuple[str, int]:
+def _unpack(spool: Spool, pack_fd: int, offset: int, size: int, sync: bool) -> tuple[str, int]:
     """Copy one file out of the pack into its own temp file, hashing it, and commit it."""
     h = hashlib.sha256()
     f, tmp = spool.open_temp()
@@ -245,7 +252,7 @@ def _unpack(spool: Spool, pack_fd: int, offset: int, size: int) -> tuple[str, in
                 h.update(chunk)
                 f.write(chunk)
                 done += len(chunk)
-        return spool.commit_temp(tmp, h.hexdigest())
+        return spool.commit_temp(tmp, h.hexdigest(), sync=sync)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
