@@ -342,7 +342,7 @@ class Daemon:
                 "in_flight": len(self.encoder.in_flight),
                 "workers": self.encoder.workers,
             },
-            "bytes_in_flight": self.uploader.bytes_in_flight,
+            "bytes_in_flight": self.uploader.objects.bytes_in_flight,
             "committed": {
                 "records": counts[State.COMMITTED][0],
                 "bytes": counts[State.COMMITTED][1],

@@ -13,32 +13,28 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import sqlite3
-import stat
 import time
 from typing import Any
 
-from artisync.protocol import REUSE_WINDOW, Spool, object_key
+from artisync.protocol import REUSE_WINDOW, Spool
 
 from .delete_after import delete_original
 from .destinations import Destination, Destinations
 from .journal import Journal, Row, State
 from .metrics import METRICS
+from .objects import ObjectSender
 from .publish import BatchingPublisher, inline_blob, publish_task, record_keys
 from .storage.base import (
     IntegrityError,
     PermanentStorageError,
     TransientStorageError,
-    first_error,
     parse_uri,
 )
 from .storage.retry import RetryPolicy
 
 log = logging.getLogger("artisync.daemon")
 
-LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
-LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
 _STOP = None  # queue sentinel (asyncio.Queue.shutdown is 3.13+)
 ORPHAN_SWEEP = 10.0  # seconds between sweeps for records no worker holds any more
 # a journal that cannot be written: the record goes again after 1 s, doubling up to 30 s
@@ -64,17 +60,14 @@ class Uploader:
         self.wakeup = asyncio.Event()
         self.progress = asyncio.Condition()  # notified whenever a record settles
         self.in_flight: dict[int, Row] = {}
-        self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._task_locks: dict[str, asyncio.Lock] = {}
         self.publisher = BatchingPublisher()
         self.accepting = True
-        self.bytes_in_flight = 0
         self.started = time.time()
         # a row the feeder queued behind the workers' stop sentinels is never processed:
         # draining waits for the workers, not for in_flight to empty
         self.live_workers = 0
-        self._small = asyncio.Semaphore(object_concurrency)
-        self._large = asyncio.Semaphore(LARGE_IN_FLIGHT)
+        self.objects = ObjectSender(journal, spool, object_concurrency, reuse_window, self.started)
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -191,7 +184,7 @@ class Uploader:
             refs = await self.journal.refs(row.seq)
             if inline is not None:
                 refs = [ref for ref in refs if ref[0] != inline[0]]
-            await self._ensure_objects(destination, refs, suspect)
+            await self.objects.ensure(destination, refs, suspect)
             if row.state is not State.UPLOADED:
                 await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
@@ -272,119 +265,6 @@ class Uploader:
             return data
 
         return await asyncio.to_thread(read)
-
-    async def _ensure_objects(
-        self, destination: Destination, refs: list[tuple[str, int]], suspect: bool
-    ) -> None:
-        """Upload the objects of one record that the destination lacks, many at once (a
-        folder is thousands): each takes a slot of the daemon's object limit; the first
-        error cancels the rest and is raised."""
-        if not refs:
-            return
-        since = time.time() - self.reuse_window
-        known = (
-            set()
-            if suspect
-            else await self.journal.known_objects(destination.uri, [s for s, _ in refs], since)
-        )
-        todo = [(sha, size) for sha, size in refs if sha not in known]
-        there = [size for sha, size in refs if sha in known]
-        METRICS.deduplicated(destination.storage.scheme, len(there), sum(there))
-        if len(todo) == 1:
-            await self._ensure_object(destination, *todo[0], suspect)
-            return
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for sha, size in todo:
-                    tg.create_task(self._ensure_object(destination, sha, size, suspect))
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-
-    async def _ensure_object(
-        self, destination: Destination, sha: str, size: int, suspect: bool
-    ) -> None:
-        """Upload one object unless the destination has it; share concurrent uploads.
-
-        An upload of the same object for another record may be cancelled (its record's
-        other object failed first): that is not this record's answer, so this one then
-        uploads the object itself."""
-        key = (destination.uri, sha)
-        while (fut := self._objects.get(key)) is not None:
-            try:
-                await asyncio.shield(fut)
-                return
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not fut.cancelled() or (task is not None and task.cancelling()):
-                    raise  # this task itself is being cancelled
-        fut = asyncio.get_running_loop().create_future()
-        self._objects[key] = fut
-        try:
-            async with self._slots(size):
-                # while we hold the key no upload of ours for it is in flight: whatever
-                # unfinished upload the destination lists for it was abandoned
-                if suspect:  # by a killed daemon, or by a failed attempt whose abort failed
-                    await destination.abort_incomplete(object_key(sha), self.started, size)
-                since = time.time() - self.reuse_window
-                if not await self.journal.has_object(destination.uri, sha, since):
-                    written = await self._upload_object(destination, sha, size)
-                    await self.journal.add_object(destination.uri, sha, size, written)
-            fut.set_result(None)
-        except Exception as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
-            raise
-        except BaseException:
-            fut.cancel()  # cancelled: the waiters upload it themselves
-            raise
-        finally:
-            del self._objects[key]
-
-    def _slots(self, size: int) -> asyncio.Semaphore:
-        """Small objects: many requests in flight (latency-bound); large ones: a few,
-        each already sending parts in parallel (bandwidth- and memory-bound)."""
-        return self._large if size >= LARGE_OBJECT else self._small
-
-    async def _upload_object(self, destination: Destination, sha: str, size: int) -> float:
-        """Send the object unless storage has a fresh copy; returns when the copy there
-        was written (now, or the one found: an old one reused keeps its old time)."""
-        okey = object_key(sha)
-        storage = destination.storage
-        # a small object costs about as much to send as to ask for: send it (keys are
-        # content addresses, so a second copy is the same bytes)
-        if size >= storage.head_before_put:
-            info = await storage.head(okey)
-            # reused only if written within the reuse window: an older one may be a
-            # candidate of `artisync prune`, so it is written again (the same bytes)
-            fresh = info is not None and (info.modified or 0) >= time.time() - self.reuse_window
-            # (with no copy in the spool to send, what storage has is what there is)
-            if info is not None and info.size == size and (fresh or not self._spooled(sha)):
-                METRICS.deduplicated(storage.scheme, 1, size)
-                return info.modified or 0.0
-        path = self.spool.blob_path(sha)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise PermanentStorageError("payload missing from the spool", key=sha) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
-        self.bytes_in_flight += size
-        started = time.monotonic()
-        written = time.time()  # before the put: S3 dates a multipart object by its start
-        try:
-            await storage.put(okey, path, size=size, sha256=sha)
-        finally:
-            self.bytes_in_flight -= size
-        METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
-        METRICS.uploaded.labels(storage.scheme).inc(size)
-        if storage.take_retried(okey):
-            # an attempt retried inside this put may have left parts its own clean-up
-            # could not remove
-            await destination.abort_incomplete(okey, self.started, size)
-        return written
-
-    def _spooled(self, sha: str) -> bool:
-        return os.path.isfile(self.spool.blob_path(sha))
 
 
 def _waiting(row: Row) -> State:

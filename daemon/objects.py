@@ -1,0 +1,167 @@
+"""Sending a record's objects: deduplicated, shared between records, bounded.
+
+Each object is content-addressed, so a record's objects that the journal knows to
+be at the destination (within the reuse window) are skipped, two records needing
+the same object send it once, and many small objects are in flight at once while
+large ones (sent in parallel parts already) go a few at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+
+from artisync.protocol import Spool, object_key
+
+from .destinations import Destination
+from .journal import Journal
+from .metrics import METRICS
+from .storage.base import PermanentStorageError, first_error
+
+LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
+LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
+_WRITTEN_KEPT = 65536  # recent uploads remembered, so that racing records send once
+
+
+class ObjectSender:
+    def __init__(
+        self,
+        journal: Journal,
+        spool: Spool,
+        concurrency: int,
+        reuse_window: float,
+        started: float,
+    ) -> None:
+        self.journal = journal
+        self.spool = spool
+        self.reuse_window = reuse_window
+        self.started = started  # the daemon's start: older unfinished uploads are abandoned
+        self.bytes_in_flight = 0
+        self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # (destination, sha) -> when its copy there was written, of the latest uploads
+        self._written: dict[tuple[str, str], float] = {}
+        self._small = asyncio.Semaphore(concurrency)
+        self._large = asyncio.Semaphore(LARGE_IN_FLIGHT)
+
+    async def ensure(
+        self, destination: Destination, refs: list[tuple[str, int]], suspect: bool
+    ) -> None:
+        """Upload the objects of one record that the destination lacks, many at once (a
+        folder is thousands): each takes a slot of the daemon's object limit; the first
+        error cancels the rest and is raised."""
+        if not refs:
+            return
+        since = time.time() - self.reuse_window
+        known = (
+            set()
+            if suspect
+            else await self.journal.known_objects(destination.uri, [s for s, _ in refs], since)
+        )
+        todo = [(sha, size) for sha, size in refs if sha not in known]
+        there = [size for sha, size in refs if sha in known]
+        METRICS.deduplicated(destination.storage.scheme, len(there), sum(there))
+        if len(todo) == 1:
+            await self._ensure_object(destination, *todo[0], suspect)
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for sha, size in todo:
+                    tg.create_task(self._ensure_object(destination, sha, size, suspect))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def _ensure_object(
+        self, destination: Destination, sha: str, size: int, suspect: bool
+    ) -> None:
+        """Upload one object unless the destination has it; share concurrent uploads.
+
+        An upload of the same object for another record may be cancelled (its record's
+        other object failed first): that is not this record's answer, so this one then
+        uploads the object itself."""
+        key = (destination.uri, sha)
+        while (fut := self._objects.get(key)) is not None:
+            try:
+                await asyncio.shield(fut)
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not fut.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this task itself is being cancelled
+        fut = asyncio.get_running_loop().create_future()
+        self._objects[key] = fut
+        try:
+            async with self._slots(size):
+                # while we hold the key no upload of ours for it is in flight: whatever
+                # unfinished upload the destination lists for it was abandoned
+                if suspect:  # by a killed daemon, or by a failed attempt whose abort failed
+                    await destination.abort_incomplete(object_key(sha), self.started, size)
+                # sent by another record since this one asked the journal: a dict
+                # lookup, not a journal query per object (a folder is thousands)
+                if self._written.get(key, 0.0) < time.time() - self.reuse_window:
+                    written = await self._upload(destination, sha, size)
+                    await self.journal.add_object(destination.uri, sha, size, written)
+                    self._remember_written(key, written)
+            fut.set_result(None)
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        except BaseException:
+            fut.cancel()  # cancelled: the waiters upload it themselves
+            raise
+        finally:
+            del self._objects[key]
+
+    def _remember_written(self, key: tuple[str, str], written: float) -> None:
+        self._written.pop(key, None)
+        self._written[key] = written
+        if len(self._written) > _WRITTEN_KEPT:  # the oldest go: at worst sent twice
+            del self._written[next(iter(self._written))]
+
+    def _slots(self, size: int) -> asyncio.Semaphore:
+        """Small objects: many requests in flight (latency-bound); large ones: a few,
+        each already sending parts in parallel (bandwidth- and memory-bound)."""
+        return self._large if size >= LARGE_OBJECT else self._small
+
+    async def _upload(self, destination: Destination, sha: str, size: int) -> float:
+        """Send the object unless storage has a fresh copy; returns when the copy there
+        was written (now, or the one found: an old one reused keeps its old time)."""
+        okey = object_key(sha)
+        storage = destination.storage
+        # a small object costs about as much to send as to ask for: send it (keys are
+        # content addresses, so a second copy is the same bytes)
+        if size >= storage.head_before_put:
+            info = await storage.head(okey)
+            # reused only if written within the reuse window: an older one may be a
+            # candidate of `artisync prune`, so it is written again (the same bytes)
+            fresh = info is not None and (info.modified or 0) >= time.time() - self.reuse_window
+            # (with no copy in the spool to send, what storage has is what there is)
+            if info is not None and info.size == size and (fresh or not self._spooled(sha)):
+                METRICS.deduplicated(storage.scheme, 1, size)
+                return info.modified or 0.0
+        path = self.spool.blob_path(sha)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise PermanentStorageError("payload missing from the spool", key=sha) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
+        self.bytes_in_flight += size
+        started = time.monotonic()
+        written = time.time()  # before the put: S3 dates a multipart object by its start
+        try:
+            await storage.put(okey, path, size=size, sha256=sha)
+        finally:
+            self.bytes_in_flight -= size
+        METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
+        METRICS.uploaded.labels(storage.scheme).inc(size)
+        if storage.take_retried(okey):
+            # an attempt retried inside this put may have left parts its own clean-up
+            # could not remove
+            await destination.abort_incomplete(okey, self.started, size)
+        return written
+
+    def _spooled(self, sha: str) -> bool:
+        return os.path.isfile(self.spool.blob_path(sha))
