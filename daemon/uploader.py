@@ -185,7 +185,7 @@ class Uploader:
             if inline is not None:
                 refs = [ref for ref in refs if ref[0] != inline[0]]
             await self.objects.ensure(destination, refs, suspect)
-            if row.state is not State.UPLOADED:
+            if refs and row.state is not State.UPLOADED:  # (no objects: no progress to keep)
                 await self.journal.set_state(row.seq, State.UPLOADED)
             if suspect:
                 for key in record_keys(row.body):
