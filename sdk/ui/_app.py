@@ -72,26 +72,34 @@ class View:
             raise web.HTTPNotFound(text=f"no task {task_id!r}{where}")
         return rec
 
-    async def versions(self, request: web.Request) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The URL's task and every version of its artifact, oldest first."""
+    async def versions(
+        self, request: web.Request, *, pending: bool = True
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The URL's task and every version of its artifact, oldest first: those in
+        storage and (``pending``) those this node's daemon has not uploaded yet."""
         task = await self.task(request)
         name = request.match_info["name"]
         try:  # the name is encoded into its key prefix (no "/" or ".." survives that)
             found = await self.run(self.reader.artifact_versions, self.uri, task["task_id"], name)
         except ValueError:  # not a name storage could hold (too long, say)
             found = []
+        if pending:
+            daemon = await self.run(self.pending.versions, task["task_id"], name)
+            found += _pending.not_stored(daemon, found, "record_id")
+            found.sort(key=lambda r: (r.get("created") or 0, r["record_id"]))
         if not found:
             raise web.HTTPNotFound(text=f"task {task['name']!r} has no artifact {name!r}")
         return task, found
 
     async def version(self, request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The version asked for (``?v=record_id``), else the newest."""
-        task, found = await self.versions(request)
+        """The stored version asked for (``?v=record_id``), else the newest stored one."""
+        task, found = await self.versions(request, pending=False)
         want = request.query.get("v")
         for rec in reversed(found):
             if want is None or rec["record_id"] == want:
                 return task, rec
-        raise web.HTTPNotFound(text=f"no version {want!r} of {request.match_info['name']!r}")
+        name = request.match_info["name"]
+        raise web.HTTPNotFound(text=f"no version {want!r} of {name!r} in storage")
 
     def payload(self, rec: dict[str, Any]) -> Path:
         """The version's main blob, verified (in a worker thread)."""
@@ -115,8 +123,13 @@ def _view(request: web.Request) -> View:
 
 @aiohttp_jinja2.template("index.html")
 async def projects(request: web.Request) -> dict[str, Any]:
+    """Every project in storage, and those whose tasks are all still pending upload."""
     view = _view(request)
-    return {"projects": await view.run(view.reader.projects, view.uri)}
+    stored, daemon = await asyncio.gather(
+        view.run(view.reader.projects, view.uri), view.run(view.pending.projects)
+    )
+    pending = daemon.difference(stored)
+    return {"projects": sorted(pending.union(stored)), "pending": pending}
 
 
 @aiohttp_jinja2.template("project.html")
@@ -171,7 +184,9 @@ async def artifact_page(request: web.Request) -> dict[str, Any]:
     view = _view(request)
     task, found = await view.versions(request)
     want = request.query.get("v")
-    chosen = next((r for r in found if r["record_id"] == want), found[-1])
+    stored = [r for r in found if not r.get("pending")]
+    # by default the newest version that can be previewed and downloaded
+    chosen = next((r for r in found if r["record_id"] == want), (stored or found)[-1])
     return {"task": task, "project": task["project"], "art": chosen, "versions": found}
 
 

@@ -29,12 +29,27 @@ class Pending:
     def ask(
         self, project: str | None = None, task_id: str | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(the daemon's tasks of ``project`` or the task ``task_id``, newest first; the
-        newest version of each artifact of the first of them), for this destination."""
-        msg = {"op": "query_task", "task_id": task_id, "project": project}
+        """(the daemon's tasks of ``project`` or the task ``task_id`` (neither: its
+        newest 20 tasks), newest first; the newest version of each artifact of the
+        first of them), for this destination."""
+        return self._query(task_id=task_id, project=project)
+
+    def versions(self, task_id: str, name: str) -> list[dict[str, Any]]:
+        """Every version of artifact ``name`` of the task that the daemon's journal
+        holds (uploaded ones too, until they are compacted away), oldest first."""
+        _, arts = self._query(task_id=task_id, versions_of=name)
+        return arts
+
+    def projects(self) -> set[str]:
+        """The projects of the daemon's newest tasks for this destination."""
+        tasks, _ = self._query()
+        return {str(t["project"]) for t in tasks if t.get("project")}
+
+    def _query(self, **fields: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        msg = {"op": "query_task", "task_id": None, "project": None, "name": None}
         try:
             with self.lock:
-                reply = self.client.request({**msg, "name": None, "statuses": None}, ASK_TIMEOUT)
+                reply = self.client.request({**msg, **fields, "statuses": None}, ASK_TIMEOUT)
         except (DaemonUnavailable, DaemonError, OSError, TimeoutError):
             return [], []
         tasks = [t for t in reply.get("tasks") or [] if self._ours(t)]
