@@ -26,7 +26,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from artisync.protocol import NotFound, Settings
+from artisync.protocol import IntegrityError, NotFound, Settings, StorageError
 from artisync.protocol.formats import read_listing
 
 from .._lookup import artifact_from
@@ -196,20 +196,29 @@ async def preview(request: web.Request) -> web.Response:
     task, rec = await view.version(request)
     full = request.query.get("full") == "1"
     compact = request.query.get("compact") == "1"
-    try:
+
+    async def read() -> dict[str, Any]:
         if (rec.get("size") or 0) > _previews.FETCH_LIMIT and rec.get("format") != "tree":
-            data = {"kind": "none", "why": "too large to preview here: its summary, and download"}
-        elif rec.get("format") == "tree":
-            listing = read_listing(await view.run(view.payload, rec))
-            data = _previews.tree(listing)
-        else:
-            data = await view.run(
-                partial(_previews.of_record, full=full), rec, await view.run(view.payload, rec)
-            )
-    except (OSError, ValueError, NotFound) as exc:
-        data = {"kind": "error", "why": f"{type(exc).__name__}: {exc}"}
+            return {"kind": "none", "why": "too large to preview here: its summary, and download"}
+        if rec.get("format") == "tree":
+            return _previews.tree(read_listing(await view.run(view.payload, rec)))
+        path = await view.run(view.payload, rec)
+        return await view.run(partial(_previews.of_record, full=full), rec, path)
+
+    data, status = await _previewed(read())
     ctx = {"task": task, "art": rec, "p": data, "compact": compact, "project": task["project"]}
-    return aiohttp_jinja2.render_template("_preview.html", request, ctx)
+    return aiohttp_jinja2.render_template("_preview.html", request, ctx, status=status)
+
+
+async def _previewed(work: Awaitable[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """A preview's data and the status to send it with: a stored object that does not
+    match its SHA-256 is refused (502), whatever else fails is shown as the reason."""
+    try:
+        return await work, 200
+    except IntegrityError as exc:
+        return {"kind": "error", "why": f"stored object does not match its SHA-256: {exc}"}, 502
+    except (OSError, ValueError, StorageError) as exc:
+        return {"kind": "error", "why": f"{type(exc).__name__}: {exc}"}, 200
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -237,9 +246,9 @@ async def tree_file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"{rec['name']!r} has no file {rel!r}")
     path = await view.run(view.reader.locate, member[1], rec["dest"], None)
     if request.query.get("preview") == "1":
-        data = await view.run(_previews.by_extension, path, _suffix(rel))
+        data, status = await _previewed(view.run(_previews.by_extension, path, _suffix(rel)))
         ctx = {"task": task, "art": rec, "p": data, "compact": False, "member": rel}
-        return aiohttp_jinja2.render_template("_preview.html", request, ctx)
+        return aiohttp_jinja2.render_template("_preview.html", request, ctx, status=status)
     return _file(path, rel.rpartition("/")[2], inline=request.query.get("inline") == "1")
 
 
@@ -291,21 +300,33 @@ def _suffix(rel: str) -> str:
 async def pages_for_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Errors as pages (404 with what was not found), and the security headers."""
+    """Errors as pages (404 with what was not found; 502 for storage that failed or
+    sent other bytes than were stored), and the security headers."""
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        ctx = {"status": exc.status, "reason": exc.reason, "text": exc.text or ""}
-        response = aiohttp_jinja2.render_template("error.html", request, ctx, status=exc.status)
+        response = _error(request, exc.status, exc.reason, exc.text or "")
     except NotFound as exc:
-        ctx = {"status": 404, "reason": "Not Found", "text": str(exc)}
-        response = aiohttp_jinja2.render_template("error.html", request, ctx, status=404)
+        response = _error(request, 404, "Not Found", str(exc))
+    except IntegrityError as exc:  # never the bytes: they are not what was stored
+        text = f"stored object does not match its SHA-256, not sent: {exc}"
+        response = _error(request, 502, "Bad Gateway", text)
+    except StorageError as exc:
+        response = _error(request, 502, "Bad Gateway", f"storage could not be read: {exc}")
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
+
+
+def _error(request: web.Request, status: int, reason: str, text: str) -> web.Response:
+    # htmx asked (a preview, a count): a fragment to show in place, not a whole page
+    fragment = request.headers.get("HX-Request") == "true"
+    ctx = {"status": status, "reason": reason, "text": text}
+    name = "_error.html" if fragment else "error.html"
+    return aiohttp_jinja2.render_template(name, request, ctx, status=status)
 
 
 def _when(ts: float | None) -> str:
