@@ -35,6 +35,7 @@ from . import _pending, _previews
 
 T = TypeVar("T")
 PAGE = 50  # tasks a project page lists
+MAX_COMPARE = 8  # tasks the compare page shows side by side
 _TASK_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -256,10 +257,10 @@ async def tree_file(request: web.Request) -> web.StreamResponse:
 async def compare(request: web.Request) -> dict[str, Any]:
     """Two or more tasks side by side: artifacts of the same name on one row."""
     view = _view(request)
-    ids = request.query.getall("t", [])
+    ids = list(dict.fromkeys(request.query.getall("t", [])))  # each task once
     if len(ids) < 2:
         raise web.HTTPBadRequest(text="compare needs two tasks or more: /compare?t=ID&t=ID")
-    tasks = [await view.task_by_id(task_id) for task_id in ids[:8]]
+    tasks = list(await asyncio.gather(*(view.task_by_id(t) for t in ids[:MAX_COMPARE])))
     arts = await asyncio.gather(
         *(view.run(view.reader.artifact_records, view.uri, t["task_id"]) for t in tasks)
     )
@@ -272,7 +273,7 @@ async def compare(request: web.Request) -> dict[str, Any]:
         metas = {repr(sorted((c.get("metadata") or {}).items())) for c in cells if c is not None}
         same = len(hashes) == 1 and None not in cells
         rows.append({"name": name, "cells": cells, "same": same, "meta_differs": len(metas) > 1})
-    return {"tasks": tasks, "rows": rows}
+    return {"tasks": tasks, "rows": rows, "asked": len(ids)}
 
 
 def _file(path: Path, filename: str, *, inline: bool) -> web.FileResponse:
