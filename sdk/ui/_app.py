@@ -135,6 +135,10 @@ async def projects(request: web.Request) -> dict[str, Any]:
 
 @aiohttp_jinja2.template("project.html")
 async def project(request: web.Request) -> dict[str, Any]:
+    """A page of a project's tasks, newest first. Page n skips (n - 1) x PAGE index
+    entries by listing them: storage lists from a prefix only (no backend here can
+    start after a key), so the skipped entries cost LIST pages of 1,000 keys, read
+    one after another: the last page of 100,000 tasks, about 100 LISTs."""
     view = _view(request)
     name = request.match_info["project"]
     try:

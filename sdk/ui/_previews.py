@@ -1,11 +1,13 @@
 """Previews: what the artifact page shows of a stored payload, read with limits.
 
 Each function takes a verified local copy of the payload (a file in the reader's
-cache) and returns plain data for a template; payloads over :data:`FETCH_LIMIT`
-are not fetched for a preview at all. Nothing here loads more than its
-limit: a parquet preview reads the first row groups only (its shape and column
-statistics come from the footer), a text preview reads its first bytes, an array
-preview is skipped past :data:`ARRAY_LIMIT`. Pickles are never unpickled.
+cache, downloaded whole and checked against its SHA-256 before any of it is
+read) and returns plain data for a template; payloads over :data:`FETCH_LIMIT`
+are not fetched for a preview at all. Of that local copy nothing here decodes
+more than its limit: a parquet preview decodes the first 500 rows only (its
+shape and column statistics come from the footer), a text preview reads its
+first bytes, an array preview is skipped past :data:`ARRAY_LIMIT`. Pickles are
+never unpickled.
 Runs in a worker thread: pandas, pyarrow and numpy are imported here, lazily.
 """
 
