@@ -11,6 +11,8 @@ references it and its modification time is older than ``started - 2W`` (minus a
 margin for clocks, :data:`CLOCK_MARGIN` or W if less), also when asked again just
 before the delete. A record referencing such an object
 was then published before ``started``, so the mark saw it: the object is kept.
+The last look and the delete happen under a sweep lock, so that a writer renewing
+an object cannot land between them (see :mod:`.sweeps`).
 
 What the mark reads is kept in a scratch SQLite file, not in memory: a bucket of a
 million objects costs disk, not RAM.
@@ -30,6 +32,7 @@ from typing import Any, Self
 from artisync.protocol import NotFound
 
 from .storage.base import ObjectInfo, Storage
+from .sweeps import Sweep
 
 OBJECTS = "objects/sha256/"
 CLOCK_MARGIN = 600.0  # seconds of clock difference allowed (at most the window itself)
@@ -89,28 +92,36 @@ class Marks:
 async def collect(
     st: Storage, started: float, grace: float, apply: bool, marks: Marks
 ) -> tuple[int, int]:
-    """Mark, then sweep: (objects deleted or to delete, their bytes)."""
+    """Mark, then sweep: (objects deleted or to delete, their bytes). Deletes happen
+    under a sweep lock (:class:`.sweeps.Sweep`), taken at the first page that has
+    something to delete."""
     await _mark(st, marks)
     cutoff = started - grace - min(CLOCK_MARGIN, grace / 2)
     count = size = 0
     page: list[ObjectInfo] = []
+    async with contextlib.AsyncExitStack() as stack:
+        sweep: Sweep | None = None
 
-    async def sweep() -> None:
-        nonlocal count, size
-        keep = marks.referenced([_sha(i.key) for i in page])
-        old = [i for i in page if _sha(i.key) not in keep and _older(i, cutoff)]
-        if apply:
-            old = [i for i in await gather([_still_old(st, i, cutoff) for i in old]) if i]
-            await st.delete_many([i.key for i in old])
-        count += len(old)
-        size += sum(i.size for i in old)
-        page.clear()
+        async def sweep_page() -> None:
+            nonlocal count, size, sweep
+            keep = marks.referenced([_sha(i.key) for i in page])
+            old = [i for i in page if _sha(i.key) not in keep and _older(i, cutoff)]
+            page.clear()
+            if apply and old:
+                if sweep is None:
+                    sweep = await stack.enter_async_context(Sweep(st))
+                await sweep.keep()
+                old = [i for i in await gather([_still_old(st, i, cutoff) for i in old]) if i]
+                sweep.check()
+                await st.delete_many([i.key for i in old])
+            count += len(old)
+            size += sum(i.size for i in old)
 
-    async for info in st.list(OBJECTS):
-        page.append(info)
-        if len(page) >= CHUNK:
-            await sweep()
-    await sweep()
+        async for info in st.list(OBJECTS):
+            page.append(info)
+            if len(page) >= CHUNK:
+                await sweep_page()
+        await sweep_page()
     return count, size
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import DaemonConfig
 from .metrics import METRICS
 from .storage.base import PermanentStorageError, open_storage
 from .storage.retry import STORAGE_RETRY, RetryingStorage, RetryPolicy
+from .sweeps import SweepGate
 
 log = logging.getLogger("artisync.daemon")
 
@@ -38,6 +39,10 @@ class Destination:
     probing: bool = False
     probe_seq: int | None = None  # the record let through as the probe
     sweep_warned: bool = False
+    sweeps: SweepGate = field(init=False)  # when an object may be sent (prune's sweeps)
+
+    def __post_init__(self) -> None:
+        self.sweeps = SweepGate(self.storage)
 
     def ready(self, now: float) -> bool:
         return self.online or (not self.probing and now >= self.retry_at)

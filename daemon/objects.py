@@ -9,16 +9,21 @@ large ones (sent in parallel parts already) go a few at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import time
+from pathlib import Path
 
-from artisync.protocol import Spool, object_key
+from artisync.protocol import Spool, hash_file, object_key
 
 from .destinations import Destination
 from .journal import Journal
 from .metrics import METRICS
-from .storage.base import PermanentStorageError, first_error
+from .storage.base import IntegrityError, PermanentStorageError, first_error
+from .storage.retry import RetryingStorage
+
+log = logging.getLogger("artisync.daemon")
 
 LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
 LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
@@ -127,20 +132,23 @@ class ObjectSender:
 
     async def _upload(self, destination: Destination, sha: str, size: int) -> float:
         """Send the object unless storage has a fresh copy; returns when the copy there
-        was written (now, or the one found: an old one reused keeps its old time)."""
+        was written (now, or the one found, when fresh).
+
+        An object written longer ago than the reuse window may be a candidate of
+        ``artisync prune``: it is written again (the same bytes), which renews it, and
+        each send keeps clear of prune's sweeps (:mod:`.sweeps`)."""
         okey = object_key(sha)
         storage = destination.storage
         # a small object costs about as much to send as to ask for: send it (keys are
         # content addresses, so a second copy is the same bytes)
         if size >= storage.head_before_put:
             info = await storage.head(okey)
-            # reused only if written within the reuse window: an older one may be a
-            # candidate of `artisync prune`, so it is written again (the same bytes)
-            fresh = info is not None and (info.modified or 0) >= time.time() - self.reuse_window
-            # (with no copy in the spool to send, what storage has is what there is)
-            if info is not None and info.size == size and (fresh or not self._spooled(sha)):
-                METRICS.deduplicated(storage.scheme, 1, size)
-                return info.modified or 0.0
+            if info is not None and info.size == size:
+                if (info.modified or 0) >= time.time() - self.reuse_window:
+                    METRICS.deduplicated(storage.scheme, 1, size)
+                    return info.modified or 0.0
+                if not self._spooled(sha):  # old, and no copy here to send: fetch it back
+                    await self._fetch_back(storage, sha, size)
         path = self.spool.blob_path(sha)
         try:
             st = os.lstat(path)
@@ -148,6 +156,23 @@ class ObjectSender:
             raise PermanentStorageError("payload missing from the spool", key=sha) from None
         if not stat.S_ISREG(st.st_mode):
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
+        while True:
+            clear_at = await destination.sweeps.clear()
+            written = await self._put(destination, okey, path, sha, size)
+            if destination.sweeps.covered(clear_at):
+                return written
+            # a long send: a sweep may have looked at the old copy before this one
+            # landed, and removed it after; once no sweep is live, what is there stays
+            await destination.sweeps.clear()
+            info = await storage.head(okey)
+            if info is not None and info.size == size:
+                return written
+            log.info("object %s removed by a prune sweep while it was sent: again", sha[:12])
+
+    async def _put(
+        self, destination: Destination, okey: str, path: Path, sha: str, size: int
+    ) -> float:
+        storage = destination.storage
         self.bytes_in_flight += size
         started = time.monotonic()
         written = time.time()  # before the put: S3 dates a multipart object by its start
@@ -162,6 +187,20 @@ class ObjectSender:
             # could not remove
             await destination.abort_incomplete(okey, self.started, size)
         return written
+
+    async def _fetch_back(self, storage: RetryingStorage, sha: str, size: int) -> None:
+        """Copy an object from storage back into the spool, checked against its name, so
+        that it can be written again (renewed) rather than reused as it is."""
+        f, tmp = self.spool.open_temp()
+        f.close()
+        try:
+            await storage.get(object_key(sha), tmp)
+            got, got_size = await asyncio.to_thread(hash_file, tmp)
+            if got != sha or got_size != size:
+                raise IntegrityError("stored object does not match its name", key=sha)
+            await asyncio.to_thread(self.spool.commit_temp, tmp, sha, sync=False)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _spooled(self, sha: str) -> bool:
         return os.path.isfile(self.spool.blob_path(sha))

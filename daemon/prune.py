@@ -238,8 +238,8 @@ async def _delete_task(st: Storage, rec: dict[str, Any]) -> None:
 
 async def _finish(st: Storage, rec: dict[str, Any]) -> None:
     task_id = rec["task_id"]
-    keys = [i.key async for i in st.list(f"tasks/{task_id}/") if i.key != task_key(task_id)]
-    await st.delete_many(keys)
+    prefix = f"tasks/{task_id}/"
+    await st.delete_many([i.key async for i in st.list(prefix) if i.key != task_key(task_id)])
     index = record_keys({**rec, "kind": "task"})[1:]
     # the project's entry stays: other tasks of the project may still be listed by it
     index = [k for k in index if not k.startswith("index/projects/")]
@@ -247,6 +247,9 @@ async def _finish(st: Storage, rec: dict[str, Any]) -> None:
         index.append(legacy_index_key(rec["project"], rec["name"], rec["started"], task_id))
     await st.delete_many(index)
     await st.delete(task_key(task_id))
+    # a version a late writer published while this ran would be left with no task and
+    # keep its objects forever: listed once more, now that no reader reaches the task
+    await st.delete_many([i.key async for i in st.list(prefix)])
     await st.delete(f"{TOMBSTONES}{task_id}.json")
 
 

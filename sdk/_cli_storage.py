@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from artisync.protocol import NotFound, Settings
@@ -63,8 +64,12 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     from artisync.daemon.config import load_config
     from artisync.daemon.prune import Policy, prune
     from artisync.daemon.storage import open_storage
+    from artisync.daemon.storage.retry import STORAGE_RETRY, RetryingStorage
 
     table = dict(settings.raw.get("prune") or {})  # its "every" is the daemon's
+    if args.older_than is not None or args.before is not None:
+        table.pop("older_than", None)  # a cutoff given here replaces the config's
+        table.pop("before", None)
     for key in ("older_than", "before", "keep_versions"):
         if getattr(args, key) is not None:
             table[key] = getattr(args, key)
@@ -78,7 +83,10 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     uri = args.uri or settings.output_uri
 
     async def go() -> str:
-        st = open_storage(uri, load_config(settings).options_for(uri))
+        config = load_config(settings)
+        # retried through throttling and network failures as the daemon's requests are
+        retries = replace(STORAGE_RETRY, max_elapsed=config.retry_max_elapsed)
+        st = RetryingStorage(open_storage(uri, config.options_for(uri)), retries)
         try:
             report = await prune(st, policy, settings.reuse_window, apply=args.yes)
         finally:

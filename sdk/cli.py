@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-versions", type=int, metavar="N", help="keep each artifact's newest N versions"
     )
     pr.add_argument("--no-objects", action="store_true", help="leave unreferenced objects")
-    pr.add_argument("--yes", action="store_true", help="delete (without: a dry run that counts)")
+    act = pr.add_mutually_exclusive_group()
+    act.add_argument("--yes", action="store_true", help="delete (without: a dry run that counts)")
+    act.add_argument("--dry-run", action="store_true", help="count only (the default)")
     ui = sub.add_parser("ui", help="browse what runs produced in a web page (read-only)")
     ui.add_argument("--uri", help="storage to show (default: the configured output URI)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

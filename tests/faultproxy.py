@@ -6,6 +6,8 @@
         proxy.set("cut", count=1, cut_after=7 * 2**20)  # drop one connection mid-body
         proxy.set("cut", count=3, cut_after=[7 * 2**20, 1024])  # per connection (last repeats)
         proxy.set("refuse")                          # nothing listens; proxy.set("pass")
+        proxy.hold(b"?delete", 10)   # requests containing these bytes wait 10 s (any mode)
+        proxy.held.wait(30)          # ... and one has arrived
 
 It runs its own asyncio loop in a thread, so it serves sync and async tests alike.
 Faults apply per *connection*: a faulted connection is answered (or dropped) and
@@ -66,6 +68,8 @@ class FaultProxy:
         self.faults = 0
         self.bytes_up = 0
         self.bytes_down = 0
+        self._hold: tuple[bytes, float] | None = None
+        self.held = threading.Event()  # set when a request matching hold() arrived
 
     # -- control (test thread) ------------------------------------------------------------
 
@@ -112,6 +116,13 @@ class FaultProxy:
         with self._lock:
             self._fault = _Fault(mode, count, retry_after, delay, cuts or [0])
         self._call(self._listen() if mode != "refuse" else self._unlisten())
+
+    def hold(self, pattern: bytes | None, seconds: float = 0.0) -> None:
+        """Hold every request whose bytes upstream contain ``pattern`` for ``seconds``
+        before passing it on (None: stop holding). Spliced connections only."""
+        with self._lock:
+            self._hold = None if pattern is None else (pattern, seconds)
+            self.held.clear()
 
     def drop_connections(self) -> None:
         self._call(self._close_all())
@@ -219,6 +230,10 @@ class FaultProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             sent = 0
             while data := await src.read(65536):
+                hold = self._hold
+                if up and hold is not None and hold[0] in data:
+                    self.held.set()
+                    await asyncio.sleep(hold[1])
                 if up and cut_after and sent + len(data) >= cut_after:
                     dst.write(data[: cut_after - sent])
                     self.bytes_up += cut_after - sent

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.harness import DaemonProc, Env, run_py, short_tmpdir
 from tests.storage_fixtures import Backend, _make
 
@@ -193,6 +194,64 @@ def test_prune_with_a_writer_running(backend_name: str, request: pytest.FixtureR
             assert len(Task.get_tasks(project_name="old")) == 0
         """
         assert run_py(env, code).stdout.split()[0] == "3"
+
+
+def test_a_renewal_never_lands_between_prunes_look_and_its_delete(
+    request: pytest.FixtureRequest,
+) -> None:
+    """An old, unreferenced object is doomed; prune looks at it and sends its delete,
+    which the network holds for 12 s; meanwhile a writer needs the same bytes again.
+    The writer must not renew the object and publish its record inside that moment:
+    once the delete lands, its record would point to nothing."""
+    with short_tmpdir() as root:
+        backend = _make("s3", request, root)
+        env = _env(root, backend)
+        server = request.getfixturevalue("seaweedfs")
+        host, port = server.endpoint.removeprefix("http://").split(":")
+        shared = os.urandom(2 * 2**20)
+        daemon = DaemonProc(env).wait_ready()
+        try:
+            doomed = _trainer(env, "old", "run-1", shared)
+            time.sleep(OLD_AFTER)
+            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 1))
+            first = _cli(env, "prune", "--before", cutoff, "--no-objects", "--yes")
+            assert "deleted 1 tasks" in first.stdout, first.stdout + first.stderr
+            with FaultProxy((host, int(port))) as proxy:
+                slow = root / "slow.toml"
+                slow.write_text(env.config.read_text().replace(server.endpoint, proxy.endpoint))
+                proxy.hold(b"?delete", 12.0)  # S3 DeleteObjects: POST /<bucket>?delete
+                pruner = subprocess.Popen(
+                    [sys.executable, "-m", "artisync.cli", "prune", "--yes"],
+                    env=env.environ(ARTISYNC_CONFIG=str(slow)),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                assert proxy.held.wait(120), "prune sent no delete"
+                writer = run_py(
+                    env,
+                    f"""
+                    from artisync import Task
+                    t = Task.init(project_name="live", task_name="writer")
+                    t.upload_artifact("again", open({str(_bytes_file(root, shared))!r}, "rb").read())
+                    t.flush(wait_for_uploads=True)
+                    t.close()
+                    print(t.id)
+                    """,
+                    timeout=180,
+                )
+                out, err = pruner.communicate(timeout=120)
+            assert pruner.returncode == 0, err
+            assert "deleted 2 unreferenced objects" in out, out  # run-1's two payloads
+            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
+        finally:
+            daemon.stop()
+        after = _stored(backend)
+        _check_every_record(after)
+        live = writer.stdout.split()[-1]
+        assert [r["name"] for r in _records(after) if r["task_id"] == live] == ["again"]
+        assert not any(doomed in key for key in after)
+        assert not any(key.startswith("prune/") for key in after)
 
 
 def _trainer(env: Env, project: str, name: str, shared: bytes) -> str:
