@@ -228,6 +228,11 @@ class Daemon:
             await asyncio.to_thread(load_backend, uri)
         except Exception as exc:  # a bad default shows when a record uses it, with the reason
             log.debug("not preloading the backend of %s: %s", uri, exc)
+            return
+        # listed from the start (status, /healthz, the online gauge), not from first use
+        for known in dict.fromkeys((uri, *self.config.allowed_destinations)):
+            with contextlib.suppress(Exception):
+                self.destinations.get(known)
 
     def _raise_fd_limit(self) -> None:
         """Every client connection holds a descriptor: raise the soft limit to the hard

@@ -7,6 +7,7 @@ growing intervals (with jitter, capped) until a probe succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -105,12 +106,15 @@ class Destinations:
         self._retired: list[Destination] = []
 
     def reconfigure(self, config: DaemonConfig) -> None:
-        """New storage options (``artisync retry`` after a fix): clients are rebuilt on
-        next use; the old ones, perhaps still in use by uploads in flight, are closed
-        at shutdown."""
+        """New storage options (``artisync retry`` after a fix): clients are rebuilt, and
+        the destinations start online again; the old clients, perhaps still in use by
+        uploads in flight, are closed at shutdown."""
         self.config = config
         self._retired.extend(self._by_uri.values())
-        self._by_uri = {}
+        uris, self._by_uri = list(self._by_uri), {}
+        for uri in uris:  # still listed (status, metrics), with their new clients
+            with contextlib.suppress(PermanentStorageError):
+                self.get(uri)
 
     def get(self, uri: str) -> Destination:
         destination = self._by_uri.get(uri)

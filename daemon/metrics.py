@@ -128,6 +128,11 @@ class _State(Collector):
             "When the oldest record not yet committed was acknowledged (0: none waits)",
             v["oldest"],
         )
+        yield GaugeMetricFamily(
+            "artisync_failed_records",
+            "Records failed permanently and kept, waiting for `artisync retry`",
+            v["failed"],
+        )
         yield GaugeMetricFamily("artisync_spool_bytes", "Bytes the spool holds", v["spool"])
         yield GaugeMetricFamily(
             "artisync_spool_limit_bytes", "The spool's quota (0: none)", v["limit"]
@@ -151,6 +156,7 @@ async def _refresh(app: Any) -> None:
         "records": st["backlog"]["records"],
         "bytes": st["backlog"]["bytes"],
         "oldest": st.get("oldest_waiting") or 0,
+        "failed": st["failed"]["records"],
         "spool": st["spool_bytes"],
         "limit": st["spool_limit"],
         "destinations": [(d["uri"], d["online"]) for d in st["destinations"]],

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -142,16 +143,41 @@ def test_metrics_name_rules_and_zeros(
 ) -> None:
     env, _, _, address = world
     d = DaemonProc(env, ARTISYNC_METRICS=address).wait_ready()
+    online = f'artisync_destination_online{{destination="{env.output_uri}"}} 1.0'
     try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        deadline = time.monotonic() + 10
+        while True:  # the configured destination is listed before any upload used it
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            if online in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         d.stop()
-    names = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
-    assert names and all(n.startswith("artisync_") for n in names), names
+    assert online in text, text
+    types = dict(ln.split()[2:4] for ln in text.splitlines() if ln.startswith("# TYPE "))
+    assert types and all(n.startswith("artisync_") for n in types), types
+    samples = {ln.split("{")[0].split()[0] for ln in text.splitlines() if ln[:1].isalpha()}
+    for name, kind in types.items():
+        if kind == "counter":
+            assert name.endswith("_total") and name in samples, name
+        elif kind == "histogram":
+            assert name.endswith("_seconds"), name
+    assert {n for n in types if "bytes" in n or "seconds" in n} >= {
+        "artisync_backlog_bytes",
+        "artisync_uploaded_bytes_total",
+        "artisync_object_upload_seconds",
+        "artisync_last_commit_timestamp_seconds",
+    }, types
     # label values known in advance are there at 0 before anything happened
     for scheme in ("file", "s3", "gs", "azure"):
-        assert f'artisync_records_committed_total{{kind="artifact",scheme="{scheme}"}} 0.0' in text
+        for kind in ("artifact", "task"):
+            line = f'artisync_records_committed_total{{kind="{kind}",scheme="{scheme}"}} 0.0'
+            assert line in text, line
+            assert line.replace("committed", "failed") in text
+        assert f'artisync_uploaded_bytes_total{{scheme="{scheme}"}} 0.0' in text
+        assert f'artisync_storage_retries_total{{scheme="{scheme}"}} 0.0' in text
+    assert "artisync_failed_records 0.0" in text
     assert 'artisync_build_info{version="' in text
 
 
