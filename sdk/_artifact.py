@@ -12,7 +12,7 @@ from typing import Any
 
 from artisync.protocol import Spool, is_raw, object_key
 
-from ._cache import forget
+from ._cache import forget, touch
 from ._errors import UploadTimeout
 
 # Given a sha256, return a local path holding exactly those bytes.
@@ -134,6 +134,11 @@ class Artifact:
 
     def _forget(self) -> None:
         """``force_download``: this version's objects leave the local cache first."""
+        if is_raw(self._record):
+            try:
+                self._settled(wait=0.0)  # encoded already? Then its objects may be cached
+            except UploadTimeout:
+                return  # not encoded yet: read from the spool, nothing of it is cached
         rec = self._record
         shas = [str(b[0]) for b in rec.get("blobs") or []]
         if isinstance(rec.get("sha256"), str):
@@ -160,11 +165,11 @@ class Artifact:
             if not ext:
                 return main
             named = main.parent / f"{main.name}{ext}"
-            if not named.exists():
+            if not touch(named):
                 _link_or_copy(main, named)
             return named
         folder = main.parent / f"{rec['sha256']}.d"
-        if not folder.exists():
+        if not touch(folder):  # a hit is a use: the cache evicts the least recently used
             tmp = main.parent / f"{rec['sha256']}.d.tmp{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
             materialize_tree(main, self._locator, tmp)
@@ -175,7 +180,7 @@ class Artifact:
         if extract_archive:
             return folder
         archive = main.parent / f"{rec['sha256']}.zip"
-        if not archive.exists():
+        if not touch(archive):
             made = shutil.make_archive(str(archive.with_suffix("")) + ".tmp", "zip", folder)
             Path(made).rename(archive)
         return archive

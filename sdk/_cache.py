@@ -48,6 +48,18 @@ def cached(sha256: str, fill: Callable[[Path], object]) -> Path:
     return path
 
 
+def touch(path: Path) -> bool:
+    """A hit on an entry made from an object (a named copy, a tree, a zip): renews its time
+    of use, as :func:`cached` does an object's. False if it is not there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # not ours to touch: still a hit
+    return True
+
+
 def forget(shas: Iterable[str]) -> None:
     """Drop these objects (and trees made from them): the next read downloads again."""
     cache = cache_root()
