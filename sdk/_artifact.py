@@ -1,7 +1,9 @@
-"""Artifact: one stored version, as ClearML's ``task.artifacts[name]`` shows it."""
+"""Artifact: one stored version, as ClearML's ``task.artifacts[name]`` shows it; and
+:class:`ChunkedTable`, a table stored a chunk (a version) at a time."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import shutil
 import tempfile
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, is_raw, object_key
+from artisync.protocol import ArtisyncError, Spool, is_raw, new_id, object_key
 
 from ._cache import forget, touch
 from ._errors import UploadTimeout
@@ -21,6 +23,10 @@ Locator = Callable[[str], Path]
 Resolver = Callable[[str, float], dict[str, Any] | None]
 
 ENCODE_WAIT = 30.0  # seconds a caller asking for the hash waits for the daemon to encode
+
+# Every version of an artifact, oldest first (any process's): set by the logger module,
+# which can look them up (this module sits below the lookups)
+find_versions: Callable[[Artifact], list[Artifact]] | None = None
 
 
 class Artifact:
@@ -192,14 +198,22 @@ class Artifact:
         force_download: bool = False,
     ) -> Any:
         """The artifact as an object: DataFrame, dict, ndarray, Image, a local path...
+        A chunk of a :class:`ChunkedTable`: the table up to it.
 
         Pickled artifacts are refused unless ``allow_pickle=True`` (or the config
         setting ``allow_pickle``): unpickling runs arbitrary code.
         """
-        from artisync.protocol.formats import load, load_raw
-
         if force_download:
             self._forget()
+        if "chunk_of" in (self._record.get("metadata") or {}) and not deserialization_function:
+            return _joined(self, force_download)
+        return self._get_one(allow_pickle, deserialization_function)
+
+    def _get_one(
+        self, allow_pickle: bool | None, deserialization_function: Callable[[bytes], Any] | None
+    ) -> Any:
+        from artisync.protocol.formats import load, load_raw
+
         if allow_pickle is None:
             allow_pickle = self._allow_pickle
         raw = self._raw_path()
@@ -256,3 +270,73 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     with open(tmp, "wb") as out:
         copy_file_fast(src, out)
     tmp.replace(dst)
+
+
+class ChunkedTable:
+    """A table (a dict of columns) stored as chunks: each a version of artifact ``name``
+    holding the rows appended since the chunk before, so storing costs the new rows only.
+    A chunk's metadata: ``chunk_of`` (this table's id), ``chunk`` (0, 1, ...) and ``rows``
+    (up to it). Its ``get()`` joins chunks 0 to it, in order (``get_local_copy()``: its own
+    rows). Append to :attr:`rows` from any thread; one thread at a time calls :meth:`store`.
+    """
+
+    def __init__(self, name: str, columns: tuple[str, ...]) -> None:
+        self.name, self.columns, self.id = name, columns, new_id()
+        self.rows: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.chunk = 0  # the next chunk's number
+        self.total = 0  # rows stored so far
+
+    def store(self, task: Any, **metadata: Any) -> bool:
+        """The rows waiting as the next chunk, through ``task.upload_artifact``; if that
+        raises, they stay queued for the next call. False if no row waits."""
+        q = self.rows
+        rows = [q.popleft() for _ in range(len(q))]  # appends may go on meanwhile
+        if not rows:
+            return False
+        cols = dict(zip(self.columns, map(list, zip(*rows, strict=True)), strict=True))
+        total = self.total + len(rows)
+        meta = {"chunk_of": self.id, "chunk": self.chunk, "rows": total, **metadata}
+        first = ", ".join(sorted(set(map(str, cols[self.columns[0]])))[:10])
+        preview = f"{self.name}: rows {self.total + 1}-{total} of {first}"
+        try:
+            task.upload_artifact(self.name, cols, metadata=meta, preview=preview)
+        except BaseException:
+            q.extendleft(reversed(rows))
+            raise
+        self.chunk, self.total = self.chunk + 1, total
+        with _chunks_lock:
+            _chunks.setdefault(self.id, []).append(task.artifacts[self.name])
+        return True
+
+
+_chunks: dict[str, list[Artifact]] = {}  # chunk_of -> the chunks this process stored
+_chunks_lock = threading.Lock()
+
+
+def _joined(art: Artifact, force_download: bool) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for part in _chunks_upto(art):
+        if force_download and part is not art:
+            part._forget()
+        for column, values in part._get_one(False, None).items():
+            out.setdefault(column, []).extend(values)
+    return out
+
+
+def _chunks_upto(art: Artifact) -> list[Artifact]:
+    of, upto = str(art.metadata["chunk_of"]), int(art.metadata["chunk"])
+    with _chunks_lock:
+        mine = _chunks.get(of, [])[: upto + 1]
+    if len(mine) == upto + 1:
+        return mine
+    found: dict[int, Artifact] = {}
+    for version in find_versions(art) if find_versions else []:
+        if version.metadata.get("chunk_of") == of:
+            found.setdefault(int(version.metadata["chunk"]), version)
+    missing = [i for i in range(upto + 1) if i not in found]
+    if missing:
+        raise ArtisyncError(
+            f"{art.name!r}: chunks {missing[:10]} of {upto + 1} are missing (pruned by "
+            "keep_versions?); artifact.get_local_copy() has a chunk's own rows"
+        )
+    return [found[i] for i in range(upto + 1)]

@@ -53,12 +53,23 @@ assert Logger.current_logger() is logger
 for i in range(10_000):
     logger.report_scalar("loss", "train", 1.0 / (i + 1), iteration=i)
 logger.report_single_value("accuracy", 0.93)
-logger.report_text("epoch done")
+logger.report_text("epoch done")  # printed too, as ClearML's
+logger.report_text("quiet line", print_console=False)
+logger.report_image("float", "val", iteration=3, image=np.full((4, 6, 3), 0.5))
+logger.report_histogram("hist", "val", np.array([1, 5, 2]), 3, xaxis="bins")
+logger.report_confusion_matrix("cm", "val", matrix=np.eye(2), iteration=3, xlabels=["a", "b"])
+logger.report_scatter2d("pts", "val", scatter=[(0, 1), (1, 2)], iteration=3, mode="markers")
+logger.report_line_plot("lines", [Logger.SeriesInfo("a", [[0, 1], [1, 3]])], "x", "y")
+logger.report_surface("surf", "val", np.ones((2, 2)))
+logger.report_histogram("bad", "val")  # a missing argument: logged, not raised
+logger.set_default_upload_destination("s3://elsewhere")  # images go with the task
+assert logger.get_default_upload_destination() == task.output_uri
 logger.report_table("preds", "val", iteration=3, table_plot=pd.DataFrame({"y": [1, 2]}))
 logger.report_image("sample", "val", iteration=3, matrix=np.zeros((8, 8), dtype=np.uint8))
 logger.report_plotly("curve", "val", figure={"data": [{"y": [1, 2, 3]}]})
 assert logger.report_matplotlib_figure("bad", "call", figure=object()) is None  # never raises
 assert task.get_output_destination() == task.output_uri
+assert logger.flush() is True
 print(task.id, Task.get_project_id("examples"))
 task.close()
 assert Task.current_task() is None
@@ -69,7 +80,9 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
     out = run_py(env, f"import sys; sys.argv = ['s', {str(env.root)!r}]\n" + SCRIPT)
     task_id, project_id = out.stdout.split()[-2:]
     assert project_id == "examples"
-    assert "failed" in out.stderr  # the bad matplotlib call was logged, not raised
+    assert "report_matplotlib_figure failed" in out.stderr  # logged, not raised
+    assert "report_histogram failed" in out.stderr
+    assert "epoch done" in out.stdout and "quiet line" not in out.stdout
     check = run_py(
         env,
         """
@@ -90,6 +103,10 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
             "last": [scalars["iteration"][-1], scalars["value"][-1]],
             "single": arts["single values"].get(),
             "console": arts["console"].get(),
+            "image": [arts["image: float - val"].type, arts["image: float - val"].get().size],
+            "hist": arts["histogram: hist - val"].get(),
+            "cm": arts["confusion matrix: cm - val"].get(),
+            "lines": arts["line plot: lines"].get(),
         }))
         """,
     )
@@ -106,15 +123,26 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
     assert got["tags"] == ["a", "b"] and got["comment"] == "a comment"
     assert got["net"] == {"layers": [64, 64]} and got["file"] == "batch: 32\n"
     assert got["names"] == [
+        "confusion matrix: cm - val",
         "console",
+        "histogram: hist - val",
+        "image: float - val",
         "image: sample - val",
+        "line plot: lines",
         "plotly: curve - val",
         "scalars",
+        "scatter2d: pts - val",
         "single values",
+        "surface: surf - val",
         "table: preds - val",
     ]
     assert got["rows"] == 10_000 and got["last"] == [9999, 1.0 / 10_000]
-    assert got["single"] == {"accuracy": 0.93} and got["console"] == "epoch done\n"
+    assert got["single"] == {"accuracy": 0.93}
+    assert got["console"] == "epoch done\nquiet line\n"
+    assert got["image"] == ["image", [6, 4]]  # floats in [0, 1]: a PNG image, 6 x 4
+    assert got["hist"] == {"values": [1, 5, 2], "xaxis": "bins"}
+    assert got["cm"] == {"matrix": [[1.0, 0.0], [0.0, 1.0]], "xlabels": ["a", "b"]}
+    assert got["lines"]["series"] == [{"name": "a", "data": [[0, 1], [1, 3]]}]
     ls = subprocess.run(
         [sys.executable, "-m", "artisync.cli", "ls", "examples", "clearml style"],
         env=env.environ(),
@@ -124,3 +152,59 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
     )
     assert "# param General/lr = 0.2" in ls.stdout and "# configuration net" in ls.stdout
     assert task_id in ls.stdout
+
+
+def test_scalars_are_stored_in_chunks_of_new_rows_and_read_back_whole(
+    daemon: DaemonProc, env: Env
+) -> None:
+    made = run_py(
+        env,
+        """
+        import time
+        from artisync import Task
+        t = Task.init(project_name="chunks", task_name="c")
+        logger = t.get_logger()
+        logger.set_flush_period(0.2)
+        for i in range(30_000):  # past CHUNK_ROWS (20,000): a chunk is due meanwhile
+            logger.report_scalar("loss", "train", float(i), iteration=i)
+        # stored by the logger's thread while the loop goes on: no flush, no close
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            art = t.artifacts.get("scalars")
+            if art is not None and art.metadata["rows"] == 30_000:
+                break
+            time.sleep(0.05)
+        assert t.artifacts["scalars"].metadata["rows"] == 30_000
+        assert len(t.artifacts["scalars"].get()["value"]) == 30_000  # joined, in this process
+        for i in range(5):
+            logger.report_scalar("acc", "val", 0.5, iteration=i)
+        t.close()
+        print(t.id)
+        """,
+    )
+    task_id = made.stdout.split()[-1]
+    read = run_py(
+        env,
+        f"""
+        import json
+        from artisync import Task
+        t = Task.get_task(task_id={task_id!r})
+        versions = t.get_artifact_versions("scalars")
+        own = [json.load(open(v.get_local_copy())) for v in versions]
+        whole = t.artifacts["scalars"].get()
+        print(json.dumps({{
+            "chunks": [v.metadata["chunk"] for v in versions],
+            "own": [len(cols["value"]) for cols in own],
+            "rows": [v.metadata["rows"] for v in versions],
+            "first": len(versions[0].get()["value"]),
+            "whole": [len(whole["value"]), whole["iteration"][:3], whole["title"][-1]],
+            "ordered": whole["iteration"][:30_000] == list(range(30_000)),
+        }}))
+        """,
+    )
+    got = json.loads(read.stdout.splitlines()[-1])
+    n = len(got["chunks"])
+    assert n >= 3 and got["chunks"] == list(range(n))
+    assert sum(got["own"]) == 30_005  # each version holds its new rows only
+    assert got["rows"][-1] == 30_005 and got["first"] == got["rows"][0] == got["own"][0]
+    assert got["whole"] == [30_005, [0, 1, 2], "acc"] and got["ordered"]
