@@ -13,14 +13,14 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from artisync.protocol import TaskRecord, check_name, new_task_record, task_event
 
 from . import _exit, _job, _logger, _lookup
 from ._artifact import Artifact
 from ._checks import checked_metadata, checked_name, delete_spec, is_dataframe, resolve_destination
-from ._clearml import ClearMLSurface
+from ._clearml import ClearMLSurface, missing
 from ._session import Session
 from ._task_lookup import Lookups
 from ._tracking import Tracked, Tracker, content_hash
@@ -29,7 +29,15 @@ from ._versions import origin, store_version
 log = logging.getLogger("artisync")
 
 
-class Task(ClearMLSurface, Lookups):
+class _TaskType(type):
+    if not TYPE_CHECKING:  # mypy goes on checking the names used on the class
+
+        def __getattr__(cls, name: str) -> Any:
+            """``Task.enqueue`` raises NotImplementedError as ``task.enqueue`` does."""
+            raise missing(f"type object {cls.__name__!r}", name)
+
+
+class Task(ClearMLSurface, Lookups, metaclass=_TaskType):
     """A run that reports artifacts. Create with :meth:`init`; find with :meth:`get_task`."""
 
     _current: ClassVar[Task | None] = None

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import DaemonProc, Env, run_py
 
 SCRIPT = """
@@ -24,11 +26,17 @@ params = {"lr": 0.1, "optimizer": {"name": "adam", "beta": 0.9}}
 assert task.connect(params) is params
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=3)
-args = task.connect(parser.parse_args([]))
+parser.add_argument("--amp", action="store_true")
+parser.add_argument("--sizes", type=int, nargs="*", default=[1, 2])
+assert task.connect(parser) is parser  # as ClearML: the parser, its values under Args
+assert task.connect(argparse.Namespace(seed=7)).seed == 7  # an object: under General
 class Cfg:
     depth = 4
     def method(self): pass
-task.connect(Cfg(), name="Model")
+task.connect(Cfg, name="Model")  # a class: its public attributes
+cfg = Cfg()
+cfg.width = 8
+task.connect(cfg, name="Instance")  # an instance: its own attributes only, as ClearML's
 assert task.connect_configuration({"layers": [64, 64]}, name="net") == {"layers": [64, 64]}
 cfg_file = os.path.join(sys.argv[1], "train.yaml")
 open(cfg_file, "w").write("batch: 32\\n")
@@ -49,7 +57,7 @@ try:
 except AttributeError:
     pass
 logger = task.get_logger()
-assert Logger.current_logger() is logger
+assert Logger.current_logger() is logger and task.logger is logger
 for i in range(10_000):
     logger.report_scalar("loss", "train", 1.0 / (i + 1), iteration=i)
 logger.report_single_value("accuracy", 0.93)
@@ -64,6 +72,7 @@ logger.report_surface("surf", "val", np.ones((2, 2)))
 logger.report_histogram("bad", "val")  # a missing argument: logged, not raised
 logger.set_default_upload_destination("s3://elsewhere")  # images go with the task
 assert logger.get_default_upload_destination() == task.output_uri
+assert task.get_last_iteration() == 9999
 logger.report_table("preds", "val", iteration=3, table_plot=pd.DataFrame({"y": [1, 2]}))
 logger.report_image("sample", "val", iteration=3, matrix=np.zeros((8, 8), dtype=np.uint8))
 logger.report_plotly("curve", "val", figure={"data": [{"y": [1, 2, 3]}]})
@@ -107,17 +116,22 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
             "hist": arts["histogram: hist - val"].get(),
             "cm": arts["confusion matrix: cm - val"].get(),
             "lines": arts["line plot: lines"].get(),
+            "last iteration": t.get_last_iteration(),
         }))
         """,
     )
     got = json.loads(check.stdout.splitlines()[-1])
-    assert got["params"] == {
+    assert got["params"] == {  # text as ClearML shows it: str(value), JSON for lists
         "General/lr": "0.2",
         "General/optimizer/name": "adam",
         "General/optimizer/beta": "0.9",
         "General/extra": "7",
+        "General/seed": "7",
         "Args/epochs": "3",
+        "Args/amp": "False",
+        "Args/sizes": "[1, 2]",
         "Model/depth": "4",
+        "Instance/width": "8",
     }
     assert got["cast"]["General"]["lr"] == 0.2 and got["cast"]["Args"]["epochs"] == 3
     assert got["tags"] == ["a", "b"] and got["comment"] == "a comment"
@@ -143,6 +157,7 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
     assert got["hist"] == {"values": [1, 5, 2], "xaxis": "bins"}
     assert got["cm"] == {"matrix": [[1.0, 0.0], [0.0, 1.0]], "xlabels": ["a", "b"]}
     assert got["lines"]["series"] == [{"name": "a", "data": [[0, 1], [1, 3]]}]
+    assert got["last iteration"] == 9999  # from the scalars' metadata, in another process
     ls = subprocess.run(
         [sys.executable, "-m", "artisync.cli", "ls", "examples", "clearml style"],
         env=env.environ(),
@@ -152,6 +167,67 @@ def test_a_clearml_script_runs_and_reads_back(daemon: DaemonProc, env: Env) -> N
     )
     assert "# param General/lr = 0.2" in ls.stdout and "# configuration net" in ls.stdout
     assert task_id in ls.stdout
+
+
+def test_clearml_names_artisync_lacks_raise_not_implemented_on_the_class_and_instances(
+    env: Env,
+) -> None:
+    from artisync import Task
+    from artisync._clearml import NOT_HERE
+
+    clearml_only = ["create", "clone", "enqueue", "get_projects", "set_credentials", "reset"]
+    task = Task.init(project_name="surface", task_name="names")
+    for owner in (Task, task):
+        for name in clearml_only:
+            with pytest.raises(NotImplementedError, match=f"Task.{name} is ClearML's"):
+                getattr(owner, name)
+        for name in ("no_such_thing", "__no_such_dunder__"):  # not ClearML's: hasattr works
+            with pytest.raises(AttributeError):
+                getattr(owner, name)
+            assert not hasattr(owner, name)
+    assert not [n for n in NOT_HERE if n in dir(Task)]  # nothing listed is implemented
+    with pytest.raises(NotImplementedError, match="spool"):
+        Task.set_offline(offline_mode=True)
+    # called before Task.init in ClearML scripts: accepted, nothing to do here
+    Task.add_requirements("torch", "2.3")
+    Task.force_requirements_env_freeze(force=True, requirements_file="req.txt")
+    Task.ignore_requirements("pywin32")
+    Task.set_random_seed(None)
+    Task.set_offline(offline_mode=False)
+    assert Task.running_locally() is True and Task.is_offline() is False
+    assert task.is_main_task() and task.running_locally()
+    task.set_task_type("testing")
+    task.close()
+
+
+def test_parameters_and_status_calls_change_the_task_record(env: Env) -> None:
+    from artisync import Task
+
+    task = Task.init(project_name="surface", task_name="calls")
+    task.set_parameters({"Args/a": 1, "General/b": [1, 2]})
+    task.update_parameters({"Args/c": True}, d=None)
+    assert task.get_parameters() == {
+        "Args/a": "1",
+        "Args/c": "True",
+        "General/b": "[1, 2]",
+        "General/d": "",
+    }
+    assert task.delete_parameter("Args/a") and not task.delete_parameter("Args/zz")
+    assert task.get_parameters_as_dict(cast=True)["Args"] == {"c": True}
+    task.set_configuration_object("model", config_text="depth: 4\n")
+    task.set_configuration_object("opt", config_dict={"lr": 0.1})
+    assert task.get_configuration_objects() == {
+        "model": "depth: 4\n",
+        "opt": '{\n  "lr": 0.1\n}',
+    }
+    assert task.get_configuration_object_as_dict("opt") == {"lr": 0.1}
+    task.mark_started()  # running already: nothing to do
+    task.mark_stopped()
+    assert task.status == "aborted"
+    with pytest.raises(NotImplementedError, match="Task.init a new one"):
+        task.mark_started()
+    task.close()  # an aborted task stays aborted
+    assert task.status == "aborted"
 
 
 def test_scalars_are_stored_in_chunks_of_new_rows_and_read_back_whole(
