@@ -2,15 +2,12 @@
 
 ``report_scalar`` appends a row to a queue (no lock, no I/O). A background thread
 stores the rows waiting as the next chunk of the artifact ``scalars`` (columns title,
-series, iteration, value; see :class:`~artisync._artifact.ChunkedTable`): every flush
-period (:data:`FLUSH_EVERY`, :meth:`Logger.set_flush_period`) and whenever
-:data:`CHUNK_ROWS` rows wait, which bounds how long one chunk's JSON holds the GIL;
-``task.flush()`` and ``close()`` store what is left. ``get()`` joins the chunks.
-
-Single values go to ``single values``, text lines to ``console`` (stored whole when
-changed). Tables, images, media, plots and figures become artifacts of their own,
-``<kind>: <title> - <series>``. A call that fails (a bad argument, a full spool) logs
-a warning and returns.
+series, iteration, value; a :class:`~artisync._artifact.ChunkedTable`) every flush
+period and whenever :data:`CHUNK_ROWS` rows wait (bounding how long a chunk's JSON holds
+the GIL); ``task.flush()`` and ``close()`` store the rest. Single values go to ``single
+values``, text lines to ``console``; tables, images, media, plots and figures become
+artifacts of their own, ``<kind>: <title> - <series>``. A call that fails (a bad
+argument, a full spool) logs a warning and returns.
 """
 
 from __future__ import annotations
@@ -254,8 +251,7 @@ class Logger:
 
     # -- settings ClearML has -------------------------------------------------------------------
     def set_flush_period(self, period: float | None) -> None:
-        """Seconds between chunks of scalars; None or 0: only at ``CHUNK_ROWS`` rows, at
-        ``task.flush()`` and at close."""
+        """Seconds between chunks of scalars (None or 0: at CHUNK_ROWS, flush and close)."""
         self._period = float(period) if period else None
         self._due = time.monotonic() + (self._period or math.inf)
 
@@ -280,6 +276,9 @@ class Logger:
             log.warning("artisync: Logger.flush failed: %s", exc)
             return False
 
+    def _changed(self) -> bool:
+        return bool(self._rows) or (self._single, len(self._text)) != self._stored
+
     def _store(self) -> None:
         """Store the rows waiting as the next chunk, and single values and console text
         if they changed (never waits on the network)."""
@@ -294,14 +293,10 @@ class Logger:
                 self.task.upload_artifact("console", "\n".join(self._text[:lines]) + "\n")
             self._stored = (single, lines)
 
-    def _dirty(self) -> bool:
-        return bool(self._rows) or (self._single, len(self._text)) != self._stored
-
     @classmethod
     def flush_task(cls, task_id: str) -> None:
         """At ``task.flush()`` and ``close()``."""
-        with cls._lock:
-            found = cls._loggers.get(task_id)
+        found = cls._loggers.get(task_id)
         if found is not None:
             try:
                 found._store()
@@ -311,8 +306,7 @@ class Logger:
     @classmethod
     def last_iteration_of(cls, task: Any) -> int:
         """The highest iteration reported: this process's logger's, else the newest chunk's."""
-        with cls._lock:
-            found = cls._loggers.get(task.id)
+        found = cls._loggers.get(task.id)
         if found is not None:
             return found._last_iteration
         art = task.artifacts.get("scalars")
@@ -332,10 +326,9 @@ class _Flusher:
         self._asked.add(logger)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="artisync-logger", daemon=True
-                )
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="artisync-log", daemon=True)
+                self._thread = thread
+                thread.start()
         self._wake.set()
 
     def _loop(self) -> None:
@@ -344,18 +337,14 @@ class _Flusher:
             self._wake.clear()
             now = time.monotonic()
             with Logger._lock:
-                due = [lg for lg in Logger._loggers.values() if lg._due <= now and lg._dirty()]
-            for logger in set(due) | self._take():
+                due = [lg for lg in Logger._loggers.values() if lg._due <= now and lg._changed()]
+            while self._asked:
+                due.append(self._asked.pop())
+            for logger in set(due):
                 try:
                     logger._store()
                 except Exception as exc:  # a report's rows stay queued for the next try
                     log.warning("artisync: storing the Logger's scalars failed: %s", exc)
-
-    def _take(self) -> set[Logger]:
-        taken = set()
-        while self._asked:
-            taken.add(self._asked.pop())
-        return taken
 
 
 _flusher = _Flusher()
