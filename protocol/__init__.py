@@ -56,6 +56,7 @@ from ._messages import (
     ok,
     validate_request,
 )
+from ._put import PutRecord, new_put_record, put_target
 from ._records import (
     MAX_METADATA_BYTES,
     RAW_CODECS,
@@ -86,6 +87,9 @@ __all__ = [
     "TaskRecord",
     "new_artifact_record",
     "new_id",
+    "PutRecord",
+    "new_put_record",
+    "put_target",
     "new_task_record",
     "task_event",
     "DEFAULT_MAX_FRAME",

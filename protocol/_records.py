@@ -1,13 +1,16 @@
 """Records: the durable events a client hands the daemon, typed and validated here.
 
-Two kinds. A *task event* (``kind="task"``) carries a task's whole state at one
+Three kinds. A *task event* (``kind="task"``) carries a task's whole state at one
 moment: started, closed. An *artifact version* (``kind="artifact"``) describes
 one stored version of one artifact: what it is, its payload's SHA-256 and size,
 and every payload it needs (``blobs``; a folder has one per file plus its listing).
 The SDK sends an artifact version *raw*: with ``raw`` (how the raw snapshot in
 the spool is to be encoded) instead of ``sha256``, ``size`` and ``blobs``, which
 the daemon fills in once it has encoded it; the ``raw`` field is then kept in
-the journal but never published.
+the journal but never published. A *put* (``kind="put"``, StorageManager's uploads)
+is one file for one key of the caller's choosing: ``key`` under the destination
+``dest``, always sent raw (a kernel copy of the file); the daemon hashes it and
+writes it at that key, nowhere else, and publishes nothing about it.
 The SDK builds records with :func:`new_task_record`, :func:`task_event` and
 :func:`new_artifact_record`; the daemon checks every record with
 :func:`validate_record` before it journals it. Keys are the wire format: they are
@@ -24,9 +27,10 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from ._errors import InvalidMessage
 from ._layout import check_name
+from ._put import PutRecord, put_target
 
 TASK_STATUSES = ("in_progress", "completed", "failed", "aborted")  # aborted: by a signal
-RECORD_KINDS = ("task", "artifact")
+RECORD_KINDS = ("task", "artifact", "put")
 # how a raw snapshot becomes the stored form (see artisync.protocol.formats)
 RAW_CODECS = ("stored", "arrow", "npy", "pixels", "pack")
 MAX_BLOBS = 200_000
@@ -109,7 +113,7 @@ class ArtifactRecord(TypedDict):
     world_size: NotRequired[int]
 
 
-Record = TaskRecord | ArtifactRecord
+Record = TaskRecord | ArtifactRecord | PutRecord
 
 
 def new_id() -> str:
@@ -229,6 +233,7 @@ _ARTIFACT: Spec = {
     "extension": (str, False),
     "delete_after": ((dict, type(None)), False),
 }
+_PUT: Spec = {"key": (str, True), "raw": (dict, True)}
 
 
 def check_fields(obj: dict[str, Any], spec: Spec, what: str) -> None:
@@ -248,7 +253,7 @@ def check_fields(obj: dict[str, Any], spec: Spec, what: str) -> None:
 
 
 def validate_record(rec: Any) -> dict[str, Any]:
-    """Check a record (task event or artifact version); return it unchanged."""
+    """Check a record (task event, artifact version or put); return it unchanged."""
     if not isinstance(rec, dict):
         raise InvalidMessage("record must be a map")
     check_fields(rec, _COMMON, "record")
@@ -264,6 +269,8 @@ def validate_record(rec: Any) -> dict[str, Any]:
             raise InvalidMessage(f"task record: unknown status {rec['status']!r}"[:200])
         _checked_name(rec["project"], "project")
         _checked_name(rec["name"], "task name")
+    elif kind == "put":
+        _check_put(rec)
     else:
         check_fields(rec, _ARTIFACT, "artifact record")
         _checked_name(rec["name"], "artifact name")
@@ -278,8 +285,21 @@ def validate_record(rec: Any) -> dict[str, Any]:
 
 
 def is_raw(rec: dict[str, Any]) -> bool:
-    """An artifact version whose raw snapshot the daemon has yet to encode."""
-    return rec.get("kind") == "artifact" and "raw" in rec and "sha256" not in rec
+    """An artifact version (or a put) whose raw snapshot the daemon has yet to encode."""
+    return rec.get("kind") in ("artifact", "put") and "raw" in rec and "sha256" not in rec
+
+
+def _check_put(rec: dict[str, Any]) -> None:
+    check_fields(rec, _PUT, "put record")
+    if any(field in rec for field in ("sha256", "size", "blobs")):
+        raise InvalidMessage("put record: a put is sent raw (the daemon hashes it)")
+    if rec["raw"].get("codec") != "stored":
+        raise InvalidMessage("put record: its raw snapshot is the file itself ('stored')")
+    _check_raw(rec["raw"])
+    try:
+        put_target(rec["dest"], rec["key"])
+    except ValueError as exc:
+        raise InvalidMessage(f"put record: {exc}"[:500]) from exc
 
 
 def _check_raw(raw: dict[str, Any]) -> None:
