@@ -8,7 +8,7 @@ journal's thread serves acks between chunks) and deletes:
 
 - committed artifact versions last changed before the cutoff; their task is
   marked ``compacted`` (with its owner), so a lookup through the daemon merges
-  what storage holds;
+  what storage holds; committed puts (StorageManager) likewise, marking nothing;
 - committed task events, once every record of their task is committed and older
   than the cutoff (the whole task is then in storage only);
 - ``objects`` rows older than the cutoff: dedup of a payload uploaded long ago
@@ -42,15 +42,15 @@ def compact_chunk(db: sqlite3.Connection, cursor: int, cutoff: float) -> tuple[i
     done = [r for r in rows if r["state"] == State.COMMITTED and r["updated"] < cutoff]
     # records journaled after the cutoff come later in seq order: nothing past them is old
     over = len(rows) < CHUNK or rows[-1]["received"] >= cutoff
-    doomed = [r["seq"] for r in done if r["kind"] == "artifact"]
+    doomed = [r["seq"] for r in done if r["kind"] in ("artifact", "put")]
     with transaction(db, "IMMEDIATE"):
         events = [r for r in done if r["kind"] == "task"]
         finished = {t for t in {r["task_id"] for r in events} if _all_done(db, t, cutoff)}
         doomed += [r["seq"] for r in events if r["task_id"] in finished]
         going = set(doomed)
         gone = [r for r in done if r["seq"] in going]
-        for task_id in {r["task_id"] for r in gone}:
-            _mark(db, task_id, cutoff)
+        for task_id in {r["task_id"] for r in gone if r["kind"] != "put"}:
+            _mark(db, task_id, cutoff)  # (a put's task_id names its call, not a task)
         for i in range(0, len(doomed), 500):
             chunk = doomed[i : i + 500]
             db.execute(f"DELETE FROM refs WHERE seq IN ({marks(chunk)})", chunk)

@@ -40,6 +40,10 @@ def count(
     return int(r["n"]), int(r["bytes"])
 
 
+# where a record goes, as status shows it: a put's own URL, else its destination
+_WHERE_TO = "(CASE WHEN kind='put' THEN name ELSE dest END)"
+
+
 def stats(db: sqlite3.Connection) -> dict[str, Any]:
     """Counts from ``totals`` (kept by triggers: no scan of history); the committed
     include those compacted away."""
@@ -55,15 +59,15 @@ def stats(db: sqlite3.Connection) -> dict[str, Any]:
     failed = [
         dict(r)  # "dest" is the status reply's key
         for r in db.execute(
-            "SELECT record_id, task_id, kind, dest, reason, peer_uid FROM records "
-            "WHERE state=? ORDER BY seq LIMIT 20",
+            f"SELECT record_id, task_id, kind, {_WHERE_TO} AS dest, reason, peer_uid "
+            "FROM records WHERE state=? ORDER BY seq LIMIT 20",
             (State.FAILED,),
         )
     ]
     retrying = [
         dict(r)
         for r in db.execute(
-            "SELECT record_id, dest, reason, attempts, peer_uid FROM records "
+            f"SELECT record_id, {_WHERE_TO} AS dest, reason, attempts, peer_uid FROM records "
             "WHERE state=? AND reason IS NOT NULL ORDER BY seq LIMIT 5",
             (State.PENDING,),
         )
@@ -219,3 +223,18 @@ def record(
     if r is None:
         return None
     return State(r["state"]), msgpack.unpackb(r["body"], raw=False), r["reason"]
+
+
+def newer_put_committed(db: sqlite3.Connection, target: str, seq: int, created: float) -> bool:
+    """A put of URL ``target`` made after ``created`` (or at that time and journaled
+    after ``seq``) is committed. Made, not journaled: a shared daemon may journal a
+    record that waited in a handover folder after a newer one."""
+    for r in db.execute(
+        "SELECT seq, body FROM records WHERE kind='put' AND project IS NULL AND name=? "
+        "AND state=? AND seq!=? ORDER BY seq DESC LIMIT 100",
+        (target, State.COMMITTED, seq),
+    ):
+        made = float(msgpack.unpackb(r["body"], raw=False).get("created", 0))
+        if made > created or (made == created and r["seq"] > seq):
+            return True
+    return False

@@ -16,14 +16,14 @@ from typing import Any
 
 import msgpack
 
-from artisync.protocol import is_raw
+from artisync.protocol import is_raw, put_target
 
 
 class State(enum.StrEnum):
     """Where a record is: ``[encoding ->] pending -> uploading -> uploaded -> committed``,
     or ``failed``."""
 
-    ENCODING = "encoding"  # its raw snapshot is waiting to be encoded (artifacts only)
+    ENCODING = "encoding"  # its raw snapshot is waiting to be encoded (artifacts, puts)
     PENDING = "pending"  # waiting (for its turn, or until next_try)
     UPLOADING = "uploading"  # claimed by a worker
     UPLOADED = "uploaded"  # its payloads are at the destination; the record is not yet
@@ -212,7 +212,7 @@ def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
             rec["kind"],
             rec["task_id"],
             rec.get("project"),
-            rec.get("name") if rec["kind"] == "task" else None,
+            _name_column(rec),
             rec["dest"],
             msgpack.packb(rec, use_bin_type=True),
             size,
@@ -230,6 +230,15 @@ def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
         "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
     )
     return True
+
+
+def _name_column(rec: dict[str, Any]) -> str | None:
+    """A task's name (lookups by name), a put's URL (puts of one URL, in order)."""
+    if rec["kind"] == "task":
+        return str(rec["name"])
+    if rec["kind"] == "put":
+        return put_target(rec["dest"], rec["key"])
+    return None
 
 
 def make_room(db: sqlite3.Connection, exc: sqlite3.OperationalError) -> None:

@@ -1,9 +1,12 @@
 """Admission: what a record must satisfy before the daemon journals it.
 
 Its destination must parse (and, on a shared daemon, be one of the allowed
-ones); its task must be the submitter's own; it must be publishable; and every
-payload it names must be a regular file in the spool (never a path elsewhere)
-or already at its destination.
+ones, or under one); its task must be the submitter's own; it must be
+publishable; and every payload it names must be a regular file in the spool
+(never a path elsewhere) or already at its destination. A put (StorageManager)
+is held to the same destination rules; its key stays under its destination and
+out of artisync's layout (checked with the record): within an allowed
+destination, any member may write any other key, as with the storage itself.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def check_static(
                 f"destination {rec['dest']} is not one this daemon may write to "
                 f"(allowed_destinations: {listed}); use output_uri under one of them"
             ), []
-    problem = check_publishable(rec)
-    if problem or rec["kind"] != "artifact":
+    # a put publishes nothing: its key was checked with the record (validate_record)
+    problem = None if rec["kind"] == "put" else check_publishable(rec)
+    if problem or rec["kind"] == "task":
         return problem, []
     if is_raw(rec):
         return _check_raw_file(spool, rec, None if granted else uid), []

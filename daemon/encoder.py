@@ -10,7 +10,8 @@ snapshot in place and the record in ``encoding``, to be encoded again.
 CPU-heavy codecs (parquet, PNG's zlib, npz's deflate) run in a pool of worker
 processes at a lower priority: in a thread they would hold the GIL and delay
 the daemon's acknowledgements, and they must yield to the trainers on the same
-cores. ``stored`` snapshots only need hashing, which releases the GIL: a thread.
+cores. ``stored`` snapshots (files, and every put) only need hashing, which
+releases the GIL: a thread.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     data = body["raw"].get("data")
     if data is None or len(data) > SMALL_PAYLOAD:  # in blobs/ now
         out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}
+    if body["kind"] == "put":  # written at its own key: nothing inline, no preview
+        return out
     if isinstance(result.get("inline"), bytes):
         out["inline"] = base64.b64encode(result["inline"]).decode("ascii")
     if not out.get("preview"):

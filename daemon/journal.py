@@ -49,7 +49,8 @@ T = TypeVar("T")
 
 # where a failed record goes again: back to encoding if it never was encoded
 _RETRY_STATE = (
-    f"(CASE WHEN kind='artifact' AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.seq=records.seq)"
+    "(CASE WHEN kind IN ('artifact','put') "
+    "AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.seq=records.seq)"
     f" THEN '{State.ENCODING}' ELSE '{State.PENDING}' END)"
 )
 
@@ -257,6 +258,10 @@ class Journal:
             return [(r["sha256"], r["size"]) for r in db.execute(sql, (seq,))]
 
         return await self._run(q)
+
+    async def newer_put_committed(self, target: str, seq: int, created: float) -> bool:
+        """A put of URL ``target`` made after this one (``seq``, ``created``) is committed."""
+        return await self._run(lambda db: _reads.newer_put_committed(db, target, seq, created))
 
     async def latest_task_event(self, task_id: str) -> dict[str, Any] | None:
         """The task's newest event by its creation time (outbox files arrive in any order)."""

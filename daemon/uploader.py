@@ -25,6 +25,7 @@ from .journal import Journal, Row, State
 from .metrics import METRICS
 from .objects import ObjectSender
 from .publish import BatchingPublisher, inline_blob, publish_task, record_keys
+from .puts import PutSender
 from .storage.base import (
     IntegrityError,
     PermanentStorageError,
@@ -68,6 +69,7 @@ class Uploader:
         # draining waits for the workers, not for in_flight to empty
         self.live_workers = 0
         self.objects = ObjectSender(journal, spool, object_concurrency, reuse_window, self.started)
+        self.puts = PutSender(journal, spool, self.started)
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -171,6 +173,13 @@ class Uploader:
             await self.queue.put(_STOP)
 
     async def _process(self, row: Row) -> None:
+        if row.kind != "put":
+            await self._process_one(row)
+            return
+        async with self.puts.one_at_a_time(row):  # the puts of one URL, in order
+            await self._process_one(row)
+
+    async def _process_one(self, row: Row) -> None:
         try:
             destination = self.destinations.get(row.destination_uri)
         except PermanentStorageError as exc:
@@ -178,19 +187,10 @@ class Uploader:
             return
         suspect = (row.destination_uri, row.seq) in self.journal.suspects
         try:
-            inline = inline_blob(row.body)  # travels in the record: no object of its own
-            # also when only publishing is left: an object confirmed longer ago than the
-            # reuse window may have been pruned since (known fresh ones cost no request)
-            refs = await self.journal.refs(row.seq)
-            if inline is not None:
-                refs = [ref for ref in refs if ref[0] != inline[0]]
-            await self.objects.ensure(destination, refs, suspect)
-            if refs and row.state is not State.UPLOADED:  # (no objects: no progress to keep)
-                await self.journal.set_state(row.seq, State.UPLOADED)
-            if suspect:
-                for key in record_keys(row.body):
-                    await destination.abort_incomplete(key, self.started)
-            await self._publish(destination, row, inline)
+            if row.kind == "put":  # its own key, nothing to publish
+                await self.puts.send(destination, row, suspect)
+            else:
+                await self._send_and_publish(destination, row, suspect)
         except TransientStorageError as exc:
             await self._retry_later(destination, row, exc)
             return
@@ -213,6 +213,21 @@ class Uploader:
         METRICS.record_committed(destination.storage.scheme, row.kind)
         self.journal.suspects.discard((row.destination_uri, row.seq))
         await asyncio.to_thread(delete_original, row)
+
+    async def _send_and_publish(self, destination: Destination, row: Row, suspect: bool) -> None:
+        inline = inline_blob(row.body)  # travels in the record: no object of its own
+        # also when only publishing is left: an object confirmed longer ago than the
+        # reuse window may have been pruned since (known fresh ones cost no request)
+        refs = await self.journal.refs(row.seq)
+        if inline is not None:
+            refs = [ref for ref in refs if ref[0] != inline[0]]
+        await self.objects.ensure(destination, refs, suspect)
+        if refs and row.state is not State.UPLOADED:  # (no objects: no progress to keep)
+            await self.journal.set_state(row.seq, State.UPLOADED)
+        if suspect:
+            for key in record_keys(row.body):
+                await destination.abort_incomplete(key, self.started)
+        await self._publish(destination, row, inline)
 
     async def _retry_later(
         self, destination: Destination, row: Row, exc: TransientStorageError
