@@ -11,18 +11,22 @@ handler finds nothing half-done. The daemon picks records up from the outbox
 from __future__ import annotations
 
 import atexit
+import functools
+import getpass
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from artisync.protocol import Settings, Spool, check_folder, format_size, load_settings
+from artisync.protocol import Origin, Settings, Spool, check_folder, format_size, load_settings
 
 from . import _handover
 from ._client import DaemonClient, DaemonError, DaemonUnavailable, autostart_daemon
 from ._errors import UploadFailed, UploadTimeout
+from ._job import rank_fields
 from ._quota import Quota, estimate_size
 
 log = logging.getLogger("artisync")
@@ -31,6 +35,28 @@ MINE_MAX = 10_000  # records a process remembers, to name one the daemon refuses
 
 
 _shutdown_hooks: list[Callable[[], None]] = []
+_HOST = socket.gethostname()
+
+
+@functools.cache  # getpass.getuser() reads the password database when $USER is unset
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def origin() -> Origin:
+    """This process, as every record names it."""
+    ranks = rank_fields()
+    return Origin(
+        host=_HOST,
+        user=_user(),
+        pid=os.getpid(),
+        rank=ranks.get("rank"),
+        local_rank=ranks.get("local_rank"),
+        world_size=ranks.get("world_size"),
+    )
 
 
 def on_shutdown(hook: Callable[[], None]) -> None:
@@ -139,6 +165,18 @@ class Session:
             return False
         return os.path.lexists(sock) or sock.parent.is_dir()
 
+    def daemon_expected(self) -> bool:
+        """A daemon answers now, or this process starts one when it does not (autostart;
+        never for a shared daemon: systemd starts that one).
+
+        :raises NotAllowed, UntrustedDaemon, UnsafeFolder: see DaemonClient.connect."""
+        try:
+            with self.client.lock:
+                self.client.connect(timeout=1.0)
+            return True
+        except DaemonUnavailable:
+            return self.settings.autostart and not self._shared_expected()
+
     def reserve_space(self, obj: Any, what: str) -> None:
         """Before snapshotting ``obj``: wait for (or insist on) room in the spool.
 
@@ -180,7 +218,7 @@ class Session:
         :raises OSError: the spool cannot be written (e.g. its disk is full).
         :raises Refused: the shared daemon refused it."""
         spool = self.spool
-        self.raise_refused(f"{_handover.describe(record)} not stored: ")
+        self.raise_refused(f"{_describe(record)} not stored: ")
         if self.shared and not (raw is not None and raw.local):
             try:
                 _handover.submit(self, record)
@@ -194,7 +232,7 @@ class Session:
                 if raw is not None:
                     raw.close()
         spool.write_outbox(record, sync=False)
-        self._mine[record["record_id"]] = _handover.describe(record)
+        self._mine[record["record_id"]] = _describe(record)
         if len(self._mine) > MINE_MAX:
             del self._mine[next(iter(self._mine))]
         if self.shared:
@@ -271,15 +309,17 @@ class Session:
         except OSError as exc:
             log.warning("artisync: could not start a daemon: %s", exc)
 
-    def wait_committed(self, task_id: str, timeout: float | None) -> None:
-        """Until every record of ``task_id`` acknowledged so far is committed in storage.
+    def wait_committed(self, task_id: str, timeout: float | None, what: str = "") -> None:
+        """Until every record of ``task_id`` acknowledged so far is committed in storage
+        (``what``: how messages name them; "task <id>" by default).
 
         :raises UploadTimeout: not within ``timeout`` (default: ``wait_timeout``).
         :raises UploadFailed: a record failed permanently."""
         limit = self.settings.wait_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         last: Exception | None = None
-        progress = _WaitReport(task_id)
+        what = what or f"task {task_id}"
+        progress = _WaitReport(what)
         while time.monotonic() < deadline:
             left = max(0.1, deadline - time.monotonic())
             if self.shared:
@@ -302,12 +342,12 @@ class Session:
             self.raise_refused()
             if reply.get("failed"):
                 raise UploadFailed(
-                    f"{reply['failed']} records of task {task_id} failed; see `artisync status`"
+                    f"{reply['failed']} records of {what} failed; see `artisync status`"
                 )
             return
         hint = f" (no daemon answered: {last})" if last else ""
         raise UploadTimeout(
-            f"uploads of task {task_id} not committed after {limit:.0f} s{hint}; "
+            f"uploads of {what} not committed after {limit:.0f} s{hint}; "
             "they stay in the spool and upload when a daemon runs"
         )
 
@@ -321,8 +361,8 @@ class _WaitReport:
     """While ``flush(wait_for_uploads=True)`` waits: one line every PROGRESS_EVERY
     seconds with what is left (nothing for a short wait: training logs stay clean)."""
 
-    def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
+    def __init__(self, what: str) -> None:
+        self.what = what
         self.started = self.said = time.monotonic()
 
     def __call__(self, p: dict[str, Any]) -> None:
@@ -332,13 +372,19 @@ class _WaitReport:
         self.said = now
         offline = f"; offline: {', '.join(p['offline'])}" if p.get("offline") else ""
         log.warning(
-            "artisync: waiting %.0f s for task %s: %d records (%s) left to upload%s",
+            "artisync: waiting %.0f s for %s: %d records (%s) left to upload%s",
             now - self.started,
-            self.task_id,
+            self.what,
             p.get("remaining", 0),
             format_size(int(p.get("bytes", 0))),
             offline,
         )
+
+
+def _describe(record: dict[str, Any]) -> str:
+    if record.get("kind") == "put":
+        return f"upload to {str(record.get('dest')).rstrip('/')}/{record.get('key')}"
+    return _handover.describe(record)
 
 
 os.register_at_fork(after_in_child=Session._after_fork_in_child)

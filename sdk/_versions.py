@@ -4,47 +4,20 @@ on the caller's thread, and the :class:`Artifact` the caller sees meanwhile."""
 from __future__ import annotations
 
 import errno
-import functools
-import getpass
-import os
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from artisync.protocol import ArtifactRecord, Origin, Spool, new_artifact_record, new_id
+from artisync.protocol import ArtifactRecord, Spool, new_artifact_record, new_id
 
 from ._artifact import Artifact
 from ._handover import RawHolder
-from ._job import rank_fields
 from ._lookup import after, locator
 from ._quota import SpoolFull
 from ._session import Session
+from ._session import origin as origin  # this process, as every record names it
 
 if TYPE_CHECKING:
     from artisync.protocol.formats import Captured
-
-_HOST = socket.gethostname()
-
-
-@functools.cache  # getpass.getuser() reads the password database when $USER is unset
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def origin() -> Origin:
-    """This process, as every record names it."""
-    ranks = rank_fields()
-    return Origin(
-        host=_HOST,
-        user=_user(),
-        pid=os.getpid(),
-        rank=ranks.get("rank"),
-        local_rank=ranks.get("local_rank"),
-        world_size=ranks.get("world_size"),
-    )
 
 
 def store_version(
