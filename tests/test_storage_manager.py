@@ -1,11 +1,13 @@
 """ClearML's StorageManager over the real backends and a real daemon: file and folder
 round trips on a folder and on S3 (SeaweedFS), through the daemon and straight from
 the caller (no daemon, autostart off); uploads that outlast an outage, and one that
-outlasts its own process; keys that would leave their destination; archives."""
+outlasts its own process; keys that would leave their destination; archives; puts
+compacted out of the journal; HTTP downloads that retry only what may heal."""
 
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import sqlite3
 import tarfile
@@ -340,3 +342,49 @@ def test_committed_puts_are_compacted_and_still_counted(request: pytest.FixtureR
         assert status["committed"]["records"] == 2, status
         with sqlite3.connect(env.spool / "journal.db") as db:
             assert db.execute("SELECT count(*) FROM compacted").fetchone()[0] == 0
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """/flaky answers 503 twice (Retry-After: 0), then its bytes; /secret 403; else 404."""
+
+    hits: dict[str, int] = {}
+
+    def do_GET(self) -> None:
+        n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        status = {"/flaky/data.bin": 503 if n <= 2 else 200, "/secret/x.bin": 403}
+        code = status.get(self.path, 404)
+        self.send_response(code)
+        body = b"payload" if code == 200 else b""
+        self.send_header("Content-Length", str(len(body)))
+        if code == 503:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_downloads_retry_only_what_may_heal() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with short_tmpdir() as root:
+            env = Env(root)
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            code = f"""
+                import time
+                from artisync import StorageManager as SM
+                print(open(SM.get_local_copy({base + "/flaky/data.bin"!r}), "rb").read())
+                for path in ("/secret/x.bin", "/gone/x.bin"):
+                    t0 = time.monotonic()
+                    try:
+                        SM.download_file({base!r} + path, "dl")
+                    except Exception as exc:
+                        print(type(exc).__name__, round(time.monotonic() - t0))
+            """
+            out = run_py(env, code, ARTISYNC_WAIT_TIMEOUT="60").stdout.split()
+        assert out == ["b'payload'", "AccessDenied", "0", "NotFound", "0"], out
+        assert _Flaky.hits["/flaky/data.bin"] == 3 and _Flaky.hits["/secret/x.bin"] == 1
+    finally:
+        server.shutdown()
