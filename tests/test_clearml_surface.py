@@ -241,17 +241,21 @@ def test_scalars_are_stored_in_chunks_of_new_rows_and_read_back_whole(
         t = Task.init(project_name="chunks", task_name="c")
         logger = t.get_logger()
         logger.set_flush_period(0.2)
+        def stored(rows):  # by the logger's thread, as the loop goes on: no flush, no close
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                art = t.artifacts.get("scalars")
+                if art is not None and art.metadata["rows"] == rows:
+                    return
+                time.sleep(0.05)
+            raise AssertionError(f"{rows} rows not stored")
         for i in range(30_000):  # past CHUNK_ROWS (20,000): a chunk is due meanwhile
             logger.report_scalar("loss", "train", float(i), iteration=i)
-        # stored by the logger's thread while the loop goes on: no flush, no close
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            art = t.artifacts.get("scalars")
-            if art is not None and art.metadata["rows"] == 30_000:
-                break
-            time.sleep(0.05)
-        assert t.artifacts["scalars"].metadata["rows"] == 30_000
-        assert len(t.artifacts["scalars"].get()["value"]) == 30_000  # joined, in this process
+        stored(30_000)
+        for i in range(30_000, 30_010):
+            logger.report_scalar("loss", "train", float(i), iteration=i)
+        stored(30_010)  # a chunk of its own, after its flush period
+        assert len(t.artifacts["scalars"].get()["value"]) == 30_010  # joined, in this process
         for i in range(5):
             logger.report_scalar("acc", "val", 0.5, iteration=i)
         t.close()
@@ -274,13 +278,13 @@ def test_scalars_are_stored_in_chunks_of_new_rows_and_read_back_whole(
             "rows": [v.metadata["rows"] for v in versions],
             "first": len(versions[0].get()["value"]),
             "whole": [len(whole["value"]), whole["iteration"][:3], whole["title"][-1]],
-            "ordered": whole["iteration"][:30_000] == list(range(30_000)),
+            "ordered": whole["iteration"][:30_010] == list(range(30_010)),
         }}))
         """,
     )
     got = json.loads(read.stdout.splitlines()[-1])
     n = len(got["chunks"])
     assert n >= 3 and got["chunks"] == list(range(n))
-    assert sum(got["own"]) == 30_005  # each version holds its new rows only
-    assert got["rows"][-1] == 30_005 and got["first"] == got["rows"][0] == got["own"][0]
-    assert got["whole"] == [30_005, [0, 1, 2], "acc"] and got["ordered"]
+    assert sum(got["own"]) == 30_015  # each version holds its new rows only
+    assert got["rows"][-1] == 30_015 and got["first"] == got["rows"][0] == got["own"][0]
+    assert got["whole"] == [30_015, [0, 1, 2], "acc"] and got["ordered"]
