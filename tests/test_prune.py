@@ -325,6 +325,80 @@ def test_a_killed_prune_leaves_readable_data_and_a_rerun_finishes(
         assert not any(key.startswith(("prune/", "index/tasks/", "index/all/")) for key in after)
 
 
+@pytest.mark.parametrize("point", ["versions", "task.json"])
+def test_a_prune_killed_mid_delete_on_s3_leaves_readable_data(
+    point: str, request: pytest.FixtureRequest
+) -> None:
+    """SIGKILL while prune's delete of the task's versions (DeleteObjects), or of its
+    task.json, is held on the way to S3: what is left reads whole, a rerun ends it."""
+    with short_tmpdir() as root:
+        backend = _make("s3", request, root)
+        env = _env(root, backend)
+        server = request.getfixturevalue("seaweedfs")
+        host, port = server.endpoint.removeprefix("http://").split(":")
+        daemon = DaemonProc(env).wait_ready()
+        try:
+            code = """
+                from artisync import Task
+                t = Task.init(project_name="old", task_name="wide")
+                for i in range(20):  # each published alone: a key each to delete
+                    t.upload_artifact(f"a{i:02d}", {"i": i, "pad": "x" * 5000})
+                    t.flush(wait_for_uploads=True)
+                t.close()
+                print(t.id)
+            """
+            doomed = run_py(env, code, timeout=180).stdout.split()[-1]
+            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
+        finally:
+            daemon.stop()
+        bucket, _, prefix = backend.uri.removeprefix("s3://").partition("/")
+        pattern = (
+            b"?delete"
+            if point == "versions"
+            else f"DELETE /{bucket}/{prefix}/tasks/{doomed}/task.json ".encode()
+        )
+        cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 1))
+        with FaultProxy((host, int(port))) as proxy:
+            slow = root / "slow.toml"
+            slow.write_text(env.config.read_text().replace(server.endpoint, proxy.endpoint))
+            proxy.hold(pattern, 60.0)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "artisync.cli", "prune", "--before", cutoff, "--yes"],
+                env=env.environ(ARTISYNC_CONFIG=str(slow)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                assert proxy.held.wait(60), f"prune never deleted the {point}"
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            proxy.hold(None)
+        half = _stored(backend)
+        assert f"prune/tasks/{doomed}.json" in half, "no tombstone while deleting"
+        _check_every_record(half)  # what is left is whole
+        versions = [k for k in half if k.startswith(f"tasks/{doomed}/artifacts/")]
+        assert len(versions) == (20 if point == "versions" else 0)
+        reader = f"""
+            from artisync import Task
+            try:
+                t = Task.get_task(task_id={doomed!r})
+            except ValueError:
+                print("gone")
+            else:
+                print(sorted(a.get()["i"] for a in t.artifacts.values()))
+        """
+        shown = run_py(env, reader).stdout.strip().splitlines()[-1]
+        expected = str(list(range(20))) if point == "versions" else "[]"
+        assert shown in ("gone", expected), shown
+        rerun = _cli(env, "prune", "--yes")
+        assert rerun.returncode == 0, rerun.stderr
+        assert "finished 1 task deletions" in rerun.stdout, rerun.stdout
+        after = _stored(backend)
+        assert not any(doomed in key for key in after)
+        assert not any(key.startswith("prune/") for key in after)
+
+
 def test_the_daemon_prunes_on_its_schedule(request: pytest.FixtureRequest) -> None:
     with short_tmpdir() as root:
         backend = _make("file", request, root)
