@@ -308,8 +308,7 @@ class ClearMLSurface:
     add_requirements = ignore_requirements = force_requirements_env_freeze = classmethod(_ignored)
     force_store_standalone_script = set_random_seed = classmethod(_ignored)
 
-    def get_random_seed(self) -> int | None:
-        return None
+    get_random_seed = _ignored  # None: no seed was set
 
     @classmethod
     def set_offline(cls, offline_mode: bool = False) -> None:
@@ -343,6 +342,7 @@ def _argparse_values(parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The arguments of this command line (else the defaults), as ClearML records them:
     a list or other object as ``str(value)``, None as ``""``."""
     values = {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
+    values.pop(argparse.SUPPRESS, None)  # sub-commands' action, say
     quiet = parser._print_message  # -h or a bad argument: the script's own parse says so
     parser._print_message = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
