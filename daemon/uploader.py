@@ -221,7 +221,14 @@ class Uploader:
         refs = await self.journal.refs(row.seq)
         if inline is not None:
             refs = [ref for ref in refs if ref[0] != inline[0]]
-        await self.objects.ensure(destination, refs, suspect)
+        while True:
+            checked = time.monotonic()
+            await self.objects.ensure(destination, refs, suspect)
+            # the record is published within the reuse window of the look at its objects
+            # (prune counts on it): after a long stall (a suspended machine, a queue
+            # behind a prune sweep), they are looked at again
+            if time.monotonic() - checked < self.objects.reuse_window / 2:
+                break
         if refs and row.state is not State.UPLOADED:  # (no objects: no progress to keep)
             await self.journal.set_state(row.seq, State.UPLOADED)
         if suspect:
