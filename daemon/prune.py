@@ -9,7 +9,7 @@ first, then the task's artifact versions and batches, its index entries, its
 task.json, and last the tombstone. Every run first finishes the tombstones it finds.
 
 **Versions**: in the tasks that stay, all but the newest ``keep_versions`` of each
-artifact; a batch object loses those of its records (rewritten under its own key:
+artifact (a chunk of a table, such as the Logger's scalars, is a part: kept); a batch object loses those of its records (rewritten under its own key:
 writers never touch a published batch), or goes when none is left.
 
 **Objects** (:mod:`._prune_objects`): mark every object the remaining records
@@ -286,16 +286,20 @@ async def _prune_task_versions(
 ) -> int:
     """Drop all but the newest ``keep`` versions of each artifact of one task."""
     versions, batches = await _versions_of(st, task_id)
-    alone: list[str] = []
+    candidates: list[str] = []
     dropped: dict[str, set[str]] = {}
     for found in versions.values():
         for _stamp, where in sorted(found, reverse=True)[keep:]:
             if isinstance(where, str):
-                alone.append(where)
-                doomed.add_record_key(where)
-            else:
+                candidates.append(where)
+            elif not _chunk(next(r for r in batches[where[0]] if r["record_id"] == where[1])):
                 dropped.setdefault(where[0], set()).add(where[1])
                 doomed.add_record_key(f"{where[0]}#{where[1]}")
+    # a chunk of a table (the Logger's scalars) is a part, not an older version: kept
+    bodies = await _prune_objects.gather([_prune_objects.read_json(st, k) for k in candidates])
+    alone = [k for k, body in zip(candidates, bodies, strict=True) if not _chunk(body)]
+    for key in alone:
+        doomed.add_record_key(key)
     if apply:
         await st.delete_many(alone)
         for key, ids in dropped.items():
@@ -333,6 +337,10 @@ async def _versions_of(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _chunk(rec: dict[str, Any] | None) -> bool:
+    return isinstance(rec, dict) and "chunk_of" in (rec.get("metadata") or {})
+
+
 def _date(value: Any) -> float:
     """An ISO date or date-time (a TOML date too), local time unless it says otherwise."""
     import datetime as dt

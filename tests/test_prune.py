@@ -424,6 +424,45 @@ def test_the_daemon_prunes_on_its_schedule(request: pytest.FixtureRequest) -> No
         assert "scheduled prune" not in daemon.output()  # no failed run was logged
 
 
+def test_keep_versions_keeps_every_chunk_of_the_loggers_scalars(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The Logger stores its scalars as chunks (versions of one artifact, each with its
+    new rows): they are parts of one table, not older versions, and all stay."""
+    with short_tmpdir() as root:
+        backend = _make("file", request, root)
+        env = _env(root, backend)
+        daemon = DaemonProc(env).wait_ready()
+        try:
+            code = """
+                from artisync import Task
+                t = Task.init(project_name="logs", task_name="chunks")
+                log = t.get_logger()
+                for chunk in range(3):
+                    for i in range(100):
+                        log.report_scalar("loss", "train", 1.0 / (i + 1), chunk * 100 + i)
+                    log.flush(wait=True)
+                for v in range(3):
+                    t.upload_artifact("cfg", {"v": v})
+                t.close()
+                print(t.id)
+            """
+            task_id = run_py(env, code).stdout.split()[-1]
+            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
+            pruned = _cli(env, "prune", "--keep-versions", "1", "--no-objects", "--yes")
+            assert pruned.returncode == 0, pruned.stderr
+            assert "deleted 2 older artifact versions" in pruned.stdout, pruned.stdout
+        finally:
+            daemon.stop()
+        _check_every_record(_stored(backend))
+        read = f"""
+            from artisync import Task
+            t = Task.get_task(task_id={task_id!r})
+            print(len(t.artifacts["scalars"].get()["value"]), t.artifacts["cfg"].get()["v"])
+        """
+        assert run_py(env, read).stdout.split() == ["300", "2"]
+
+
 def test_a_bad_prune_table_stops_the_daemon_at_start() -> None:
     with short_tmpdir() as root:
         env = Env(root)
