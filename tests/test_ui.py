@@ -72,6 +72,8 @@ logger = t.get_logger()
 for i in range(300):
     logger.report_scalar("loss", "train", 1.0 / (i + 1), iteration=i)
     logger.report_scalar("loss", "val", 1.5 / (i + 1), iteration=i)
+    if i == 149:
+        logger.flush(wait=True)  # two chunks of the scalars: the chart joins them
 tracked = pd.DataFrame({"x": [1, 2]})
 t.register_artifact("tracked", tracked)
 t.flush(wait_for_uploads=True)
@@ -529,6 +531,7 @@ def test_artifact_previews(served: Served, browser: Any) -> None:
     d.get(_artifact_url(served, "a", "scalars"))
     chart = _wait(d, "#preview figure.chart")
     assert "loss" in chart.text and len(chart.find_elements(By.CSS_SELECTOR, "polyline")) == 2
+    assert "(600 points; iterations 0–299," in chart.text, chart.text  # both chunks
     _shot(d, "ui-scalars.png")
     # long text: the first 256 KiB, then "show all" swaps in all 520,000 bytes
     d.get(_artifact_url(served, "a", "long text"))

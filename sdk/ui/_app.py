@@ -208,11 +208,30 @@ async def preview(request: web.Request) -> web.Response:
         if rec.get("format") == "tree":
             return _previews.tree(read_listing(await view.run(view.payload, rec)))
         path = await view.run(view.payload, rec)
-        return await view.run(partial(_previews.of_record, full=full), rec, path)
+        parts = [await view.run(view.payload, r) for r in await _chunks_up_to(view, request, rec)]
+        return await view.run(partial(_previews.of_record, full=full, parts=parts), rec, path)
 
     data, status = await _previewed(read())
     ctx = {"task": task, "art": rec, "p": data, "compact": compact, "project": task["project"]}
     return aiohttp_jinja2.render_template("_preview.html", request, ctx, status=status)
+
+
+async def _chunks_up_to(
+    view: View, request: web.Request, rec: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """For a chunk of a table (the Logger's scalars: each version holds the rows that
+    came since the one before), the stored chunks up to it, in order; else none."""
+    meta = rec.get("metadata") or {}
+    if "chunk_of" not in meta:
+        return []
+    _, found = await view.versions(request, pending=False)
+    chunks = [
+        r
+        for r in found
+        if (r.get("metadata") or {}).get("chunk_of") == meta["chunk_of"]
+        and int(r["metadata"].get("chunk", 0)) <= int(meta.get("chunk", 0))
+    ]
+    return sorted(chunks, key=lambda r: int(r["metadata"].get("chunk", 0)))
 
 
 async def _previewed(work: Awaitable[dict[str, Any]]) -> tuple[dict[str, Any], int]:

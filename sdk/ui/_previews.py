@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ TEXT_EXTENSIONS = {".txt", ".log", ".md", ".json", ".yaml", ".yml", ".toml", ".p
 CSV_EXTENSIONS = {".csv", ".tsv"}
 
 
-def of_record(rec: dict[str, Any], path: Path, *, full: bool = False) -> dict[str, Any]:
-    """The preview of one artifact version: ``{"kind": ..., ...}``."""
+def of_record(
+    rec: dict[str, Any], path: Path, *, full: bool = False, parts: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """The preview of one artifact version: ``{"kind": ..., ...}``. ``parts``: for a
+    chunk of a table (the Logger's scalars), every chunk up to this one, in order."""
     type_, fmt = rec.get("type", ""), rec.get("format", "")
     if fmt in ("pickle",) or type_ == "pickle":
         return {"kind": "none", "why": "a pickle: shown by its metadata only, never unpickled"}
@@ -43,7 +47,7 @@ def of_record(rec: dict[str, Any], path: Path, *, full: bool = False) -> dict[st
     if type_ == "image":
         return {"kind": "image"}
     if rec.get("name") == "scalars" and fmt == "json":  # the Logger's table: charts
-        charts = scalars(path)
+        charts = scalars(parts or [path])
         if charts:
             return {"kind": "charts", "charts": charts}
     if type_ in ("dict", "list", "str") or fmt in ("json", "yaml", "text"):
@@ -220,18 +224,20 @@ def tree(listing: list[tuple[str, str, int]]) -> dict[str, Any]:
 CHART_W, CHART_H, CHART_POINTS = 640, 200, 400  # an SVG line chart per title
 
 
-def scalars(path: Path) -> list[dict[str, Any]]:
-    """The Logger's scalars table as line charts: one per title, a line per series
-    (at most :data:`CHART_POINTS` points each, evenly picked), scaled to the chart."""
-    if path.stat().st_size > TEXT_ALL_LIMIT * 4:
+def scalars(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The Logger's scalars table (its chunks, in order) as line charts: one per title,
+    a line per series (at most :data:`CHART_POINTS` points each, evenly picked), scaled
+    to the chart."""
+    if sum(p.stat().st_size for p in paths) > TEXT_ALL_LIMIT * 4:
         return []
+    lines: dict[str, dict[str, list[tuple[float, float]]]] = {}
     try:
-        cols = json.loads(path.read_bytes())
-        rows = zip(cols["title"], cols["series"], cols["iteration"], cols["value"], strict=True)
-        lines: dict[str, dict[str, list[tuple[float, float]]]] = {}
-        for title, series, it, value in rows:
-            if isinstance(value, int | float) and math.isfinite(value):
-                lines.setdefault(str(title), {}).setdefault(str(series), []).append((it, value))
+        for path in paths:
+            cols = json.loads(path.read_bytes())
+            rows = zip(cols["title"], cols["series"], cols["iteration"], cols["value"], strict=True)
+            for title, series, it, value in rows:
+                if isinstance(value, int | float) and math.isfinite(value):
+                    lines.setdefault(str(title), {}).setdefault(str(series), []).append((it, value))
     except (ValueError, KeyError, TypeError):
         return []
     charts = []
