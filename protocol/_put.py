@@ -55,10 +55,10 @@ def new_put_record(
 
 
 # artisync's own remote layout (objects, task records, index entries, prune's
-# tombstones), at any depth: every path under a destination may be a task's
+# tombstones and sweep locks), at any depth: every path under a destination may be a task's
 # destination, and a put must never overwrite what the daemon alone writes there
 _LAYOUT = re.compile(
-    r"(?:^|/)(?:objects/sha256|tasks/[0-9a-f]{32}|prune/tasks"
+    r"(?:^|/)(?:objects/sha256|tasks/[0-9a-f]{32}|prune/(?:tasks|sweeping)"
     r"|index/(?:runs|folded|names|tasks|all|projects))(?:/|$)"
     r"|(?:^|/)projects/[^/]+/[^/]+/[0-9]+-[0-9a-f]{32}$"
 )

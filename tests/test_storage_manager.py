@@ -226,7 +226,11 @@ def test_a_key_that_would_leave_its_destination_is_refused(
         code = f"""
             from artisync import StorageManager
             open("f.bin", "wb").write(b"data")
-            for url in [{base + "/a/../../escaped.bin"!r}, {base + "/tasks/" + "a" * 32 + "/task.json"!r}]:
+            for url in [
+                {base + "/a/../../escaped.bin"!r},
+                {base + "/tasks/" + "a" * 32 + "/task.json"!r},
+                {base + "/prune/sweeping/fake.json"!r},  # would hold every writer back
+            ]:
                 for wait in (True, False):
                     try:
                         StorageManager.upload_file("f.bin", url, wait_for_upload=wait)
@@ -235,9 +239,9 @@ def test_a_key_that_would_leave_its_destination_is_refused(
                         print("refused:", exc)
         """
         lines = run_py(env, code).stdout.splitlines()
-        assert len(lines) == 4 and all(line.startswith("refused:") for line in lines), lines
+        assert len(lines) == 6 and all(line.startswith("refused:") for line in lines), lines
         assert "'..'" in lines[0] and "must stay under its destination" in lines[0]
-        assert "artisync's own layout" in lines[2]
+        assert "artisync's own layout" in lines[2] and "artisync's own layout" in lines[4]
         # the daemon holds a record sent past the SDK to the same rules
         record = {
             "kind": "put",
