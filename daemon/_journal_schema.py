@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS objects(
     PRIMARY KEY(dest, sha256)
 );
 CREATE TABLE IF NOT EXISTS compacted(task_id TEXT PRIMARY KEY, owner INTEGER, through REAL);
+CREATE TABLE IF NOT EXISTS outbox_logs(name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
 
 # Counters kept by the database itself, in the same transactions as the rows they
@@ -199,37 +200,57 @@ def newest_event(db: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
     )
 
 
-def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
+_INSERT = (
+    "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
+    " state, peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _blobs(rec: dict[str, Any]) -> list[Any]:
+    return [] if is_raw(rec) else list(rec.get("blobs", []))
+
+
+def _values(incoming: Incoming, now: float) -> tuple[Any, ...]:
     rec = incoming.record
     raw = is_raw(rec)
-    blobs = [] if raw else rec.get("blobs", [])
-    size = int(rec["raw"]["size"]) if raw else sum(int(b[1]) for b in blobs)
-    cur = db.execute(
-        "INSERT OR IGNORE INTO records(record_id, kind, task_id, project, name, dest, body, size,"
-        " state, peer_uid, peer_pid, received, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            rec["record_id"],
-            rec["kind"],
-            rec["task_id"],
-            rec.get("project"),
-            _name_column(rec),
-            rec["dest"],
-            msgpack.packb(rec, use_bin_type=True),
-            size,
-            State.ENCODING if raw else State.PENDING,
-            incoming.peer_uid,
-            incoming.peer_pid,
-            now,
-            now,
-        ),
+    size = int(rec["raw"]["size"]) if raw else sum(int(b[1]) for b in _blobs(rec))
+    return (
+        rec["record_id"],
+        rec["kind"],
+        rec["task_id"],
+        rec.get("project"),
+        _name_column(rec),
+        rec["dest"],
+        msgpack.packb(rec, use_bin_type=True),
+        size,
+        State.ENCODING if raw else State.PENDING,
+        incoming.peer_uid,
+        incoming.peer_pid,
+        now,
+        now,
     )
+
+
+def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
+    cur = db.execute(_INSERT, _values(incoming, now))
     if cur.rowcount == 0:
         return False
     seq = cur.lastrowid
     db.executemany(
-        "INSERT OR IGNORE INTO refs VALUES (?,?,?)", [(seq, b[0], int(b[1])) for b in blobs]
+        "INSERT OR IGNORE INTO refs VALUES (?,?,?)",
+        [(seq, b[0], int(b[1])) for b in _blobs(incoming.record)],
     )
     return True
+
+
+def insert_all(db: sqlite3.Connection, batch: list[Incoming], now: float) -> None:
+    """Insert a batch (duplicates ignored): one statement for the records that name no
+    payloads (raw ones: a backlog of them is what must go fast), one each for the rest."""
+    plain = [inc for inc in batch if not _blobs(inc.record)]
+    db.executemany(_INSERT, [_values(inc, now) for inc in plain])
+    for inc in batch:
+        if _blobs(inc.record):
+            insert_one(db, inc, now)
 
 
 def _name_column(rec: dict[str, Any]) -> str | None:

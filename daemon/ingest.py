@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import ProtocolError, unpack_body, validate_record
+from artisync.protocol import ProtocolError, iter_logs, unpack_body, validate_record
 
 from .admission import check_journal, check_static
+from .ingest_logs import ingest_logs
 from .journal import Incoming, State
 from .metrics import METRICS
 
@@ -38,6 +39,7 @@ class OutboxWatcher:
     def start(self) -> None:
         from watchdog.events import (
             FileCreatedEvent,
+            FileModifiedEvent,
             FileMovedEvent,
             FileSystemEvent,
             FileSystemEventHandler,
@@ -48,17 +50,21 @@ class OutboxWatcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, ev: FileSystemEvent) -> None:
-                if ev.event_type in ("created", "moved"):
+                # a record file renamed in, or a log appended to (a burst of appends
+                # while the event is set already costs no wakeup)
+                if ev.event_type in ("created", "moved") or (
+                    ev.event_type == "modified" and not event.is_set()
+                ):
                     loop.call_soon_threadsafe(event.set)
 
         self._observer = Observer()
-        # records arrive by rename; only those events reach us (inotify's mask), not the
-        # removals of ingested files: a backlog of a million would be as many wakeups
+        # records arrive by rename or by appends to a log; only those events reach us
+        # (inotify's mask), not the removals of ingested files
         self._observer.schedule(
             Handler(),
             str(self.path),
             recursive=False,
-            event_filter=[FileCreatedEvent, FileMovedEvent],
+            event_filter=[FileCreatedEvent, FileMovedEvent, FileModifiedEvent],
         )
         self._observer.daemon = True
         self._observer.start()
@@ -74,7 +80,13 @@ INGEST_CHUNK = 8192  # outbox entries listed at a time: a million waiting are ne
 
 
 async def ingest_outbox(app: Any) -> int:
-    """Journal every record in the outbox, then remove its file. Returns how many.
+    """Journal every record in the outbox: its record files, then its logs (see
+    :mod:`.ingest_logs`). Returns how many."""
+    return await _ingest_files(app) + await ingest_logs(app)
+
+
+async def _ingest_files(app: Any) -> int:
+    """Journal every record file in the outbox, then remove it. Returns how many.
 
     The outbox is listed a chunk at a time, oldest first within each chunk (all of
     it when it holds no more than a chunk); each batch of a chunk is read, checked
@@ -127,7 +139,7 @@ async def _ingest_batch(app: Any, paths: list[Path]) -> tuple[int, int]:
     journaled: list[Path] = []
     try:  # the batch in one transaction (duplicates, already journaled, are ignored)
         if ready:
-            await app.journal.insert_many([Incoming(r, owner, None) for _, r, owner in ready])
+            await app.journal.ingest([Incoming(r, owner, None) for _, r, owner in ready])
             journaled = [path for path, _, _ in ready]
             app.committer.on_commit()  # wake the encoder and the uploader
     except Exception as exc:  # journal not writable (disk full): the files stay for later
@@ -196,6 +208,8 @@ async def collect_raw(app: Any) -> int:
     if not raws:
         return 0
     states = await app.journal.states_of([rid for rid, _ in raws])
+    # a record waiting in a log may name any of them: none is an orphan while one waits
+    logs = await asyncio.to_thread(lambda: next(iter_logs(app.spool.outbox), None))
     now = time.time()
 
     def doomed() -> list[str]:
@@ -206,7 +220,7 @@ async def collect_raw(app: Any) -> int:
                 continue  # handed to a client that is still writing it
             if state is None:
                 recent = now - mtime <= app.config.gc_grace
-                if not recent and not (app.spool.outbox / f"{rid}.rec").exists():
+                if not recent and not (app.spool.outbox / f"{rid}.rec").exists() and not logs:
                     out.append(rid)
             elif state not in (State.ENCODING, State.FAILED):
                 out.append(rid)

@@ -34,6 +34,7 @@ from ._journal_schema import (
     State,
     commit_each,
     create_schema,
+    insert_all,
     insert_one,
     make_room,
     marks,
@@ -158,6 +159,34 @@ class Journal:
                 return [insert_one(db, incoming, now) for incoming in batch]
 
         return await self._run(insert)
+
+    async def ingest(self, batch: list[Incoming], log: tuple[str, int] | None = None) -> None:
+        """Insert records from the outbox in one transaction (duplicates, journaled
+        before, are ignored). ``log``: (outbox log, offset read up to), kept in the same
+        transaction, so that each record of a log is journaled exactly once."""
+
+        def insert(db: sqlite3.Connection) -> None:
+            with transaction(db, "IMMEDIATE"):
+                insert_all(db, batch, time.time())
+                if log is not None:
+                    db.execute(
+                        "INSERT INTO outbox_logs VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
+                        log,
+                    )
+
+        await self._run(insert)
+
+    async def log_offsets(self) -> dict[str, int]:
+        """How far each outbox log has been journaled."""
+        rows = await self._run(
+            lambda db: db.execute("SELECT name, offset FROM outbox_logs").fetchall()
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def forget_log(self, name: str) -> None:
+        """An outbox log read to its end and removed."""
+        await self._write(lambda db: db.execute("DELETE FROM outbox_logs WHERE name=?", (name,)))
 
     async def has_object(self, destination_uri: str, sha256: str, since: float = 0.0) -> bool:
         return sha256 in await self.known_objects(destination_uri, [sha256], since)

@@ -56,6 +56,7 @@ from ._messages import (
     ok,
     validate_request,
 )
+from ._outbox_log import LogRead, iter_logs, pid_alive, read_log, writer_pid
 from ._put import PutRecord, new_put_record, put_target
 from ._records import (
     MAX_METADATA_BYTES,
@@ -87,6 +88,11 @@ __all__ = [
     "TaskRecord",
     "new_artifact_record",
     "new_id",
+    "LogRead",
+    "iter_logs",
+    "pid_alive",
+    "read_log",
+    "writer_pid",
     "PutRecord",
     "new_put_record",
     "put_target",

@@ -2,7 +2,8 @@
 
 ```
 <spool>/raw/<record_id>        raw snapshots the SDK wrote, waiting to be encoded
-<spool>/outbox/<record_id>.rec records waiting for the daemon to journal them (msgpack)
+<spool>/outbox/<id>.<pid>.log a process's records, appended, for the daemon to journal
+<spool>/outbox/<record_id>.rec a record waiting on its own (msgpack; a handover folder's)
 <spool>/rejected/<record_id>.rec records the daemon refused, each with <record_id>.why
 <spool>/blobs/<sha256>         stored payloads, content-addressed, complete or absent
 <spool>/tmp/<pid>.<rand>.part  payloads being written (never read by the daemon)
@@ -10,8 +11,8 @@
 <spool>/daemon.lock            held by the one daemon serving this spool
 ```
 
-The SDK writes a raw snapshot, closes it, and only then renames its record into
-``outbox/``: a record never names a half-written snapshot. Neither is fsynced
+The SDK writes a raw snapshot, closes it, and only then appends its record to its
+outbox log (see :mod:`._outbox_log`): a record never names a half-written snapshot. Neither is fsynced
 by the SDK (a killed process loses nothing: the page cache is the kernel's);
 the daemon fsyncs what it encodes, and its journal, before anything is deleted.
 Every other visible file is written atomically (temp file, write, fsync,
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
+
+from ._outbox_log import LogWriter, pid_alive
 
 CHUNK = 1024 * 1024
 _TMP_NAME = re.compile(r"(\d+)\.[0-9a-f]+\.part\Z")
@@ -144,6 +147,7 @@ class Spool:
         # False when clients hold descriptors of their raw files (a shared daemon): a raw
         # file then becomes a blob by a copy, hashed as it is made, never by a hard link
         self.link_raw = link_raw
+        self._log: LogWriter | None = None  # this process's outbox log, once it wrote one
 
     def ensure(self, dir_mode: int = 0o700) -> Spool:
         """Create the spool directories, private to their owner by default."""
@@ -229,6 +233,29 @@ class Spool:
         atomic_write_bytes(path, data, self.file_mode, sync=sync)
         return path
 
+    def append_outbox(self, record: dict[str, Any]) -> None:
+        """Append a record to this process's outbox log (see :mod:`._outbox_log`): one
+        ``write``, no new file, no fsync.
+
+        :raises OSError: it cannot be written (a full disk): nothing of it is kept."""
+        if self._log is None:
+            self._log = LogWriter(self.outbox, self.file_mode)
+        self._log.append(record)
+
+    def close_outbox_log(self) -> None:
+        """End this process's outbox log (at exit): the daemon deletes it once read."""
+        if self._log is not None:
+            self._log.close()
+
+    def reject_bytes(self, stem: str, data: bytes, reason: str) -> Path:
+        """Keep a refused record read from an outbox log in ``rejected/``, with the
+        reason beside it (as :meth:`reject` does for a record file)."""
+        self.rejected.mkdir(mode=0o700, exist_ok=True)
+        atomic_write_bytes(self.rejected / f"{stem}.why", reason.encode()[:4000], sync=False)
+        target = self.rejected / f"{stem}.rec"
+        atomic_write_bytes(target, data, self.file_mode, sync=False)
+        return target
+
     def outbox_oldest_first(self) -> list[Path]:
         """The outbox's records, oldest first (one gone meanwhile sorts first)."""
         return self._oldest_first(self.iter_outbox())
@@ -299,7 +326,7 @@ class Spool:
                     age = now - entry.stat().st_mtime
                 except FileNotFoundError:
                     continue
-                if m is None or age > max_age or not _pid_alive(int(m.group(1))):
+                if m is None or age > max_age or not pid_alive(int(m.group(1))):
                     yield Path(entry.path)
         # outbox temp files left by a killed writer
         with os.scandir(self.outbox) as it:
@@ -310,7 +337,7 @@ class Spool:
                         age = now - entry.stat().st_mtime
                     except FileNotFoundError:
                         continue
-                    if age > 60 or (m is not None and not _pid_alive(int(m.group(1)))):
+                    if age > 60 or (m is not None and not pid_alive(int(m.group(1)))):
                         yield Path(entry.path)
 
     def usage(self) -> int:
@@ -337,15 +364,3 @@ class Spool:
             except FileNotFoundError:
                 continue
         return total
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

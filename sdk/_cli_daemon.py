@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 from typing import Any
 
-from artisync.protocol import Settings, Spool, format_size
+from artisync.protocol import Settings, Spool, format_size, iter_logs, read_log
 
 from ._client import DaemonClient, DaemonError, DaemonUnavailable
 from ._handover import hand_over
@@ -31,8 +33,21 @@ def _hand_over(client: DaemonClient, settings: Settings) -> None:
 
 
 def _outbox_count(settings: Settings) -> int:
+    """Records waiting in the outbox: its record files, and what its logs hold beyond
+    what the daemon's journal says it read."""
     outbox = settings.spool / "outbox"
-    return sum(1 for p in outbox.glob("*.rec")) if outbox.is_dir() else 0
+    if not outbox.is_dir():
+        return 0
+    count = sum(1 for p in outbox.glob("*.rec"))
+    offsets: dict[str, int] = {}
+    with contextlib.suppress(sqlite3.Error):
+        uri = f"file:{settings.spool / 'journal.db'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
+            offsets = dict(db.execute("SELECT name, offset FROM outbox_logs").fetchall())
+    for path in iter_logs(outbox):
+        with contextlib.suppress(OSError):
+            count += len(read_log(path, offsets.get(path.name, 0), 1 << 30, True).frames)
+    return count
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -196,6 +196,8 @@ class Session:
                 hook()
             except Exception as exc:  # at exit, report and go on with the others
                 log.error("artisync: shutdown hook failed: %s", exc)
+        if self._spool is not None:
+            self._spool.close_outbox_log()  # its end: the daemon removes it once read
         if self.shared and self._spool is not None:
             try:
                 self.hand_over()
@@ -231,7 +233,10 @@ class Session:
             finally:
                 if raw is not None:
                     raw.close()
-        spool.write_outbox(record, sync=False)
+        if self.shared:  # the handover folder: a file a record, handed over one by one
+            spool.write_outbox(record, sync=False)
+        else:  # appended to this process's outbox log: one write, no new file
+            spool.append_outbox(record)
         self._mine[record["record_id"]] = _describe(record)
         if len(self._mine) > MINE_MAX:
             del self._mine[next(iter(self._mine))]

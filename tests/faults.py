@@ -40,7 +40,7 @@ from artisync.protocol import (
     task_key,
 )
 from tests.faultproxy import FaultProxy, _drain_body, _Fault
-from tests.harness import Conn, DaemonProc, Env, run_py
+from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py
 from tests.records import record_for_blob
 from tests.storage_fixtures import _s3_admin
 
@@ -804,7 +804,7 @@ def trainer_killed(size: Size, target: Target, root: Path) -> Result:
         wait_until(
             lambda: (
                 journal(env, "SELECT count(*) FROM records WHERE state!='committed'")[0][0] == 0
-                and not list((env.spool / "outbox").glob("*.rec"))
+                and not outbox_records(env.spool)
             ),
             300,
             "the backlog to drain",
@@ -865,14 +865,12 @@ print(t.id)
 def no_daemon(size: Size, target: Target, root: Path) -> Result:
     """A whole training run with no daemon (an offline rig); a daemon started later
     uploads everything."""
-    import msgpack
 
     res = Result("no daemon", target.name)
     env = make_env(root, target)
     out = run_py(env, NO_DAEMON.replace("sys.argv[1]", str(size.no_daemon)), timeout=600)
     tid = out.stdout.split()[-1]
-    outbox = sorted((env.spool / "outbox").glob("*.rec"))
-    recs = [msgpack.unpackb(p.read_bytes()) for p in outbox]
+    recs = outbox_records(env.spool)
     arts = [r for r in recs if r["kind"] == "artifact"]
     res.acknowledged = len(arts)
     assert res.acknowledged == size.no_daemon and len(recs) == size.no_daemon + 2
@@ -1031,7 +1029,7 @@ def spool_quota(size: Size, target: Target, root: Path) -> Result:
     stored, refused, _ = out.stdout.split()
     assert int(refused) > 0 and "spool_limit" in out.stderr, out.stderr
     assert Spool(env.spool).usage() <= limit
-    recs = [msgpack.unpackb(p.read_bytes()) for p in (env.spool / "outbox").glob("*.rec")]
+    recs = outbox_records(env.spool)
     arts = [r for r in recs if r["kind"] == "artifact"]
     assert len(arts) == int(stored)
     for r in arts:  # each record names a whole raw snapshot, for the daemon to encode

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from artisync.protocol import PROTOCOL_VERSION, FrameDecoder, encode
+from artisync.protocol import PROTOCOL_VERSION, FrameDecoder, encode, iter_logs, read_log
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,3 +188,25 @@ def kill_quietly(proc: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def outbox_records(spool: Path) -> list[dict[str, Any]]:
+    """The records waiting in a spool's outbox, read below the SDK: its record files,
+    and what its logs hold beyond the offsets the daemon's journal keeps (if any)."""
+    outbox = spool / "outbox"
+    if not outbox.is_dir():
+        return []
+    out = [msgpack.unpackb(p.read_bytes()) for p in sorted(outbox.glob("*.rec"))]
+    offsets: dict[str, int] = {}
+    if (spool / "journal.db").exists():
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(
+                sqlite3.connect(f"file:{spool / 'journal.db'}?mode=ro", uri=True, timeout=5)
+            ) as db,
+        ):
+            offsets = dict(db.execute("SELECT name, offset FROM outbox_logs").fetchall())
+    for path in iter_logs(outbox):
+        got = read_log(path, offsets.get(path.name, 0), 1 << 30, True)
+        out.extend(msgpack.unpackb(body) for _, body in got.frames)
+    return out

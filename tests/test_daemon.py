@@ -14,7 +14,7 @@ import time
 import msgpack
 
 from artisync.protocol import MAGIC, Spool, artifact_prefix, encode, object_key
-from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
+from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py, stored_objects
 from tests.records import artifact_record, task_record
 
 
@@ -72,12 +72,12 @@ def test_offline_first_outbox_then_daemon(env: Env) -> None:
         t.close()
     """,
     )
-    outbox = list((env.spool / "outbox").glob("*.rec"))
-    assert len(outbox) == 4  # started, two artifacts, closed
+    assert len(outbox_records(env.spool)) == 4  # started, two artifacts, closed
     assert stored_objects(env.storage) == {}
     d = DaemonProc(env, "--exit-when-idle")
     assert d.wait_exit(60) == 0, d.output()
-    assert list((env.spool / "outbox").glob("*.rec")) == []
+    assert outbox_records(env.spool) == []
+    assert list((env.spool / "outbox").iterdir()) == []  # its log read, and removed
     out = run_py(
         env,
         """

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from artisync.protocol import Spool
-from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
+from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py, stored_objects
 
 # Reports one of each kind, then kills itself the instant the last call returned:
 # nothing may be left in memory, in a thread, or in an atexit handler.
@@ -111,7 +111,7 @@ def test_no_daemon_at_all_the_snapshots_wait_and_a_later_daemon_delivers_them(
     # the frame, the array, the file and the folder's pack; the image's pixels (14 KiB)
     # travel inside its record
     assert len(list(spool.raw.iterdir())) == 4  # raw snapshots, not yet encoded
-    assert len(list(spool.outbox.glob("*.rec"))) == 6
+    assert len(outbox_records(env.spool)) == 6
     assert stored_objects(env.storage) == {}
     d = DaemonProc(env, "--exit-when-idle")
     assert d.wait_exit(180) == 0, d.output()[-3000:]
@@ -140,7 +140,7 @@ def test_get_before_the_daemon_encoded_returns_an_equal_object(env: Env) -> None
     # no daemon, nothing encoded: the file and the folder's pack are raw files, the rest
     # small enough to travel inside their records
     assert len(list(Spool(env.spool).raw.iterdir())) == 2
-    assert len(list(Spool(env.spool).outbox.glob("*.rec"))) == 7
+    assert len(outbox_records(env.spool)) == 7
     arts = task.artifacts
     got = arts["frame"].get()
     pd.testing.assert_frame_equal(

@@ -15,7 +15,7 @@ from PIL import Image
 
 from artisync import InvalidName, Task, UploadTimeout
 from artisync.protocol import artifact_prefix, batch_prefix
-from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
+from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py, stored_objects
 
 
 def _versions(env: Env, task: Task, name: str) -> list[dict]:
@@ -183,7 +183,7 @@ def test_pickle_refused_by_default(daemon: DaemonProc, env: Env) -> None:
 def test_bad_input_is_refused_before_anything_is_written(env: Env) -> None:
     task = Task.init(project_name="bad", task_name="b")
     task.flush()
-    before = sorted(p.name for p in (env.spool / "outbox").iterdir())
+    before = outbox_records(env.spool)
     blobs_before = sorted(p.name for p in (env.spool / "blobs").iterdir())
     with pytest.raises(Exception, match="does not exist"):
         task.upload_artifact("f", str(env.root / "missing.csv"))
@@ -202,7 +202,7 @@ def test_bad_input_is_refused_before_anything_is_written(env: Env) -> None:
     with pytest.raises(TypeError):
         task.register_artifact("r", [1, 2])
     task.flush()
-    assert sorted(p.name for p in (env.spool / "outbox").iterdir()) == before
+    assert outbox_records(env.spool) == before
     assert sorted(p.name for p in (env.spool / "blobs").iterdir()) == blobs_before
     assert list((env.spool / "tmp").iterdir()) == []
 
@@ -224,7 +224,7 @@ def test_wait_without_daemon_raises_clear_error(env: Env, monkeypatch: pytest.Mo
         task.upload_artifact("x", {"a": 1}, wait_on_upload=True)
     assert task.upload_artifact("y", {"b": 2}) is True  # still works offline
     task.close()
-    assert len(list((env.spool / "outbox").glob("*.rec"))) == 4
+    assert len(outbox_records(env.spool)) == 4
 
 
 def test_delete_after_upload_only_after_commit(env: Env) -> None:

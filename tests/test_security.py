@@ -134,8 +134,9 @@ def test_records_cannot_make_the_daemon_read_outside_the_spool(
     spool.write_outbox(rec)
     link = env.spool / "outbox" / "planted.rec"
     link.symlink_to(secret)
+    (env.spool / "outbox" / f"{'0' * 32}.1.log").symlink_to(secret)  # a log, never followed
     faults.wait_until(
-        lambda: len(list((env.spool / "rejected").glob("*.rec"))) == 2, 30, "rejection"
+        lambda: len(list((env.spool / "rejected").glob("*.rec"))) == 3, 30, "rejection"
     )
     stored = [p for p in env.storage.rglob("*") if p.is_file()] if env.storage.exists() else []
     assert all(p.read_bytes() != b"not for upload" for p in stored)

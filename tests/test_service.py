@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from artisync.daemon.app import spool_is_served
-from tests.harness import REPO, Conn, DaemonProc, Env, run_py, stored_objects
+from tests.harness import REPO, Conn, DaemonProc, Env, outbox_records, run_py, stored_objects
 
 
 def test_autostarted_daemon_uploads_then_exits_when_idle(env: Env) -> None:
@@ -36,7 +36,7 @@ def test_autostarted_daemon_uploads_then_exits_when_idle(env: Env) -> None:
     while time.monotonic() < deadline and spool_is_served(env.spool):
         time.sleep(0.2)
     assert not spool_is_served(env.spool), "the autostarted daemon should exit when idle"
-    assert list((env.spool / "outbox").glob("*.rec")) == []
+    assert outbox_records(env.spool) == []
 
 
 def test_socket_activation_and_sd_notify(env: Env) -> None:

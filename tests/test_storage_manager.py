@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.harness import Conn, DaemonProc, Env, run_py, short_tmpdir
+from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py, short_tmpdir
 from tests.storage_fixtures import _make
 from tests.test_system_service import REQUIRED, Node, node, why
 from tests.users import ALICE
@@ -204,7 +204,7 @@ def test_upload_with_no_daemon_waits_in_the_outbox(request: pytest.FixtureReques
             os.remove("f.bin")
         """
         run_py(env, code)
-        assert len(list((env.spool / "outbox").glob("*.rec"))) == 1
+        assert [r["kind"] for r in outbox_records(env.spool)] == ["put"]
         assert not Path(url).exists()
         daemon = DaemonProc(env).wait_ready()
         try:
