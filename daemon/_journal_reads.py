@@ -102,7 +102,8 @@ def find_task(
     else:
         args: list[Any] = []
         sql = and_where(
-            "SELECT DISTINCT task_id FROM records WHERE kind='task'",
+            # (a task's name is never NULL: said, so that the partial index serves)
+            "SELECT DISTINCT task_id FROM records WHERE kind='task' AND name IS NOT NULL",
             args,
             ("project=?", project),
             ("name=?", name),

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS records(
 );
 CREATE INDEX IF NOT EXISTS records_state ON records(state, next_try, seq);
 CREATE INDEX IF NOT EXISTS records_task ON records(task_id, kind);
-CREATE INDEX IF NOT EXISTS records_name ON records(kind, project, name);
+-- tasks and puts by name (artifact versions have none: a backlog of them skips it)
+CREATE INDEX IF NOT EXISTS records_name ON records(kind, project, name) WHERE name IS NOT NULL;
 CREATE TABLE IF NOT EXISTS refs(
     seq INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY(seq, sha256)
@@ -146,6 +147,7 @@ class Incoming:
     record: dict[str, Any]
     peer_uid: int | None
     peer_pid: int | None
+    packed: bytes | None = None  # the record as msgpack, when it arrived so (a log's frame)
 
 
 def marks(values: tuple[Any, ...] | list[Any]) -> str:
@@ -221,7 +223,7 @@ def _values(incoming: Incoming, now: float) -> tuple[Any, ...]:
         rec.get("project"),
         _name_column(rec),
         rec["dest"],
-        msgpack.packb(rec, use_bin_type=True),
+        incoming.packed or msgpack.packb(rec, use_bin_type=True),
         size,
         State.ENCODING if raw else State.PENDING,
         incoming.peer_uid,

@@ -42,6 +42,9 @@ LONG = 1 << 20  # bytes waiting in the logs beyond which encoding waits for the 
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
+_Checked = tuple[list[tuple[dict[str, Any], list[str], bytes]], list[tuple[str, bytes, str]]]
+
+
 async def ingest_logs(app: Any) -> int:
     """Journal what every outbox log holds beyond its offset. Returns how many."""
     offsets = await app.journal.log_offsets()
@@ -63,63 +66,77 @@ async def ingest_logs(app: Any) -> int:
 
 
 async def _ingest_log(app: Any, path: Path, offset: int) -> int:
+    """Journal one log from ``offset``: each batch is read and checked (a thread) while
+    the one before it is journaled (the journal's thread), two cores for a backlog."""
     done = 0
-    while app.accepting:
-        alive = pid_alive(writer_pid(path))
-        try:
-            got, owner = await asyncio.to_thread(_read, path, offset, alive)
-        except FileNotFoundError:
-            return done
-        except NotAFile as exc:  # a symlink planted in the outbox, say: never followed
-            kept = await asyncio.to_thread(app.spool.reject, path, str(exc))
-            log.error("outbox entry %s refused (kept as %s): %s", path.name, kept, exc)
-            METRICS.refused.inc()
-            return done
-        except OSError as exc:  # EMFILE, EIO...: may heal; read again later
-            log.warning("outbox log %s not readable now: %s", path.name, exc)
-            return done
-        if got.torn is not None:
-            why = f"the end of outbox log {path.name} is torn (its writer died writing it)"
-            await asyncio.to_thread(app.spool.reject_bytes, f"torn-{new_id()}", got.torn, why)
-            log.error("%s: kept in rejected/", why)
-            METRICS.refused.inc()
-        if got.frames:
-            n = await _journal(app, path.name, got, owner)
-            if n is None:
-                return done  # the journal cannot take them now: read again later
-            done += n
-        offset = got.offset
-        if len(got.frames) < BATCH:  # all there is, for now
-            if got.ended or got.torn is not None or (not alive and offset >= _size(path)):
-                await asyncio.to_thread(path.unlink, missing_ok=True)
-                await app.journal.forget_log(path.name)
-            return done
-    return done
+    alive = pid_alive(writer_pid(path))
+    ahead = asyncio.ensure_future(asyncio.to_thread(_prepare, app, path, offset, alive))
+    try:
+        while app.accepting:
+            try:
+                got, owner, checked = await ahead
+            except FileNotFoundError:
+                return done
+            except NotAFile as exc:  # a symlink planted in the outbox, say: never followed
+                kept = await asyncio.to_thread(app.spool.reject, path, str(exc))
+                log.error("outbox entry %s refused (kept as %s): %s", path.name, kept, exc)
+                METRICS.refused.inc()
+                return done
+            except OSError as exc:  # EMFILE, EIO...: may heal; read again later
+                log.warning("outbox log %s not readable now: %s", path.name, exc)
+                return done
+            full = len(got.frames) == BATCH
+            if full:
+                ahead = asyncio.ensure_future(
+                    asyncio.to_thread(_prepare, app, path, got.offset, alive)
+                )
+            if got.torn is not None:
+                why = f"the end of outbox log {path.name} is torn (its writer died writing it)"
+                stem = f"torn-{new_id()}"
+                await asyncio.to_thread(app.spool.reject_bytes, stem, got.torn, why)
+                log.error("%s: kept in rejected/", why)
+                METRICS.refused.inc()
+            if got.frames:
+                n = await _journal(app, path.name, got, owner, checked)
+                if n is None:
+                    return done  # the journal cannot take them now: read again later
+                done += n
+            if not full:  # all there is, for now
+                if got.ended or got.torn is not None or (not alive and got.offset >= _size(path)):
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
+                    await app.journal.forget_log(path.name)
+                return done
+        return done
+    finally:
+        if not ahead.done():
+            ahead.cancel()
 
 
 class NotAFile(OSError):
     pass
 
 
-def _read(path: Path, offset: int, alive: bool) -> tuple[LogRead, int]:
+def _prepare(app: Any, path: Path, offset: int, alive: bool) -> tuple[LogRead, int, _Checked]:
+    """Read a batch of frames from ``offset`` and check them (all but the journal)."""
     st = os.stat(path, follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode):
         raise NotAFile(f"{path.name} is not a regular file")
-    return read_log(path, offset, BATCH, alive), st.st_uid
+    got = read_log(path, offset, BATCH, alive)
+    return got, st.st_uid, _check(app, got, st.st_uid)
 
 
-async def _journal(app: Any, name: str, got: LogRead, owner: int) -> int | None:
-    """Check and journal one batch of a log's frames, with the log's new offset."""
-    admitted, refused = await asyncio.to_thread(_check, app, got, owner)
+async def _journal(app: Any, name: str, got: LogRead, owner: int, checked: _Checked) -> int | None:
+    """Journal one checked batch of a log's frames, with the log's new offset."""
+    admitted, refused = checked
     ready = []
-    for rec, missing in admitted:
+    for rec, missing, body in admitted:
         problem = None
         if missing or owner not in (0, os.getuid()):
             problem = await check_journal(app.journal, rec, owner, missing)
         if problem:
-            refused.append((rec.get("record_id") or new_id(), _pack(rec), problem))
+            refused.append((rec["record_id"], body, problem))
         else:
-            ready.append(Incoming(rec, owner, None))
+            ready.append(Incoming(rec, owner, None, body))
 
     def keep_refused() -> None:  # before the offset passes them
         for stem, data, why in refused:
@@ -139,12 +156,9 @@ async def _journal(app: Any, name: str, got: LogRead, owner: int) -> int | None:
     return len(ready)
 
 
-_Checked = tuple[list[tuple[dict[str, Any], list[str]]], list[tuple[str, bytes, str]]]
-
-
 def _check(app: Any, got: LogRead, owner: int) -> _Checked:
     """Parse and check (all but what needs the journal) a batch of frames."""
-    admitted: list[tuple[dict[str, Any], list[str]]] = []
+    admitted: list[tuple[dict[str, Any], list[str], bytes]] = []
     refused: list[tuple[str, bytes, str]] = []
     for _end, body in got.frames:
         try:
@@ -156,7 +170,7 @@ def _check(app: Any, got: LogRead, owner: int) -> _Checked:
         if problem:
             refused.append((rec["record_id"], body, problem))
         else:
-            admitted.append((rec, missing))
+            admitted.append((rec, missing, body))
     return admitted, refused
 
 
@@ -168,12 +182,6 @@ def _stem(body: bytes) -> str:
         if isinstance(rid, str) and _ID.fullmatch(rid):
             return rid
     return new_id()
-
-
-def _pack(rec: dict[str, Any]) -> bytes:
-    import msgpack
-
-    return bytes(msgpack.packb(rec, use_bin_type=True))
 
 
 def _size(path: Path) -> int:
