@@ -27,25 +27,33 @@ def cache_root() -> Path:
     return base / "artisync" / "objects"
 
 
-def cached(sha256: str, fill: Callable[[Path], object]) -> Path:
-    """The cache's verified copy of ``sha256``; made by ``fill(tmp)`` (which writes
-    and checks it) when missing, then renamed into place: never seen half-written."""
+def cached(sha256: str, fill: Callable[[Path], object], name: str | None = None) -> Path:
+    """The cache's verified copy of ``sha256`` (under ``name``, default the hash: a
+    URL's copy is named by its digest and file name); made by ``fill(tmp)`` (which
+    writes and checks it) when missing, then renamed into place: never seen
+    half-written. A hit renews its time of use."""
     cache = cache_root()
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / sha256
+    entry = name or sha256
+    path = cache / entry
     if path.exists():
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used
         return path
-    tmp = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = temp_path(sha256)
     try:
         fill(tmp)
         size = tmp.stat().st_size
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    evict(keep=(sha256,), added=size)
+    evict(keep=(entry,), added=size)
     return path
+
+
+def temp_path(key: str) -> Path:
+    """A temporary name in the cache that eviction skips (it starts with a dot)."""
+    return cache_root() / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
 
 
 def touch(path: Path) -> bool:

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,13 +36,13 @@ def local_copy(
     if force:
         _cache.forget([digest])
     base = (name or url.rstrip("/").rpartition("/")[2] or "object").replace(os.sep, "_")
-    copy = _entry(f"{digest}.{base}", digest, fetch)
+    copy = _cache.cached(digest, fetch, name=f"{digest}.{base}")
     if not (extract and base.lower().endswith(ARCHIVES)):
         return copy
     out = copy.with_name(copy.name + ".extracted")
     if out.exists():
         return out
-    tmp = _tmp(digest)
+    tmp = _cache.temp_path(digest)
     try:
         if base.lower().endswith(_TARS):  # its members may not leave the folder
             shutil.unpack_archive(copy, tmp, filter="data")
@@ -54,33 +53,8 @@ def local_copy(
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _cache.evict(keep=(digest,), added=size)
+    _cache.evict(keep=(copy.name, out.name), added=size)
     return out
-
-
-def _entry(name: str, digest: str, fetch: Callable[[Path], object]) -> Path:
-    """The cache entry ``name``, made by ``fetch(tmp)`` when missing (a hit renews it)."""
-    cache = _cache.cache_root()
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / name
-    if path.exists():
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recently used
-        return path
-    tmp = _tmp(digest)
-    try:
-        fetch(tmp)
-        size = tmp.stat().st_size
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _cache.evict(keep=(digest,), added=size)
-    return path
-
-
-def _tmp(digest: str) -> Path:
-    """A name the cache's eviction skips (it starts with a dot)."""
-    return _cache.cache_root() / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
 
 
 def _tree_size(root: Path) -> int:
