@@ -260,6 +260,27 @@ def _trainer(env: Env, project: str, name: str, shared: bytes) -> str:
     return out.stdout.split()[-1]
 
 
+def _wide_task(env: Env, n: int) -> str:
+    """A closed task "old/wide" of ``n`` artifacts, each published alone (a key each
+    to delete), all in storage; returns its id."""
+    daemon = DaemonProc(env).wait_ready()
+    try:
+        code = f"""
+            from artisync import Task
+            t = Task.init(project_name="old", task_name="wide")
+            for i in range({n}):
+                t.upload_artifact(f"a{{i:03d}}", {{"i": i, "pad": "x" * 5000}})
+                t.flush(wait_for_uploads=True)
+            t.close()
+            print(t.id)
+        """
+        doomed = run_py(env, code, timeout=180).stdout.split()[-1]
+        assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
+    finally:
+        daemon.stop()
+    return doomed
+
+
 def _bytes_file(root: Path, data: bytes) -> Path:
     path = root / f"{hashlib.sha256(data).hexdigest()[:16]}.bin"
     path.write_bytes(data)
@@ -273,21 +294,7 @@ def test_a_killed_prune_leaves_readable_data_and_a_rerun_finishes(
     with short_tmpdir() as root:
         backend = _make("file", request, root)
         env = _env(root, backend)
-        daemon = DaemonProc(env).wait_ready()
-        try:
-            code = """
-                from artisync import Task
-                t = Task.init(project_name="old", task_name="wide")
-                for i in range(400):  # each published alone: a key each to delete
-                    t.upload_artifact(f"a{i:03d}", {"i": i, "pad": "x" * 5000})
-                    t.flush(wait_for_uploads=True)
-                t.close()
-                print(t.id)
-            """
-            doomed = run_py(env, code, timeout=180).stdout.split()[-1]
-            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
-        finally:
-            daemon.stop()
+        doomed = _wide_task(env, 400)
         tombstones = Path(backend.uri) / "prune" / "tasks"
         cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 1))
         proc = subprocess.Popen(
@@ -336,21 +343,7 @@ def test_a_prune_killed_mid_delete_on_s3_leaves_readable_data(
         env = _env(root, backend)
         server = request.getfixturevalue("seaweedfs")
         host, port = server.endpoint.removeprefix("http://").split(":")
-        daemon = DaemonProc(env).wait_ready()
-        try:
-            code = """
-                from artisync import Task
-                t = Task.init(project_name="old", task_name="wide")
-                for i in range(20):  # each published alone: a key each to delete
-                    t.upload_artifact(f"a{i:02d}", {"i": i, "pad": "x" * 5000})
-                    t.flush(wait_for_uploads=True)
-                t.close()
-                print(t.id)
-            """
-            doomed = run_py(env, code, timeout=180).stdout.split()[-1]
-            assert _cli(env, "wait", "--timeout", "60", "-q").returncode == 0
-        finally:
-            daemon.stop()
+        doomed = _wide_task(env, 20)
         bucket, _, prefix = backend.uri.removeprefix("s3://").partition("/")
         pattern = (
             b"?delete"
