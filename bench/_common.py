@@ -204,3 +204,55 @@ def machine() -> str:
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}"
     )
+
+
+class Proc:
+    """CPU seconds (user + system) of a live process and all its descendants."""
+
+    @staticmethod
+    def memory(pid: int) -> tuple[int, int]:
+        """(resident, anonymous) bytes of the process and its descendants: RSS counts
+        the shared libraries' pages too; anonymous (RssAnon + RssShmem) is what the
+        processes hold themselves."""
+        rss = anon = 0
+        for p in process_tree(pid):
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += int(line.split()[1]) * 1024
+                        elif line.startswith(("RssAnon:", "RssShmem:")):
+                            anon += int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                continue
+        return rss, anon
+
+    @staticmethod
+    def cpu(pid: int) -> float:
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for p in process_tree(pid):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        return total
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of the child and its waited-for children, its stdout)."""
+    # output to files, not pipes: a child that writes more than a pipe holds would
+    # wait for a reader while we wait for it to exit
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:3]} failed:\n{err.read().decode(errors='replace')[-3000:]}")
+        return wall, usage.ru_utime + usage.ru_stime, out.read().decode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,6 +244,22 @@ def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
         [(seq, b[0], int(b[1])) for b in _blobs(incoming.record)],
     )
     return True
+
+
+def ingest_batch(
+    db: sqlite3.Connection, batch: list[Incoming], log: tuple[str, int] | None
+) -> None:
+    """Insert records from the outbox in one transaction (duplicates, journaled before,
+    are ignored). ``log``: (outbox log, offset read up to), kept in the same
+    transaction, so that each record of a log is journaled exactly once."""
+    with transaction(db, "IMMEDIATE"):
+        insert_all(db, batch, time.time())
+        if log is not None:
+            db.execute(
+                "INSERT INTO outbox_logs VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
+                log,
+            )
 
 
 def insert_all(db: sqlite3.Connection, batch: list[Incoming], now: float) -> None:

@@ -83,7 +83,7 @@ async def check_journal(
         if owner is not None and owner != uid:
             return f"task {rec['task_id']} belongs to another user"
     for sha in missing:
-        if not await journal.has_object(rec["dest"], sha):
+        if sha not in await journal.known_objects(rec["dest"], [sha]):
             return f"payload {sha[:12]} is neither in the spool nor at the destination"
     return None
 

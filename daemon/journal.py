@@ -34,7 +34,7 @@ from ._journal_schema import (
     State,
     commit_each,
     create_schema,
-    insert_all,
+    ingest_batch,
     insert_one,
     make_room,
     marks,
@@ -54,6 +54,10 @@ _RETRY_STATE = (
     "AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.seq=records.seq)"
     f" THEN '{State.ENCODING}' ELSE '{State.PENDING}' END)"
 )
+_RETRY_FAILED = (
+    f"UPDATE records SET state={_RETRY_STATE}, reason=NULL, next_try=0, updated=? WHERE state=?"
+)
+_MAX_SEQ = "SELECT coalesce(max(seq), 0) AS seq FROM records"
 
 
 class Journal:
@@ -161,35 +165,16 @@ class Journal:
         return await self._run(insert)
 
     async def ingest(self, batch: list[Incoming], log: tuple[str, int] | None = None) -> None:
-        """Insert records from the outbox in one transaction (duplicates, journaled
-        before, are ignored). ``log``: (outbox log, offset read up to), kept in the same
-        transaction, so that each record of a log is journaled exactly once."""
-
-        def insert(db: sqlite3.Connection) -> None:
-            with transaction(db, "IMMEDIATE"):
-                insert_all(db, batch, time.time())
-                if log is not None:
-                    db.execute(
-                        "INSERT INTO outbox_logs VALUES (?, ?)"
-                        " ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
-                        log,
-                    )
-
-        await self._run(insert)
+        """Insert records from the outbox (see :func:`ingest_batch`)."""
+        await self._run(lambda db: ingest_batch(db, batch, log))
 
     async def log_offsets(self) -> dict[str, int]:
         """How far each outbox log has been journaled."""
-        rows = await self._run(
-            lambda db: db.execute("SELECT name, offset FROM outbox_logs").fetchall()
-        )
-        return {r[0]: int(r[1]) for r in rows}
+        return dict(await self._run(lambda db: db.execute("SELECT * FROM outbox_logs").fetchall()))
 
     async def forget_log(self, name: str) -> None:
         """An outbox log read to its end and removed."""
         await self._write(lambda db: db.execute("DELETE FROM outbox_logs WHERE name=?", (name,)))
-
-    async def has_object(self, destination_uri: str, sha256: str, since: float = 0.0) -> bool:
-        return sha256 in await self.known_objects(destination_uri, [sha256], since)
 
     async def known_objects(
         self, destination_uri: str, shas: Sequence[str], since: float = 0.0
@@ -317,25 +302,14 @@ class Journal:
         return await self._run(lambda db: _reads.count(db, states, task_id, max_seq))
 
     async def max_seq(self) -> int:
-        return await self._run(
-            lambda db: int(
-                db.execute("SELECT coalesce(max(seq),0) AS seq FROM records").fetchone()["seq"]
-            )
-        )
+        return await self._run(lambda db: int(db.execute(_MAX_SEQ).fetchone()["seq"]))
 
     async def stats(self) -> dict[str, Any]:
         return await self._run(_reads.stats)
 
     async def retry_failed(self) -> int:
-        return await self._run(
-            lambda db: (
-                db.execute(
-                    f"UPDATE records SET state={_RETRY_STATE}, reason=NULL, next_try=0, "
-                    "updated=? WHERE state=?",
-                    (time.time(), State.FAILED),
-                ).rowcount
-            )
-        )
+        args = (time.time(), State.FAILED)
+        return await self._run(lambda db: db.execute(_RETRY_FAILED, args).rowcount)
 
     # -- encoding -----------------------------------------------------------------------
     async def claim_encoding(self, limit: int, exclude: Sequence[int]) -> list[Row]:
