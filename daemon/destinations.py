@@ -43,7 +43,9 @@ class Destination:
     sweeps: SweepGate = field(init=False)  # when an object may be sent (prune's sweeps)
 
     def __post_init__(self) -> None:
-        self.sweeps = SweepGate(self.storage)
+        # its look is not retried: storage that cannot be listed now cannot be written
+        # either, and the record goes the way of any failed send (retried, or offline)
+        self.sweeps = SweepGate(self.storage.inner)
 
     def ready(self, now: float) -> bool:
         return self.online or (not self.probing and now >= self.retry_at)
