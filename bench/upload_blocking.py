@@ -31,10 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Daemon, World, machine, median_ms, table, world
 
-# "Close to an in-memory copy": the copy plus at most the larger of another copy and
-# the fixed cost of a call (argument checks, quota, the record into the outbox),
-# budgeted at 0.5 ms a call with cold caches (each rep starts after a sync).
-CALL_BUDGET_MS = 0.5
 TIE = 1.05  # within 5 % of the plain write: the same kernel copy, told apart by noise
 
 
@@ -267,16 +263,19 @@ def run(
 # ---------------------------------------------------------------------------- report
 
 
-def verdict(blocks: float, plain: float, copied: float | None, calls: int) -> str:
+def verdict(
+    blocks: float, plain: float, first: float, first_plain: float, copied: float | None
+) -> str:
+    """The issue's goal: every call, the first in a process included, blocks no longer
+    than the plain write of the same object (within ``TIE``: noise). The in-memory
+    copy is shown for scale: the raw snapshot is a serialization, dearer than a copy."""
     if blocks > TIE * plain:
         return f"FAIL: {blocks / plain:.2f}x the plain write"
-    vs_plain = "ok" if blocks <= plain else "ok (tie with plain, within 5 %)"
-    if copied is None:
-        return vs_plain
-    budget = copied + max(copied, CALL_BUDGET_MS * calls)
-    if blocks <= budget:
-        return f"{vs_plain}; {blocks / copied:.1f}x copy"
-    return f"MISS: {blocks / copied:.1f}x copy (budget {budget:.1f} ms)"
+    if first > TIE * first_plain:
+        return f"FAIL: first call {first / first_plain:.2f}x the first plain write"
+    tie = blocks > plain or first > first_plain
+    vs_plain = "ok (tie with plain, within 5 %)" if tie else "ok"
+    return vs_plain if copied is None else f"{vs_plain}; {blocks / copied:.1f}x copy"
 
 
 def _samples(r: Result) -> str:
@@ -300,7 +299,7 @@ def report(results: list[Result]) -> str:
                 f"{b / p:.3f}",
                 f"{r.first_blocks * 1000:.1f}",
                 f"{r.first_plain * 1000:.1f}",
-                verdict(b, p, c, r.workload.loop),
+                verdict(b, p, r.first_blocks * 1000, r.first_plain * 1000, c),
             ]
         )
     headers = [

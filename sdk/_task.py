@@ -113,7 +113,11 @@ class Task(ClearMLSurface, Lookups, metaclass=_TaskType):
             cls._local[task.id] = task
             cls._current = task
             cls._install_exit_hook()
-            return task
+        # the format registry is loaded here, once, so that the first upload_artifact
+        # costs what the later ones do (~7 ms of imports otherwise land in the loop)
+        import artisync.protocol.formats  # noqa: F401
+
+        return task
 
     @classmethod
     def current_task(cls) -> Task | None:
