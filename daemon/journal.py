@@ -33,6 +33,7 @@ from ._journal_schema import (
     Row,
     State,
     commit_each,
+    configure,
     create_schema,
     ingest_batch,
     insert_one,
@@ -106,15 +107,7 @@ class Journal:
                 os.close(fd)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.row_factory = sqlite3.Row
-            # a new journal returns compacted pages to the disk (an older one reuses them)
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
-            # the WAL is checkpointed every 64 pages (256 KiB), not SQLite's 1,000: the log
-            # must fit in the disk space the SDK leaves free, or a full disk would leave
-            # the journal unable to record the very commits that free the space
-            db.execute("PRAGMA wal_autocheckpoint=64")
-            db.execute("PRAGMA journal_size_limit=1048576")
+            configure(db)
             create_schema(db)
             self._db = db
         return self._db

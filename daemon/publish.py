@@ -73,6 +73,9 @@ def record_keys(rec: dict[str, Any]) -> list[str]:
     ]
 
 
+_SCALARS = (str, int, float, type(None))
+
+
 def check_publishable(rec: dict[str, Any]) -> str | None:
     """Why ``rec`` could never be published, or None. Checked before a record is
     acknowledged: an acknowledged record must be deliverable, and a record that
@@ -85,7 +88,14 @@ def check_publishable(rec: dict[str, Any]) -> str | None:
         rec = {**rec, "sha256": "0" * 64, "size": 0, "blobs": [], "preview": ""}
     try:
         record_keys(rec)
-        _json(public_record(rec))
+        public = public_record(rec)
+        if not all(isinstance(k, str) for k in public):
+            return "record cannot be published: a field name is not a string"
+        # a string, a number, None or an empty list or map always encodes (msgpack's
+        # str is valid UTF-8, its ints fit in 64 bits): only the rest is tried
+        rest = {k: v for k, v in public.items() if v and not isinstance(v, _SCALARS)}
+        if rest:
+            _json(rest)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         return f"record cannot be published: {type(exc).__name__}: {exc}"[:500]
     return None

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -50,6 +52,8 @@ def test_a_daemon_killed_while_it_reads_a_log_journals_each_record_once(env: Env
     assert d.wait_exit(180) == 0, d.output()
     journaled = _journaled(env)
     assert len(journaled) == n and set(journaled) == set(written)
+    with sqlite3.connect(env.spool / "journal.db", timeout=30) as db:
+        _totals_agree(db)  # the killed transactions counted nothing
     assert list((env.spool / "outbox").iterdir()) == []  # read to its end, writer gone
 
 
@@ -135,3 +139,46 @@ def test_status_counts_what_waits_in_the_logs(env: Env) -> None:
         timeout=60,
     )
     assert "26 records waiting" in out.stdout, out.stdout  # started, 25 artifacts
+
+
+def _totals_agree(db: sqlite3.Connection) -> None:
+    """The journal's counters say what a count over its rows says."""
+    counted = dict(db.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall())
+    kept = {
+        state: n
+        for state, n in db.execute("SELECT state, n FROM totals").fetchall()
+        if n and state not in ("objects", "compacted")
+    }
+    assert kept == counted
+
+
+def test_the_counters_count_a_batch_that_comes_again_once(tmp_path: Path) -> None:
+    """Records journaled before (a log read again after a crash between its records'
+    commit and nothing else, or a record both in a file and a log) are ignored, and
+    the counters count only the rows inserted, with and without payloads."""
+    from artisync.daemon._journal_schema import Incoming, configure, create_schema, ingest_batch
+
+    db = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    configure(db)
+    create_schema(db)
+    task = "a" * 32
+
+    def record(i: int, raw: bool) -> dict[str, Any]:
+        rec: dict[str, Any] = {"kind": "artifact", "record_id": f"{i:032x}", "task_id": task}
+        rec.update(project="p", name=f"m{i}", dest="file:///tmp/x", created=1.0)
+        if raw:
+            rec["raw"] = {"codec": "stored", "size": 10 + i, "data": b"x" * (10 + i)}
+        else:
+            rec.update(sha256="b" * 64, size=5, blobs=[["b" * 64, 5]])
+        return rec
+
+    first = [Incoming(record(i, i % 3 != 0), 0, 1) for i in range(1200)]
+    ingest_batch(db, first, ("one.log", 100))
+    _totals_agree(db)
+    again = [Incoming(record(i, i % 3 != 0), 0, 1) for i in range(1000, 1600)]  # 200 seen
+    ingest_batch(db, again, ("one.log", 200))
+    _totals_agree(db)
+    n, size = db.execute("SELECT n, bytes FROM totals WHERE state='encoding'").fetchone()
+    raw = [i for i in range(1600) if i % 3 != 0]
+    assert (n, size) == (len(raw), sum(10 + i for i in raw))
+    db.close()
