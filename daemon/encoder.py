@@ -10,8 +10,9 @@ snapshot in place and the record in ``encoding``, to be encoded again.
 CPU-heavy codecs (parquet, PNG's zlib, npz's deflate) run in a pool of worker
 processes at a lower priority: in a thread they would hold the GIL and delay
 the daemon's acknowledgements, and they must yield to the trainers on the same
-cores. ``stored`` snapshots (files, and every put) only need hashing, which
-releases the GIL: a thread.
+cores. ``stored`` snapshots (files, and every put) and ``pack`` ones (folders:
+each member hashed and copied into its blob) only need hashing and copying,
+which release the GIL: a thread.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ log = logging.getLogger("artisync.daemon")
 
 ENCODING_IN_FLIGHT = 64  # records claimed for encoding at once
 WORKER_NICE = 10  # encode workers yield the CPU to the trainers on the node
+
+
+_IN_THREAD = ("stored", "pack")  # codecs that only hash and copy
 
 
 class Encoder:
@@ -150,7 +154,9 @@ class Encoder:
 
     async def _run_codec(self, row: Row) -> dict[str, Any]:
         args = (str(self.spool.root), self.spool.file_mode, row.body, self.spool.link_raw)
-        if row.body["raw"]["codec"] == "stored":
+        # no worker process to spawn on first use, nor a folder's thousand-member
+        # record pickled both ways
+        if row.body["raw"]["codec"] in _IN_THREAD:
             return await asyncio.to_thread(encode_record, *args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool_for(), encode_record, *args)

@@ -76,8 +76,8 @@ class PutSender:
             await destination.abort_incomplete(key, self.started, size)
 
     def _payload(self, body: dict[str, object], sha: str, size: int) -> Path:
-        """The put's file in the spool. A small one is also kept in its record (its
-        blob was written without fsync): written again from there if lost."""
+        """The put's file in the spool. A small one is kept in its record only (no
+        blob is written when it is encoded): written from there, unsynced, to be sent."""
         path = self.spool.blob_path(sha)
         try:
             st: os.stat_result | None = os.lstat(path)

@@ -3,14 +3,13 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from artisync.protocol import ArtisyncError, Settings, Spool
 
-from ._artifact import Artifact, Locator
+from ._artifact import Artifact, Locator, with_inline
 from ._checks import resolve_destination
 from ._client import DaemonError, DaemonUnavailable
 from ._session import Session
@@ -57,7 +56,7 @@ def artifact_from(
         locate = after(wait, locate)
     inline = record.get("inline")
     if isinstance(inline, str):  # a small payload inside its record (storage's, journal's)
-        locate = _with_inline(locate, str(record.get("sha256")), inline)
+        locate = with_inline(locate, str(record.get("sha256")), inline)
     return Artifact(
         record, locate, spool=spool, resolve=resolve, allow_pickle=settings.allow_pickle
     )
@@ -67,21 +66,6 @@ def after(wait: Callable[[], None], locate: Locator) -> Locator:
     def find(sha: str) -> Any:
         wait()
         return locate(sha)
-
-    return find
-
-
-def _with_inline(locate: Locator, sha256: str, inline: str) -> Locator:
-    def find(sha: str) -> Any:
-        if sha != sha256:
-            return locate(sha)
-        from ._reader import cache_inline
-
-        try:
-            data = base64.b64decode(inline, validate=True)
-        except ValueError:
-            data = b""  # fails the hash check below, with the reason
-        return cache_inline(sha, data)
 
     return find
 

@@ -574,11 +574,18 @@ def network_down(size: Size, target: Target, root: Path) -> Result:
         artifact(spool, target.uri, os.urandom(64) + i.to_bytes(4, "big"), tid, f"a{i % 50}")
         for i in range(size.network_down)
     ]
+    late = [
+        artifact(spool, target.uri, os.urandom(64) + b"late" + i.to_bytes(4, "big"), tid, f"l{i}")
+        for i in range(20)
+    ]
     with running(env, ARTISYNC_CONCURRENCY="8", ARTISYNC_GC_INTERVAL="5", **FAST_RETRY) as d:
         acked = submit_all(env, records)
-        res.acknowledged = sum(r["kind"] == "artifact" for r in acked)
         wait_until(lambda: committed_count(env) >= len(acked) // 5, 120, "some uploads")
         target.network(False)
+        # and more reported during the outage: the daemon cannot have sent them all
+        # before the storage went away (a fast daemon had, and never went offline)
+        acked += submit_all(env, late)
+        res.acknowledged = sum(r["kind"] == "artifact" for r in acked)
         wait_until(lambda: not status_json(env)["online"], 60, "the daemon to go offline")
         assert committed_count(env) < len(acked), "everything went up before the outage"
         share = cpu_share(d.proc.pid, 3.0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -87,9 +88,23 @@ def snapshot(obj: Any, spool: Spool, **kw: Any) -> Shot:
     return Shot(fmts.snapshot(obj, spool, rid, **kw), rid, spool)
 
 
+def _kept_in_record(snap: Shot) -> bytes | None:
+    """The payload a small stored record keeps inside itself (no blob is made for it)."""
+    spec = snap.record["raw"]
+    data = spec.get("data")
+    keeps = spec["codec"] == "stored" and data is not None and len(data) <= fmts.SMALL_PAYLOAD
+    return data if keeps else None
+
+
 def write(snap: Shot, spool: Spool) -> StoredPayload:
     payload = snap.write(spool)
+    kept = _kept_in_record(snap)
     for sha, size in payload.blobs:
+        if kept is not None:
+            # kept in its record only (journaled, and published inside it): no blob;
+            # written here as a reader gets it, from the record
+            assert hashlib.sha256(kept).hexdigest() == sha and len(kept) == size
+            spool.write_blob_bytes(kept)
         assert hash_file(spool.blob_path(sha)) == (sha, size)
     return payload
 
@@ -921,6 +936,20 @@ def test_raw_snapshot_reads_back_as_the_stored_form_does(
         assert before == after
 
 
+@pytest.mark.parametrize("kind", ["file", "dict", "bytes"])
+def test_a_small_payload_kept_in_its_record_makes_no_blob(
+    spool: Spool, tmp_path: Path, kind: str
+) -> None:
+    """Its record carries it (journal, published record): a blob would be a file made
+    and removed for nothing, per small artifact."""
+    snap = snapshot(sample(kind, make_folder(tmp_path / "d")), spool)
+    kept = _kept_in_record(snap)
+    assert kept is not None
+    payload = snap.write(spool)
+    assert payload.blobs == [(hashlib.sha256(kept).hexdigest(), len(kept))]
+    assert list(spool.blobs.iterdir()) == []
+
+
 def test_codecs_are_the_protocols() -> None:
     assert set(RAW_CODECS) == {"stored", *fmts.CODECS}
 
@@ -940,8 +969,13 @@ def test_failed_encode_leaves_no_temp_files_and_keeps_the_raw(
 ) -> None:
     snap = snapshot(sample(kind, make_folder(tmp_path / "d")), spool)
     spool.blobs.rename(tmp_path / "blobs-away")  # commit cannot rename into blobs/
-    with pytest.raises(OSError):
-        fmts.encode(spool, snap.record)
+    kept = _kept_in_record(snap)
+    if kept is not None:  # kept in its record: nothing to write, so nothing fails
+        payload, _ = fmts.encode(spool, snap.record)
+        assert payload.blobs == [(hashlib.sha256(kept).hexdigest(), len(kept))]
+    else:
+        with pytest.raises(OSError):
+            fmts.encode(spool, snap.record)
     assert list(spool.tmp.iterdir()) == []
     assert snap.raw_path.exists() or "data" in snap.record["raw"]  # encoded again later
     snap.discard()

@@ -37,6 +37,7 @@ recognised by the modules of its class before anything is imported.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -152,10 +153,12 @@ def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | N
         raise SerializationError(f"unknown raw codec {codec!r}")
     data = spec.get("data")
     if data is not None and codec == "stored":  # small: inside the record
-        # a payload the record keeps (see SMALL_PAYLOAD) is durable in the journal:
-        # its blob is a copy, rebuilt from the record if it is lost
-        kept = len(data) <= SMALL_PAYLOAD
-        return single_blob(*spool.write_blob_bytes(data, sync=not kept)), None
+        if len(data) <= SMALL_PAYLOAD:
+            # a payload the record keeps (see SMALL_PAYLOAD) is durable in the journal,
+            # read from there, and published inside its record: no blob, no object (a
+            # file made and removed for each small dict was most of its daemon's cost)
+            return single_blob(hashlib.sha256(data).hexdigest(), len(data)), None
+        return single_blob(*spool.write_blob_bytes(data)), None
     if data is not None and not raw.exists():
         write_raw_bytes(raw, data, spool.file_mode)
     if codec == "stored":
