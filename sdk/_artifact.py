@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import datetime as dt
 import shutil
@@ -70,8 +69,6 @@ class Artifact:
                     "`artisync status`); get() reads it from the spool meanwhile"
                 )
             self._record = {**self._record, **done}
-            if isinstance(done.get("inline"), str):  # a small payload: in its record only
-                self._locator = with_inline(self._locator, str(done["sha256"]), done["inline"])
         return self._record
 
     def _raw_path(self) -> Path | None:
@@ -343,21 +340,3 @@ def _chunks_upto(art: Artifact) -> list[Artifact]:
             "keep_versions?); artifact.get_local_copy() has a chunk's own rows"
         )
     return [found[i] for i in range(upto + 1)]
-
-
-def with_inline(locate: Locator, sha256: str, inline: str) -> Locator:
-    """``locate``, but the payload ``sha256`` comes from ``inline`` (base64): a small
-    payload kept in its record, never stored as an object of its own."""
-
-    def find(sha: str) -> Any:
-        if sha != sha256:
-            return locate(sha)
-        from ._reader import cache_inline
-
-        try:
-            data = base64.b64decode(inline, validate=True)
-        except ValueError:
-            data = b""  # fails the hash check below, with the reason
-        return cache_inline(sha, data)
-
-    return find

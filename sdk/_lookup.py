@@ -3,13 +3,14 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from artisync.protocol import ArtisyncError, Settings, Spool
 
-from ._artifact import Artifact, Locator, with_inline
+from ._artifact import Artifact, Locator, Resolver
 from ._checks import resolve_destination
 from ._client import DaemonError, DaemonUnavailable
 from ._session import Session
@@ -54,12 +55,32 @@ def artifact_from(
     locate = locator(settings, record["dest"], spool)
     if wait is not None:
         locate = after(wait, locate)
-    inline = record.get("inline")
-    if isinstance(inline, str):  # a small payload inside its record (storage's, journal's)
-        locate = with_inline(locate, str(record.get("sha256")), inline)
+    # small payloads inside their records (storage's, the journal's): never an object
+    inline: dict[str, str] = {}
+    _note_inline(record, inline)
+    if resolve is not None:  # the daemon's encoded record may be one of them
+        resolve = _noting_inline(resolve, inline)
     return Artifact(
-        record, locate, spool=spool, resolve=resolve, allow_pickle=settings.allow_pickle
+        record,
+        _with_inline(locate, inline),
+        spool=spool,
+        resolve=resolve,
+        allow_pickle=settings.allow_pickle,
     )
+
+
+def _note_inline(record: dict[str, Any] | None, inline: dict[str, str]) -> None:
+    if record is not None and isinstance(record.get("inline"), str):
+        inline[str(record.get("sha256"))] = record["inline"]
+
+
+def _noting_inline(resolve: Resolver, inline: dict[str, str]) -> Resolver:
+    def answer(record_id: str, wait: float) -> dict[str, Any] | None:
+        done = resolve(record_id, wait)
+        _note_inline(done, inline)
+        return done
+
+    return answer
 
 
 def after(wait: Callable[[], None], locate: Locator) -> Locator:
@@ -222,3 +243,20 @@ def versions(session: Session, task: dict[str, Any], name: str, rank: int | None
         for r in recs
         if rank is None or r.get("rank") == rank
     ]
+
+
+def _with_inline(locate: Locator, inline: dict[str, str]) -> Locator:
+    """``locate``, but a payload in ``inline`` (sha256 -> base64) is read from there."""
+
+    def find(sha: str) -> Any:
+        if sha not in inline:
+            return locate(sha)
+        from ._reader import cache_inline
+
+        try:
+            data = base64.b64decode(inline[sha], validate=True)
+        except ValueError:
+            data = b""  # fails the hash check below, with the reason
+        return cache_inline(sha, data)
+
+    return find

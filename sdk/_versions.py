@@ -11,7 +11,7 @@ from artisync.protocol import ArtifactRecord, Spool, new_artifact_record, new_id
 
 from ._artifact import Artifact
 from ._handover import RawHolder
-from ._lookup import after, locator
+from ._lookup import artifact_from
 from ._quota import SpoolFull
 from ._session import Session
 from ._session import origin as origin  # this process, as every record names it
@@ -69,15 +69,10 @@ def store_version(
         if isinstance(exc, OSError):
             raise _refused(exc) from exc
         raise
-    locate = locator(session.settings, destination_uri, spool)
-    if session.shared:  # the daemon's spool is its own: read back once uploaded
-        locate = after(lambda: session.wait_committed(task_id, None), locate)
-    return Artifact(
-        cast(dict[str, Any], record),
-        locate,
-        spool=spool,
-        resolve=session.resolve,
-        allow_pickle=session.settings.allow_pickle,
+    # a shared daemon's spool is its own: read back once uploaded
+    wait = (lambda: session.wait_committed(task_id, None)) if session.shared else None
+    return artifact_from(
+        cast(dict[str, Any], record), session.settings, spool, wait, session.resolve
     )
 
 

@@ -32,7 +32,7 @@ def test_spool_socket_and_journal_are_owner_only(daemon: DaemonProc, env: Env) -
         from artisync import Task
         from artisync.protocol import Spool
         t = Task.init(project_name="sec", task_name="modes")
-        t.upload_artifact("a", {"x": 1})
+        t.upload_artifact("a", {"x": "y" * 70_000})  # a raw file, then a blob (not inline)
         art = t.artifacts["a"]
         spool = Spool(os.environ["ARTISYNC_SPOOL"])
         modes = []
