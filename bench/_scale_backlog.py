@@ -121,6 +121,7 @@ def _fill_journal(path: Path, rows: int, old: float) -> None:
     import msgpack
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from artisync.daemon._journal_schema import count_inserted
     from artisync.daemon.journal import Journal
 
     asyncio.run(_open_close(Journal(path)))
@@ -164,12 +165,7 @@ def _fill_journal(path: Path, rows: int, old: float) -> None:
             batch,
         )
         db.execute("COMMIT")
-    # counted as the daemon counts what it inserts (one statement, not a trigger per row)
-    db.execute(
-        "INSERT INTO totals SELECT state, count(*), sum(size) FROM records WHERE true"
-        " GROUP BY state ON CONFLICT(state) DO UPDATE"
-        " SET n = n + excluded.n, bytes = bytes + excluded.bytes"
-    )
+    count_inserted(db, 0)  # counted as the daemon counts what it inserts
     db.close()
 
 

@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS outbox_logs(name TEXT PRIMARY KEY, offset INTEGER NOT
 # Counters kept by the database itself, in the same transactions as the rows they
 # count: ``status`` reads a handful of rows instead of counting over all history
 # (and committed records keep counting once compacted away: state ``compacted``).
-# Inserted records are counted by the statements that insert them (``_COUNT``),
+# Inserted records are counted by the statements that insert them (count_inserted),
 # not by a trigger: a trigger's upsert per row was a third of a backlog's ingest.
 TOTALS = """
 CREATE TABLE totals(state TEXT PRIMARY KEY, n INTEGER NOT NULL, bytes INTEGER NOT NULL);
@@ -116,7 +116,7 @@ def configure(db: sqlite3.Connection) -> None:
 def create_schema(db: sqlite3.Connection) -> None:
     """The tables, and (once, counting what an older journal holds) the totals."""
     db.executescript(SCHEMA)
-    db.execute("DROP TRIGGER IF EXISTS totals_insert")  # older journals: see _COUNT
+    db.execute("DROP TRIGGER IF EXISTS totals_insert")  # older journals: see count_inserted
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='totals'").fetchone() is None:
         try:  # one transaction: counted and kept up to date from the same snapshot
             db.executescript(f"BEGIN IMMEDIATE;{TOTALS}COMMIT;")
@@ -249,19 +249,21 @@ def _values(incoming: Incoming, now: float) -> tuple[Any, ...]:
     )
 
 
-_COUNT = (
-    "INSERT INTO totals VALUES (?, 1, ?)"
-    " ON CONFLICT(state) DO UPDATE SET n = n + 1, bytes = bytes + excluded.bytes"
-)
-_COUNT_AFTER = (
-    # NOT INDEXED: the rows after ``seq``, not a scan of records_state for the GROUP BY
-    "INSERT INTO totals SELECT state, count(*), sum(size) FROM records NOT INDEXED WHERE seq > ?"
-    " GROUP BY state ON CONFLICT(state) DO UPDATE"
-    " SET n = n + excluded.n, bytes = bytes + excluded.bytes"
-)
+def count_inserted(db: sqlite3.Connection, after: int) -> None:
+    """Count the records inserted after ``seq`` ``after`` into ``totals`` (the
+    statements that insert records call this; no trigger counts them)."""
+    db.execute(
+        # NOT INDEXED: the rows after ``seq``, not a scan of records_state for the GROUP BY
+        "INSERT INTO totals SELECT state, count(*), sum(size) FROM records NOT INDEXED"
+        " WHERE seq > ? GROUP BY state ON CONFLICT(state) DO UPDATE"
+        " SET n = n + excluded.n, bytes = bytes + excluded.bytes",
+        (after,),
+    )
 
 
-_ROW = "(" + ",".join("?" * 13) + ")"
+_INSERT_HEAD = _INSERT.split(" VALUES ")[0] + " VALUES "
+_COLUMNS = _INSERT.count("?")
+_ROW = f"({marks(list(range(_COLUMNS)))})"
 _ROWS_PER_STATEMENT = 512
 
 
@@ -272,14 +274,13 @@ def _insert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
     next batch of outbox frames is checked on another thread, every one of those
     reacquisitions waited for that thread (a convoy): the two sides ran one after
     the other. One statement of 512 rows releases it once."""
-    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 13
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS
     per = max(1, min(_ROWS_PER_STATEMENT, limit))
-    head = _INSERT.split(" VALUES ")[0] + " VALUES "
     new = 0
     for i in range(0, len(rows), per):
         chunk = rows[i : i + per]
         flat = [value for row in chunk for value in row]
-        new += db.execute(head + ",".join([_ROW] * len(chunk)), flat).rowcount
+        new += db.execute(_INSERT_HEAD + ",".join([_ROW] * len(chunk)), flat).rowcount
     return new
 
 
@@ -289,12 +290,12 @@ def _last_seq(db: sqlite3.Connection) -> int:
 
 
 def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
-    values = _values(incoming, now)
-    cur = db.execute(_INSERT, values)
+    cur = db.execute(_INSERT, _values(incoming, now))
     if cur.rowcount == 0:
         return False
     seq = cur.lastrowid
-    db.execute(_COUNT, (values[8], values[7]))  # its state and size, into totals
+    assert seq is not None
+    count_inserted(db, seq - 1)
     db.executemany(
         "INSERT OR IGNORE INTO refs VALUES (?,?,?)",
         [(seq, b[0], int(b[1])) for b in _blobs(incoming.record)],
@@ -325,7 +326,7 @@ def insert_all(db: sqlite3.Connection, batch: list[Incoming], now: float) -> Non
     if plain:
         after = _last_seq(db)
         if _insert_rows(db, [_values(inc, now) for inc in plain]):
-            db.execute(_COUNT_AFTER, (after,))  # those inserted (duplicates were ignored)
+            count_inserted(db, after)  # those inserted (duplicates were ignored)
     for inc in batch:
         if _blobs(inc.record):
             insert_one(db, inc, now)
