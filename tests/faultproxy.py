@@ -7,6 +7,7 @@
         proxy.set("cut", count=3, cut_after=[7 * 2**20, 1024])  # per connection (last repeats)
         proxy.set("refuse")                          # nothing listens; proxy.set("pass")
         proxy.hold(b"?delete", 10)   # requests containing these bytes wait 10 s (any mode)
+        proxy.lose_answer(b"?uploads")  # the next such request is served, its answer lost
         proxy.held.wait(30)          # ... and one has arrived
 
 It runs its own asyncio loop in a thread, so it serves sync and async tests alike.
@@ -69,6 +70,7 @@ class FaultProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self._hold: tuple[bytes, float] | None = None
+        self._lose: tuple[bytes, int] | None = None  # (pattern, answers left to lose)
         self.held = threading.Event()  # set when a request matching hold() arrived
 
     # -- control (test thread) ------------------------------------------------------------
@@ -123,6 +125,22 @@ class FaultProxy:
         with self._lock:
             self._hold = None if pattern is None else (pattern, seconds)
             self.held.clear()
+
+    def lose_answer(self, pattern: bytes, count: int = 1) -> None:
+        """Pass the next ``count`` requests whose bytes upstream contain ``pattern`` to
+        the server, then close the connection instead of sending its answer: the server
+        did the work, the client never hears of it. Spliced connections only."""
+        with self._lock:
+            self._lose = (pattern, count)
+
+    def _losing(self, data: bytes) -> bool:
+        with self._lock:
+            if self._lose is None or self._lose[0] not in data:
+                return False
+            pattern, left = self._lose
+            self._lose = (pattern, left - 1) if left > 1 else None
+            self.faults += 1
+            return True
 
     def drop_connections(self) -> None:
         self._call(self._close_all())
@@ -227,6 +245,8 @@ class FaultProxy:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers.add(up_writer)
 
+        lose = asyncio.Event()  # a request went up whose answer must not come down
+
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             sent = 0
             while data := await src.read(65536):
@@ -234,6 +254,10 @@ class FaultProxy:
                 if up and hold is not None and hold[0] in data:
                     self.held.set()
                     await asyncio.sleep(hold[1])
+                if up and self._losing(data):
+                    lose.set()
+                if not up and lose.is_set():
+                    return  # the answer is lost: both sides close below
                 if up and cut_after and sent + len(data) >= cut_after:
                     dst.write(data[: cut_after - sent])
                     self.bytes_up += cut_after - sent

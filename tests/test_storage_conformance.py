@@ -308,6 +308,35 @@ def test_large_upload_with_wrong_sha256_commits_nothing(backend: Backend, tmp_pa
         admin.close()
 
 
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+def test_a_lost_answer_to_starting_a_multipart_upload_leaves_no_upload_behind(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The server starts an upload but its answer is lost: botocore asks again and gets
+    a second upload id. The first, whose id nobody knows, must not stay (unfinished
+    uploads are invisible, billed, and kept forever without a lifecycle rule)."""
+    size = LARGE_SIZE[backend.name]
+    src = tmp_path / "big"
+    digest = write_file(src, size, seed=9)
+    with FaultProxy(backend.target) as proxy:
+
+        async def go() -> None:
+            options = {**backend.options_via(proxy.endpoint), **SMALL_PARTS[backend.name]}
+            async with backend.opened(**options) as s:
+                proxy.lose_answer(b"?uploads ")  # POST /key?uploads: CreateMultipartUpload
+                await s.put("objects/big", src, size=size, sha256=digest)
+                got = await s.get("objects/big", tmp_path / "back")
+                assert got.sha256 == digest
+
+        run(go())
+        assert proxy.faults == 1
+    from tests.storage_fixtures import _s3_admin
+
+    admin = _s3_admin(backend.server)
+    assert admin.list_multipart_uploads(Bucket=backend.bucket).get("Uploads", []) == []
+    admin.close()
+
+
 # -- errors that need an operator --------------------------------------------------------
 
 

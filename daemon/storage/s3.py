@@ -10,7 +10,8 @@ caller's SHA-256, so the server rejects a body that does not match
 upload; each part carries its own SHA-256 checksum that the server verifies, and
 the whole-file SHA-256 is computed while the parts are read, in order, and must
 match before the upload is completed. On any failure the multipart upload is
-aborted, so nothing is ever visible under the key but the whole, verified object.
+aborted, so nothing is ever visible under the key but the whole, verified object;
+one started by a create whose answer was lost is aborted after the object is complete.
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ class S3Storage(CloudStorage):
                 await s3.complete_multipart_upload(
                     **upload, MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]}
                 )
+                if created["ResponseMetadata"].get("RetryAttempts"):
+                    # botocore sent the create again: the first may have started an
+                    # upload whose answer was lost, an id nobody will ever abort
+                    await self._abort_unfinished(s3, name, time.time())
         except BaseException:
             await asyncio.shield(self._abort(s3, upload))
             raise
@@ -253,6 +258,19 @@ class S3Storage(CloudStorage):
         except Exception as exc:  # the bucket's lifecycle rule is the backstop
             error = f"{type(exc).__name__}: {exc}"
             log.warning("s3 abort_multipart_upload failed: %s", error, extra={"backend": self.uri})
+
+    async def _abort_unfinished(self, s3: Any, name: str, before: float) -> int:
+        """Abort the unfinished multipart uploads of ``name`` started before ``before``."""
+        aborted = 0
+        page = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=name)
+        for upload in page.get("Uploads", []):
+            if upload.get("Key") != name or upload["Initiated"].timestamp() >= before:
+                continue
+            await s3.abort_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload["UploadId"]
+            )
+            aborted += 1
+        return aborted
 
     # -- reads, listing, deletion ---------------------------------------------------------
 
@@ -331,18 +349,8 @@ class S3Storage(CloudStorage):
         if size is None or size < self.multipart_threshold:
             return 0  # sent in one PUT: nothing can be left over
         name = self._prefix.key(key)
-        before = time.time()
-        aborted = 0
         with self._errors("abort-incomplete", key):
-            s3 = await self._s3()
-            page = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=name)
-            for upload in page.get("Uploads", []):
-                if upload.get("Key") != name or upload["Initiated"].timestamp() >= before:
-                    continue
-                await s3.abort_multipart_upload(
-                    Bucket=self.bucket, Key=name, UploadId=upload["UploadId"]
-                )
-                aborted += 1
+            aborted = await self._abort_unfinished(await self._s3(), name, time.time())
         if aborted:
             log.info("aborted %d unfinished multipart uploads of %s at %s", aborted, key, self.uri)
         return aborted
