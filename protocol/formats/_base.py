@@ -20,6 +20,7 @@ import io
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -33,6 +34,7 @@ INLINE_MAX = 64 * 1024
 # a stored payload this small stays in its record after encoding (the journal keeps it
 # durable, so its blob needs no fsync) and is published inside its version record
 SMALL_PAYLOAD = 4096
+_SYNC_ASIDE = 8 * 1024 * 1024  # a raw file this big is fsynced while it is hashed
 
 
 class SerializationError(ArtisyncError, ValueError):
@@ -267,10 +269,16 @@ def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
                     out.write(chunk)
 
         return encode_to_blob(spool, copy)
-    sha, size = hash_file(raw)
     fd = os.open(raw, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        if os.fstat(fd).st_size < _SYNC_ASIDE:
+            sha, size = hash_file(raw)
+            os.fsync(fd)
+        else:  # the disk writes a big file back while the CPU hashes it (1 GiB: ~0.5 s each)
+            with ThreadPoolExecutor(1) as pool:
+                synced = pool.submit(os.fsync, fd)
+                sha, size = hash_file(raw)
+                synced.result()
     finally:
         os.close(fd)
     target = spool.blob_path(sha)
