@@ -84,7 +84,13 @@ class Daemon:
             config.object_concurrency,
             config.settings.reuse_window,
         )
-        self.encoder = Encoder(self.journal, self.spool, config.encode_workers, self.uploader.poke)
+        self.encoder = Encoder(
+            self.journal,
+            self.spool,
+            config.encode_workers,
+            self.uploader.poke,
+            self.uploader.send_early,
+        )
         self.committer = Committer(self.journal, self._on_commit)
         self._ingest_lock = asyncio.Lock()
         self.server = Server(self)

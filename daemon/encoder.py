@@ -49,12 +49,18 @@ _IN_THREAD = ("stored", "pack")  # codecs that only hash and copy
 
 class Encoder:
     def __init__(
-        self, journal: Journal, spool: Spool, workers: int, on_encoded: Callable[[], None]
+        self,
+        journal: Journal,
+        spool: Spool,
+        workers: int,
+        on_encoded: Callable[[], None],
+        early: EarlySend | None = None,
     ) -> None:
         self.journal = journal
         self.spool = spool
         self.workers = workers
         self.on_encoded = on_encoded
+        self.early = early
         self.in_flight: set[int] = set()
         self.wakeup = asyncio.Event()
         self.unpaused = asyncio.Event()  # cleared while a long outbox backlog is journaled
@@ -156,9 +162,17 @@ class Encoder:
         args = (str(self.spool.root), self.spool.file_mode, row.body, self.spool.link_raw)
         # no worker process to spawn on first use, nor a folder's thousand-member
         # record pickled both ways
-        if row.body["raw"]["codec"] in _IN_THREAD:
-            return await asyncio.to_thread(encode_record, *args)
         loop = asyncio.get_running_loop()
+        codec = row.body["raw"]["codec"]
+        if codec == "pack" and self.early is not None and row.kind == "artifact":
+            # a folder's members go out as they are unpacked, not once all 2,000 are
+            sink = _EarlyBlobs(loop, self.early, row.destination_uri)
+            try:
+                return await asyncio.to_thread(encode_record, *args, on_blob=sink)
+            finally:
+                sink.flush()
+        if codec in _IN_THREAD:
+            return await asyncio.to_thread(encode_record, *args)
         return await loop.run_in_executor(self._pool_for(), encode_record, *args)
 
     async def _commit(self, seq: int, body: dict[str, Any]) -> None:
@@ -185,7 +199,11 @@ def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_record(
-    root: str, mode: int, body: dict[str, Any], link_raw: bool = True
+    root: str,
+    mode: int,
+    body: dict[str, Any],
+    link_raw: bool = True,
+    on_blob: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Encode one record's raw snapshot (in a worker process or a thread).
 
@@ -194,8 +212,10 @@ def encode_record(
     (the record fails, with the reason) from a full disk (it goes again)."""
     from artisync.protocol.formats import encode
 
+    spool = Spool(root, file_mode=mode, link_raw=link_raw)
+    spool.on_blob = on_blob
     try:
-        payload, preview = encode(Spool(root, file_mode=mode, link_raw=link_raw), body)
+        payload, preview = encode(spool, body)
     except FileNotFoundError as exc:  # the raw snapshot is gone: encoding again cannot help
         return {"ok": False, "transient": False, "reason": f"raw snapshot missing: {exc}"}
     except OSError as exc:
@@ -219,6 +239,31 @@ def encode_record(
             with contextlib.suppress(OSError):
                 out["inline"] = (Path(root) / "blobs" / payload.sha256).read_bytes()
     return out
+
+
+# told, on the event loop, of a batch of blobs that record's destination will need
+EarlySend = Callable[[str, list[tuple[str, int]]], None]
+
+
+class _EarlyBlobs:
+    """Collects the blobs an encoding thread commits and hands them to the event loop
+    in batches (a wakeup of the loop per member would cost more than it saves)."""
+
+    BATCH = 32
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: EarlySend, uri: str) -> None:
+        self.loop, self.send, self.uri = loop, send, uri
+        self.batch: list[tuple[str, int]] = []
+
+    def __call__(self, sha: str, size: int) -> None:
+        self.batch.append((sha, size))
+        if len(self.batch) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if batch and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.send, self.uri, batch)
 
 
 def _init_worker() -> None:

@@ -47,6 +47,7 @@ class ObjectSender:
         self._objects: dict[tuple[str, str], asyncio.Future[None]] = {}
         # (destination, sha) -> when its copy there was written, of the latest uploads
         self._written: dict[tuple[str, str], float] = {}
+        self._early: set[asyncio.Task[None]] = set()
         self._small = asyncio.Semaphore(concurrency)
         self._large = asyncio.Semaphore(LARGE_IN_FLIGHT)
 
@@ -118,6 +119,35 @@ class ObjectSender:
             raise
         finally:
             del self._objects[key]
+
+    def send_early(self, destination: Destination, blobs: list[tuple[str, int]]) -> None:
+        """Start sending small objects whose record is not ready to upload yet (a folder's
+        members, while the rest are being unpacked): the record's own send then finds
+        them in flight or sent. Nothing here is a record's answer: a failure is left for
+        that send to meet and report, and an offline destination is left to its probe."""
+        blobs = [(sha, size) for sha, size in blobs if size < LARGE_OBJECT]
+        if blobs and destination.online:
+            task = asyncio.get_running_loop().create_task(self._send_early(destination, blobs))
+            self._early.add(task)
+            task.add_done_callback(self._early.discard)
+
+    async def _send_early(self, destination: Destination, blobs: list[tuple[str, int]]) -> None:
+        since = time.time() - self.reuse_window
+        known = await self.journal.known_objects(destination.uri, [s for s, _ in blobs], since)
+        sends = [
+            self._ensure_object(destination, sha, size, False)
+            for sha, size in blobs
+            if sha not in known and (destination.uri, sha) not in self._objects
+        ]
+        failed = [r for r in await asyncio.gather(*sends, return_exceptions=True) if r]
+        if failed:
+            log.debug(
+                "%d objects not sent early to %s: %s", len(failed), destination.uri, failed[0]
+            )
+
+    def stop_early(self) -> None:
+        for task in self._early:
+            task.cancel()
 
     def _remember_written(self, key: tuple[str, str], written: float) -> None:
         self._written.pop(key, None)

@@ -167,8 +167,19 @@ class Uploader:
                 )
                 await asyncio.sleep(delay)
 
+    def send_early(self, uri: str, blobs: list[tuple[str, int]]) -> None:
+        """Objects of a record still being encoded, to send now (see ObjectSender)."""
+        if not self.accepting:
+            return
+        try:
+            destination = self.destinations.get(uri)
+        except PermanentStorageError:
+            return  # the record fails with the reason once it is encoded
+        self.objects.send_early(destination, blobs)
+
     async def stop_workers(self, n: int) -> None:
         self.accepting = False
+        self.objects.stop_early()
         for _ in range(n):
             await self.queue.put(_STOP)
 

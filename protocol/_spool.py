@@ -26,7 +26,7 @@ import itertools
 import os
 import re
 import secrets
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -147,6 +147,9 @@ class Spool:
         # False when clients hold descriptors of their raw files (a shared daemon): a raw
         # file then becomes a blob by a copy, hashed as it is made, never by a hard link
         self.link_raw = link_raw
+        # told of each blob committed from a temp file (the daemon starts sending a
+        # folder's members while the rest are still being unpacked)
+        self.on_blob: Callable[[str, int], None] | None = None
         self._log: LogWriter | None = None  # this process's outbox log, once it wrote one
 
     def ensure(self, dir_mode: int = 0o700) -> Spool:
@@ -201,6 +204,8 @@ class Spool:
         os.replace(tmp_path, self.blob_path(sha256))
         if sync:
             fsync_dir(self.blobs)
+        if self.on_blob is not None:
+            self.on_blob(sha256, size)
         return sha256, size
 
     def sync_blobs(self, shas: Iterable[str]) -> None:

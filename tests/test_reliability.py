@@ -270,3 +270,38 @@ def _task(env: Env, i: int) -> dict:
     rec = faults.task_event(str(env.storage), f"{i:032x}")
     rec["comment"] = "x" * 20_000  # journal pages fill up quickly
     return rec
+
+
+@BOTH
+def test_a_folder_through_a_flaky_network_arrives_whole(
+    backend: str, make_target: TargetFactory, root: Path
+) -> None:
+    """A folder's members are sent while the rest are still being unpacked, ahead of
+    their record: under random faults some of those early sends fail, and the record's
+    own send must still deliver every member (and report nothing missing)."""
+    target = make_target(backend, chaos=True)
+    env = faults.make_env(root, target)
+    folder = root / "members"
+    folder.mkdir()
+    expected = {}
+    for i in range(400):
+        data = os.urandom(1000 + 97 * i)
+        (folder / f"m{i:03d}.bin").write_bytes(data)
+        expected[hashlib.sha256(data).hexdigest()] = len(data)
+    with faults.running(env, ARTISYNC_RETRY_MAX_ELAPSED="20", ARTISYNC_OFFLINE_MAX_BACKOFF="4"):
+        run_py(
+            env,
+            f"""
+            from artisync import Task
+            task = Task.init(project_name="faults", task_name="folder", output_uri={target.uri!r})
+            task.upload_artifact("members", artifact_object={str(folder)!r})
+            task.flush(wait_for_uploads=True)
+            task.close()
+            """,
+            timeout=240,
+        )
+    missing = [sha for sha in expected if target.sha256_of(faults.object_key(sha)) != sha]
+    assert not missing, f"{len(missing)} of 400 members missing after the folder committed"
+    if isinstance(target, S3Target) and isinstance(target.proxy, ChaosProxy):
+        assert target.proxy.faults > 0
+    faults.assert_no_leftovers(env, target)
