@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -133,7 +134,11 @@ class ObjectSender:
 
     async def _send_early(self, destination: Destination, blobs: list[tuple[str, int]]) -> None:
         since = time.time() - self.reuse_window
-        known = await self.journal.known_objects(destination.uri, [s for s, _ in blobs], since)
+        try:
+            shas = [s for s, _ in blobs]
+            known = await self.journal.known_objects(destination.uri, shas, since)
+        except sqlite3.Error:
+            return  # the record's own send meets it, and reports it
         sends = [
             self._ensure_object(destination, sha, size, False)
             for sha, size in blobs

@@ -9,9 +9,10 @@ caller's SHA-256, so the server rejects a body that does not match
 (``BadDigest`` -> :class:`IntegrityError`). A large object goes up as a multipart
 upload; each part carries its CRC-32 (``x-amz-checksum-crc32``, cheap: the payload
 is not signed) that the server verifies, and the whole-file SHA-256 is computed
-while the parts are read, in order, and must match before the upload is completed. On any failure the multipart upload is
-aborted, so nothing is ever visible under the key but the whole, verified object;
-one started by a create whose answer was lost is aborted after the object is complete.
+while the parts are read, in order, and must match before the upload is completed.
+On any failure the multipart upload is aborted, so nothing is ever visible under
+the key but the whole, verified object; one started by a create whose answer was
+lost is aborted after the object is complete.
 """
 
 from __future__ import annotations
