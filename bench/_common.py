@@ -80,13 +80,13 @@ def world() -> Iterator[World]:
 class Daemon:
     """A real ``python -m artisync.daemon`` process serving the world's spool."""
 
-    def __init__(self, w: World) -> None:
+    def __init__(self, w: World, **extra: str) -> None:
         self.world = w
         self.log = w.root / "daemon.log"
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "artisync.daemon", "--log-level", "WARNING"],
-            env=w.environ(),
+            env=w.environ(**extra),
             stdout=self._logf,
             stderr=subprocess.STDOUT,
         )

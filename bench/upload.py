@@ -195,7 +195,9 @@ class Bench:
         if tool == "artisync":
             shutil.rmtree(self.w.spool, ignore_errors=True)
             env["ARTISYNC_OUTPUT_URI"] = self.backend.uri(bucket)
-            daemon = Daemon(self.w).wait_ready()
+            # configured with the destination, as a node's daemon is: it loads the
+            # backend at start, not when the first record waits for it
+            daemon = Daemon(self.w, ARTISYNC_OUTPUT_URI=env["ARTISYNC_OUTPUT_URI"]).wait_ready()
             cmd = [sys.executable, "-c", ARTISYNC, kind, str(src)]
         else:
             cmd = self.backend.command(tool, kind, src, bucket)

@@ -99,6 +99,7 @@ class ObjectSender:
         fut = asyncio.get_running_loop().create_future()
         self._objects[key] = fut
         try:
+            written = None
             async with self._slots(size):
                 # while we hold the key no upload of ours for it is in flight: whatever
                 # unfinished upload the destination lists for it was abandoned
@@ -108,8 +109,10 @@ class ObjectSender:
                 # lookup, not a journal query per object (a folder is thousands)
                 if self._written.get(key, 0.0) < time.time() - self.reuse_window:
                     written = await self._upload(destination, sha, size)
-                    await self.journal.add_object(destination.uri, sha, size, written)
-                    self._remember_written(key, written)
+            if written is not None:  # journaled with the slot given back: a commit's
+                # fsync must not hold a request slot (a folder is thousands of commits)
+                await self.journal.add_object(destination.uri, sha, size, written)
+                self._remember_written(key, written)
             fut.set_result(None)
         except Exception as exc:
             fut.set_exception(exc)
