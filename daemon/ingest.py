@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from artisync.protocol import ProtocolError, iter_logs, unpack_body, validate_record
+from artisync.protocol.formats import listing_of
 
 from .admission import check_journal, check_static
 from .ingest_logs import ingest_logs
@@ -270,22 +271,24 @@ async def collect_blobs(app: Any) -> int:
     grace = cfg.gc_grace
     if under_pressure(app, sum(size for _, _, size in blobs)):
         grace = min(grace, PRESSURE_GRACE)  # producers are waiting for room
-    cands = [(sha, mtime) for sha, mtime, _ in blobs if now - mtime > grace]
+    # a folder's pack goes with its listing (the records name the listing, not the pack)
+    cands = [(listing_of(name) or name, name, mt) for name, mt, _ in blobs if now - mt > grace]
     if not cands:
         return 0
     named = await asyncio.to_thread(_named_in_outbox, app.spool)
     if named is None:
         return 0  # too many records waiting to read them all: they are ingested first
-    cands = [(sha, mtime) for sha, mtime in cands if sha not in named]
-    orphans = [s for s, mtime in cands if now - mtime > cfg.orphan_grace]
-    doomed = await app.journal.collectable([s for s, _ in cands], orphans)
+    cands = [c for c in cands if c[0] not in named]
+    orphans = [sha for sha, _, mtime in cands if now - mtime > cfg.orphan_grace]
+    doomed = set(await app.journal.collectable(list({sha for sha, _, _ in cands}), orphans))
+    names = [name for sha, name, _ in cands if sha in doomed]
 
     def remove() -> None:
-        for sha in doomed:
-            app.spool.blob_path(sha).unlink(missing_ok=True)
+        for name in names:
+            app.spool.blob_path(name).unlink(missing_ok=True)
 
     await asyncio.to_thread(remove)
-    return len(doomed)
+    return len(names)
 
 
 OUTBOX_SCAN_MAX = 2000  # outbox records read per collection, at most

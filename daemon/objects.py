@@ -14,9 +14,12 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from artisync.protocol import Spool, hash_file, object_key
+from artisync.protocol.formats import in_pack, pack_name, read_listing, read_member
 
 from .destinations import Destination
 from .journal import Journal
@@ -28,6 +31,8 @@ log = logging.getLogger("artisync.daemon")
 
 LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
 LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
+# sha256 -> (pack, offset) of a folder's members kept in its pack (see protocol.formats)
+Packed = Mapping[str, tuple[Path, int]]
 _WRITTEN_KEPT = 65536  # recent uploads remembered, so that racing records send once
 
 
@@ -53,7 +58,11 @@ class ObjectSender:
         self._large = asyncio.Semaphore(LARGE_IN_FLIGHT)
 
     async def ensure(
-        self, destination: Destination, refs: list[tuple[str, int]], suspect: bool
+        self,
+        destination: Destination,
+        refs: list[tuple[str, int]],
+        suspect: bool,
+        packed: Packed | None = None,
     ) -> None:
         """Upload the objects of one record that the destination lacks, many at once (a
         folder is thousands): each takes a slot of the daemon's object limit; the first
@@ -70,17 +79,22 @@ class ObjectSender:
         there = [size for sha, size in refs if sha in known]
         METRICS.deduplicated(destination.storage.scheme, len(there), sum(there))
         if len(todo) == 1:
-            await self._ensure_object(destination, *todo[0], suspect)
+            await self._ensure_object(destination, *todo[0], suspect, packed)
             return
         try:
             async with asyncio.TaskGroup() as tg:
                 for sha, size in todo:
-                    tg.create_task(self._ensure_object(destination, sha, size, suspect))
+                    tg.create_task(self._ensure_object(destination, sha, size, suspect, packed))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
     async def _ensure_object(
-        self, destination: Destination, sha: str, size: int, suspect: bool
+        self,
+        destination: Destination,
+        sha: str,
+        size: int,
+        suspect: bool,
+        packed: Packed | None = None,
     ) -> None:
         """Upload one object unless the destination has it; share concurrent uploads.
 
@@ -108,7 +122,7 @@ class ObjectSender:
                 # sent by another record since this one asked the journal: a dict
                 # lookup, not a journal query per object (a folder is thousands)
                 if self._written.get(key, 0.0) < time.time() - self.reuse_window:
-                    written = await self._upload(destination, sha, size)
+                    written = await self._upload(destination, sha, size, packed)
             if written is not None:  # journaled with the slot given back: a commit's
                 # fsync must not hold a request slot (a folder is thousands of commits)
                 await self.journal.add_object(destination.uri, sha, size, written)
@@ -168,7 +182,9 @@ class ObjectSender:
         each already sending parts in parallel (bandwidth- and memory-bound)."""
         return self._large if size >= LARGE_OBJECT else self._small
 
-    async def _upload(self, destination: Destination, sha: str, size: int) -> float:
+    async def _upload(
+        self, destination: Destination, sha: str, size: int, packed: Packed | None = None
+    ) -> float:
         """Send the object unless storage has a fresh copy; returns when the copy there
         was written (now, or the one found, when fresh).
 
@@ -185,9 +201,10 @@ class ObjectSender:
                 if (info.modified or 0) >= time.time() - self.reuse_window:
                     METRICS.deduplicated(storage.scheme, 1, size)
                     return info.modified or 0.0
-                if not self._spooled(sha):  # old, and no copy here to send: fetch it back
+                if not self._spooled(sha, packed):  # old, and no copy here: fetch it back
                     await self._fetch_back(storage, sha, size)
-        path = self.spool.blob_path(sha)
+        member = None if packed is None else packed.get(sha)
+        path = self.spool.blob_path(sha) if member is None else member[0]
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -196,7 +213,7 @@ class ObjectSender:
             raise PermanentStorageError("payload in the spool is not a regular file", key=sha)
         while True:
             clear_at = await destination.sweeps.clear()
-            written = await self._put(destination, okey, path, sha, size)
+            written = await self._put(destination, okey, path, sha, size, member)
             if destination.sweeps.covered(clear_at):
                 return written
             # a long send: a sweep may have looked at the old copy before this one
@@ -208,14 +225,25 @@ class ObjectSender:
             log.info("object %s removed by a prune sweep while it was sent: again", sha[:12])
 
     async def _put(
-        self, destination: Destination, okey: str, path: Path, sha: str, size: int
+        self,
+        destination: Destination,
+        okey: str,
+        path: Path,
+        sha: str,
+        size: int,
+        member: tuple[Path, int] | None = None,
     ) -> float:
+        """Send the blob at ``path``, or the member of a pack at ``member``'s offset."""
         storage = destination.storage
         self.bytes_in_flight += size
         started = time.monotonic()
         written = time.time()  # before the put: S3 dates a multipart object by its start
         try:
-            await storage.put(okey, path, size=size, sha256=sha)
+            if member is None:
+                await storage.put(okey, path, size=size, sha256=sha)
+            else:  # (small: read whole, and checked against its name before it goes)
+                data = await asyncio.to_thread(read_member, path, member[1], size, sha)
+                await storage.put_bytes(okey, data)
         finally:
             self.bytes_in_flight -= size
         METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
@@ -240,5 +268,20 @@ class ObjectSender:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _spooled(self, sha: str) -> bool:
-        return os.path.isfile(self.spool.blob_path(sha))
+    def packed(self, body: dict[str, Any]) -> Packed | None:
+        """Where a folder's members that stay in its pack are (None: not a folder, or
+        its pack is gone: its record is committed, the members are in storage)."""
+        main = body.get("sha256")
+        if body.get("format") != "tree" or not isinstance(main, str):
+            return None
+        pack = self.spool.blob_path(pack_name(main))
+        try:
+            entries = read_listing(self.spool.blob_path(main))
+        except (FileNotFoundError, IntegrityError):
+            return None
+        if not pack.is_file():
+            return None
+        return {sha: (pack, offset) for sha, (offset, _) in in_pack(entries).items()}
+
+    def _spooled(self, sha: str, packed: Packed | None = None) -> bool:
+        return (packed is not None and sha in packed) or os.path.isfile(self.spool.blob_path(sha))

@@ -232,9 +232,10 @@ class Uploader:
         refs = await self.journal.refs(row.seq)
         if inline is not None:
             refs = [ref for ref in refs if ref[0] != inline[0]]
+        packed = await asyncio.to_thread(self.objects.packed, row.body) if refs else None
         while True:
             checked = time.monotonic()
-            await self.objects.ensure(destination, refs, suspect)
+            await self.objects.ensure(destination, refs, suspect, packed)
             # the record is published within the reuse window of the look at its objects
             # (prune counts on it): after a long stall (a suspended machine, a queue
             # behind a prune sweep), they are looked at again

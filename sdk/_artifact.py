@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from typing import Any
 
 from artisync.protocol import ArtisyncError, Spool, is_raw, new_id, object_key
 
-from ._cache import forget, touch
+from ._cache import cached, forget, touch
 from ._errors import UploadTimeout
 
 # Given a sha256, return a local path holding exactly those bytes.
@@ -178,7 +179,7 @@ class Artifact:
         if not touch(folder):  # a hit is a use: the cache evicts the least recently used
             tmp = main.parent / f"{rec['sha256']}.d.tmp{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            materialize_tree(main, self._locator, tmp)
+            materialize_tree(main, self._member_locator(main, rec["sha256"]), tmp)
             try:
                 tmp.rename(folder)
             except OSError:
@@ -190,6 +191,28 @@ class Artifact:
             made = shutil.make_archive(str(archive.with_suffix("")) + ".tmp", "zip", folder)
             Path(made).rename(archive)
         return archive
+
+    def _member_locator(self, listing: Path, listing_sha: str) -> Locator:
+        """A folder's small members stay in its pack in the spool until it is committed
+        (see ``protocol.formats``): read from there meanwhile (checked by their hash),
+        the others (and all, once the pack is collected) as any object."""
+        from artisync.protocol.formats import in_pack, pack_name, read_listing, read_member
+
+        pack = None if self._spool is None else self._spool.blob_path(pack_name(listing_sha))
+        if pack is None or not pack.is_file():
+            return self._locator
+        members = in_pack(read_listing(listing))
+
+        def locate(sha: str) -> Path:
+            where = members.get(sha)
+            if where is not None:
+                offset, size = where
+                with contextlib.suppress(FileNotFoundError):  # collected: it is in storage
+                    data = read_member(pack, offset, size, sha)
+                    return cached(sha, lambda tmp: tmp.write_bytes(data))
+            return Path(self._locator(sha))
+
+        return locate
 
     def get(
         self,

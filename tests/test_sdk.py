@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -459,3 +460,64 @@ def test_a_long_wait_says_what_is_left_every_ten_seconds() -> None:
     assert out.stdout.strip() == "timed out", out.stderr
     assert len(lines) == 1, out.stderr
     assert "2 records" in lines[0] and f"offline: {target.uri}" in lines[0], lines
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_folder_not_yet_in_storage_reads_back_from_its_pack(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's small files stay in its pack in the spool (one file, not one each):
+    read back on the node before its upload (the destination refuses connections), it
+    comes from there, whole; big members have blob files of their own."""
+    folder = _make_samples(env.root)
+    (folder / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    unreachable = "s3://nowhere/runs"
+    env.config.write_text(
+        '[storage.s3]\nendpoint_url = "http://127.0.0.1:9"\n'
+        'access_key_id = "k"\nsecret_access_key = "s"\n'
+        "[daemon]\ndrain_timeout = 1\n"  # (its uploads are bound to fail)
+    )
+    monkeypatch.setenv("ARTISYNC_OUTPUT_URI", unreachable)
+    d = DaemonProc(env, ARTISYNC_OUTPUT_URI=unreachable).wait_ready()
+    try:
+        task = Task.init(project_name="packs", task_name="offline", output_uri=unreachable)
+        task.upload_artifact("folder", str(folder))
+        got = Path(task.artifacts["folder"].get_local_copy())
+        assert _tree(got) == _tree(folder)
+        spooled = sorted(p.name for p in (env.spool / "blobs").iterdir())
+        packs = [n for n in spooled if n.endswith(".pack")]
+        assert len(packs) == 1, spooled
+        # the listing, the pack, the 3 MiB member: not a file per small member
+        assert len(spooled) == 3, spooled
+        assert os.path.getsize(env.spool / "blobs" / packs[0]) == sum(
+            len(b) for b in _tree(folder).values()
+        )
+        time.sleep(3)  # past the spool's collection grace (2 s here): still needed, kept
+        assert (env.spool / "blobs" / packs[0]).is_file()
+    finally:
+        d.stop()
+
+
+def test_a_folders_pack_goes_once_it_is_committed(daemon: DaemonProc, env: Env) -> None:
+    folder = _make_samples(env.root)
+    task = Task.init(project_name="packs", task_name="committed")
+    task.upload_artifact("folder", str(folder))
+    task.flush(wait_for_uploads=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while any(p.suffix == ".pack" for p in (env.spool / "blobs").iterdir()):
+        assert time.monotonic() < deadline, "the committed folder's pack stayed in the spool"
+        time.sleep(0.2)
+    out = run_py(
+        env,
+        f"""
+        import os
+        from pathlib import Path
+        from artisync import Task
+        root = Path(Task.get_task(task_id={task.id!r}).artifacts["folder"].get_local_copy())
+        print(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
+        """,
+    ).stdout
+    assert out.strip() == str(sorted(_tree(folder)))

@@ -63,6 +63,7 @@ from ._base import (
     single_blob,
     write_raw_bytes,
 )
+from ._packed import in_pack, listing_of, pack_name, read_member
 from ._paths import copy_fd, is_pathlike, resolve_path
 from .trees import materialize_pack, materialize_tree, read_listing
 
@@ -233,10 +234,14 @@ __all__ = [
     "StoredPayload",
     "UnpicklingRefused",
     "encode",
+    "in_pack",
+    "listing_of",
     "load",
     "load_raw",
     "materialize_pack",
     "materialize_tree",
+    "pack_name",
     "read_listing",
+    "read_member",
     "snapshot",
 ]

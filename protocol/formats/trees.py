@@ -4,9 +4,9 @@ Every file is copied into the spool at snapshot time, as a single file is
 (see ``files``), but all into one raw snapshot, the *pack*: creating a file
 costs about as much as copying 64 KiB, and the caller pays for the copies
 only. The record's ``raw`` lists each file's path, offset and size in the
-pack; the daemon's ``pack`` codec splits it, hashing as it copies. A tree is
-stored as each file its own content-addressed blob, plus a JSON listing blob,
-the tree's main blob::
+pack; the daemon's ``pack`` codec hashes each file (the small ones stay in the
+pack, see ``_packed``). A tree is stored as each file its own content-addressed
+object, plus a JSON listing blob, the tree's main blob::
 
     {"files": [{"path": "rel/posix/path", "sha256": "...", "size": 123}, ...], "version": 1}
 
@@ -36,6 +36,7 @@ from typing import Any
 
 from artisync.protocol import IntegrityError, Spool, copy_file_fast, format_size
 
+from . import _packed
 from ._base import (
     Captured,
     Codec,
@@ -220,20 +221,34 @@ def pack_entries(rec: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 
 def _encode_pack(spool: Spool, rec: dict[str, Any], raw: Path) -> tuple[StoredPayload, None]:
+    """Hash each member; the big ones get a blob file each, the others stay in the pack,
+    kept as ``blobs/<listing>.pack`` (see :mod:`._packed`)."""
     entries = pack_entries(rec)
     # thousands of small files: an fsync each (and of the folder each time) would be
     # most of the cost; written unsynced, they are made durable at once below, before
     # the record says they are there (a crash before that encodes the pack again)
     sync = len(entries) < _SYNC_EACH_BELOW
-    with open(raw, "rb") as f:
-        committed = [(rel, *_unpack(spool, f.fileno(), o, n, sync)) for rel, o, n in entries]
-    listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
-    data = json.dumps(
-        {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
-    ).encode("ascii")
-    main = spool.write_blob_bytes(data, sync=sync)
-    if not sync:
-        spool.sync_blobs([main[0], *(sha for _, sha, _ in committed)])
+    staged = _packed.stage(spool, raw)
+    try:
+        with open(staged, "rb") as f:
+            committed = [
+                (rel, *_unpack(spool, f.fileno(), o, n, sync))
+                if n >= _packed.OWN_BLOB_FROM
+                else (rel, _packed.hash_member(f.fileno(), o, n), n)
+                for rel, o, n in entries
+            ]
+        listing = [{"path": rel, "sha256": sha, "size": size} for rel, sha, size in committed]
+        data = json.dumps(
+            {"version": LISTING_VERSION, "files": listing}, sort_keys=True, separators=(",", ":")
+        ).encode("ascii")
+        main = spool.write_blob_bytes(data, sync=sync)
+        names = [main[0], *(sha for _, sha, n in committed if n >= _packed.OWN_BLOB_FROM)]
+        if any(n < _packed.OWN_BLOB_FROM for _, _, n in committed):
+            names.append(_packed.keep(spool, staged, main[0], sync))
+        if not sync:
+            spool.sync_blobs(names)
+    finally:
+        staged.unlink(missing_ok=True)
     blobs = [main, *dict.fromkeys((sha, size) for _, sha, size in committed)]
     return StoredPayload(main[0], sum(size for _, _, size in committed), blobs), None
 
