@@ -242,8 +242,9 @@ class ObjectSender:
             if member is None:
                 await storage.put(okey, path, size=size, sha256=sha)
             else:  # (small: read whole, and checked against its name before it goes)
-                data = await asyncio.to_thread(read_member, path, member[1], size, sha)
-                await storage.put_bytes(okey, data)
+                # checked against its name where it lands (by the server, or hashed)
+                data = await asyncio.to_thread(read_member, path, member[1], size, sha, False)
+                await storage.put_bytes(okey, data, sha256=sha)
         finally:
             self.bytes_in_flight -= size
         METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)

@@ -270,6 +270,27 @@ def test_put_wrong_sha256_is_integrity_error_and_leaves_nothing(
     run(go())
 
 
+def test_put_bytes_with_a_wrong_sha256_is_integrity_error_and_leaves_nothing(
+    backend: Backend,
+) -> None:
+    """Bytes sent with the hash they must have (a folder's member read from its pack):
+    a mismatch is refused, by the server where it checks (S3), else by hashing."""
+    data = os.urandom(70_000)
+    right = hashlib.sha256(data).hexdigest()
+    wrong = hashlib.sha256(data[:-1]).hexdigest()
+
+    async def go() -> None:
+        async with backend.opened() as s:
+            with pytest.raises(IntegrityError):
+                await s.put_bytes("objects/x", data, sha256=wrong)
+            assert await keys(s) == []
+            info = await s.put_bytes("objects/x", data, sha256=right)
+            assert info.sha256 == right
+            assert await s.get_bytes("objects/x") == data
+
+    run(go())
+
+
 def test_large_upload_in_parts_round_trips(backend: Backend, tmp_path: Path) -> None:
     size = LARGE_SIZE[backend.name]
     src = tmp_path / "big"

@@ -124,9 +124,14 @@ class CloudStorage:
             await self._put_small(key, name, data, sha256)
         return ObjectInfo(key, size, sha256)
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    async def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
         name = self._prefix.key(key)
-        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is None or self.hash_small_locally:
+            digest = hashlib.sha256(data).hexdigest()
+            if sha256 is not None and digest != sha256.lower():
+                raise self._integrity(f"data sha256 is {digest}, expected {sha256}", key)
+        else:  # the server checks the body against it
+            digest = sha256.lower()
         await self._put_small(key, name, data, digest)
         return ObjectInfo(key, len(data), digest)
 

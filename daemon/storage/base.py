@@ -88,8 +88,10 @@ class Storage(Protocol):
         :class:`IntegrityError` on a mismatch. Safe to retry: ``src`` is re-read."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """Upload a small object (records, listings) held in memory."""
+    async def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
+        """Upload a small object (records, listings, a folder's members) held in memory.
+        With ``sha256``, the object must have that hash: the backend verifies it
+        (natively, or by hashing) and raises :class:`IntegrityError` on a mismatch."""
         ...
 
     async def head(self, key: str) -> ObjectInfo | None:

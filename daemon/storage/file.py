@@ -148,14 +148,19 @@ class FileStorage:
         await self._run("put", key, lambda: self._write_atomic(path, copy))
         return ObjectInfo(key, size, sha256)
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    async def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
         path = self._path(key)
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256.lower():
+            raise IntegrityError(
+                f"data sha256 is {digest}, expected {sha256}", op="put", key=key, backend=self.uri
+            )
 
         def write(out: Any) -> str:
             out.write(data)
-            return hashlib.sha256(data).hexdigest()
+            return digest
 
-        digest = await self._run("put", key, lambda: self._write_atomic(path, write))
+        await self._run("put", key, lambda: self._write_atomic(path, write))
         return ObjectInfo(key, len(data), digest)
 
     async def head(self, key: str) -> ObjectInfo | None:

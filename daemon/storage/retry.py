@@ -258,8 +258,10 @@ class RetryingStorage:
 
         return await self._call("put", key, attempt)
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return await self._call("put", key, lambda _: self.inner.put_bytes(key, data))
+    async def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
+        return await self._call(
+            "put", key, lambda _: self.inner.put_bytes(key, data, sha256=sha256)
+        )
 
     async def head(self, key: str) -> ObjectInfo | None:
         return await self._call("head", key, lambda _: self.inner.head(key))
