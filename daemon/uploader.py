@@ -232,7 +232,9 @@ class Uploader:
         refs = await self.journal.refs(row.seq)
         if inline is not None:
             refs = [ref for ref in refs if ref[0] != inline[0]]
-        packed = await asyncio.to_thread(self.objects.packed, row.body) if refs else None
+        packed = None
+        if refs and row.body.get("format") == "tree":  # its small files may be in its pack
+            packed = await asyncio.to_thread(self.objects.packed, row.body)
         while True:
             checked = time.monotonic()
             await self.objects.ensure(destination, refs, suspect, packed)

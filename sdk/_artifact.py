@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import ArtisyncError, Spool, is_raw, new_id, object_key
+from artisync.protocol import (
+    ArtisyncError,
+    IntegrityError,
+    Spool,
+    is_raw,
+    new_id,
+    object_key,
+)
 
 from ._cache import cached, forget, touch
 from ._errors import UploadTimeout
@@ -207,7 +214,8 @@ class Artifact:
             where = members.get(sha)
             if where is not None:
                 offset, size = where
-                with contextlib.suppress(FileNotFoundError):  # collected: it is in storage
+                # collected (so in storage), not ours to read, or torn by a power loss
+                with contextlib.suppress(OSError, IntegrityError):
                     data = read_member(pack, offset, size, sha)
                     return cached(sha, lambda tmp: tmp.write_bytes(data))
             return Path(self._locator(sha))
