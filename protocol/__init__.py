@@ -75,7 +75,14 @@ from ._records import (
 )
 from ._settings import REUSE_WINDOW, Settings, load_settings
 from ._sizes import format_size, parse_duration, parse_size
-from ._spool import Spool, atomic_write_bytes, copy_file_fast, fsync_dir, hash_file
+from ._spool import (
+    Spool,
+    atomic_write_bytes,
+    copy_file_fast,
+    fsync_dir,
+    fsync_file,
+    hash_file,
+)
 
 __all__ = [
     "REUSE_WINDOW",
@@ -136,6 +143,7 @@ __all__ = [
     "error",
     "format_size",
     "fsync_dir",
+    "fsync_file",
     "hash_file",
     "index_keys",
     "PROJECTS_PREFIX",

@@ -40,7 +40,12 @@ _OUTBOX_TMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]+\.tmp\Z")
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_file(path, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path, flags: int = 0) -> None:
+    """Flush a file (or, with ``os.O_DIRECTORY``, a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
@@ -196,11 +201,7 @@ class Spool:
         else:
             size = tmp_path.stat().st_size
         if sync:
-            fd = os.open(tmp_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp_path)
         os.replace(tmp_path, self.blob_path(sha256))
         if sync:
             fsync_dir(self.blobs)
@@ -214,11 +215,7 @@ class Spool:
         if sync_filesystem(self.blobs):
             return
         for sha in dict.fromkeys(shas):
-            fd = os.open(self.blob_path(sha), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(self.blob_path(sha))
         fsync_dir(self.blobs)
 
     def write_blob_bytes(self, data: bytes, *, sync: bool = True) -> tuple[str, int]:

@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from artisync.protocol import IntegrityError, Spool, copy_file_fast, fsync_dir
+from artisync.protocol import IntegrityError, Spool, copy_file_fast, fsync_dir, fsync_file
 
 PACK_SUFFIX = ".pack"
 OWN_BLOB_FROM = 1024 * 1024  # members this big get a blob file (streamed when sent)
@@ -57,11 +57,7 @@ def keep(spool: Spool, staged: Path, listing_sha: str, sync: bool) -> str:
     name = pack_name(listing_sha)
     os.replace(staged, spool.blob_path(name))
     if sync:
-        fd = os.open(spool.blob_path(name), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(spool.blob_path(name))
         fsync_dir(spool.blobs)
     return name
 
