@@ -11,8 +11,8 @@ CPU-heavy codecs (parquet, PNG's zlib, npz's deflate) run in a pool of worker
 processes at a lower priority: in a thread they would hold the GIL and delay
 the daemon's acknowledgements, and they must yield to the trainers on the same
 cores. ``stored`` snapshots (files, and every put) and ``pack`` ones (folders:
-each member hashed and copied into its blob) only need hashing and copying,
-which release the GIL: a thread.
+each member hashed, the big ones copied into a blob of their own) only need
+hashing and copying, which release the GIL: a thread.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class Encoder:
         loop = asyncio.get_running_loop()
         codec = row.body["raw"]["codec"]
         if codec == "pack" and self.early is not None and row.kind == "artifact":
-            # a folder's members go out as they are unpacked, not once all 2,000 are
+            # a folder's big members go out as they are copied out, not once all are
             sink = _EarlyBlobs(loop, self.early, row.destination_uri)
             try:
                 return await asyncio.to_thread(encode_record, *args, on_blob=sink)

@@ -139,8 +139,9 @@ class ObjectSender:
             del self._objects[key]
 
     def send_early(self, destination: Destination, blobs: list[tuple[str, int]]) -> None:
-        """Start sending small objects whose record is not ready to upload yet (a folder's
-        members, while the rest are being unpacked): the record's own send then finds
+        """Start sending objects not sent in parts whose record is not ready to upload yet
+        (a folder's members of 1 MiB or more, as they are copied out of its pack, the
+        smaller ones staying in it): the record's own send then finds
         them in flight or sent. Nothing here is a record's answer: a failure is left for
         that send to meet and report, and an offline destination is left to its probe."""
         blobs = [(sha, size) for sha, size in blobs if size < LARGE_OBJECT]

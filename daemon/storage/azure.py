@@ -370,7 +370,7 @@ def _factory(uri: str, options: Mapping[str, Any]) -> AzureStorage:
         prefix,
         client_args=_client_args(options),
         # 4 MiB blocks: the client needs each block in flight as bytes of its own (a
-        # copy), so 8 MiB ones took the daemon to 159 MiB on a 1 GiB file (111 now)
+        # copy), so 8 MiB ones took the daemon to 159 MiB on a 1 GiB file (111-119 now)
         **transfer_options({"part_size": 4 * MiB, **options}),
     )
 
