@@ -68,13 +68,42 @@ class World:
         os.environ.update(self.vars)
 
 
+FILESYSTEMS = ("host", "xfs")  # where a world lives: /tmp's filesystem, or a fresh XFS
+
+
 @contextlib.contextmanager
-def world() -> Iterator[World]:
+def world(fs: str = "host") -> Iterator[World]:
+    """A fresh world under /tmp; with ``fs="xfs"``, on an XFS with reflinks made for
+    it (a sparse image on a loop device: root and xfsprogs needed), where
+    ``copy_file_range`` shares a file's extents instead of copying its bytes."""
     root = Path(tempfile.mkdtemp(prefix="asb-", dir="/tmp"))
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, True)
+        if fs == "xfs":
+            stack.enter_context(_xfs_mounted_at(root))
+        elif fs != "host":
+            raise ValueError(f"unknown filesystem {fs!r}: one of {', '.join(FILESYSTEMS)}")
         yield World(root)
+
+
+@contextlib.contextmanager
+def _xfs_mounted_at(root: Path, size: str = "16G") -> Iterator[None]:
+    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+        raise SystemExit("--fs xfs mounts a loop device: run as root, with xfsprogs installed")
+    image = Path(tempfile.mkdtemp(prefix="asb-img-", dir="/var/tmp")) / "xfs.img"
+    try:
+        subprocess.run(["truncate", "-s", size, str(image)], check=True)
+        subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
+        try:
+            os.chmod(root, 0o700)
+            yield
+        finally:
+            shutil.rmtree(root, ignore_errors=True)  # leaves the mount point itself
+            # lazily: a process of the run may still be exiting (the encode workers)
+            subprocess.run(["umount", "--lazy", str(root)], check=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(image.parent, ignore_errors=True)
 
 
 class Daemon:

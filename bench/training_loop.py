@@ -1,6 +1,6 @@
 """What reporting costs a training loop: no reporting, the plain write inline, artisync.
 
-    python bench/training_loop.py [--reps 3] [--steps 300] [--every 20] [--only DataFrame]
+    python bench/training_loop.py [--reps 3] [--steps 300] [--every 20] [--only DataFrame] [--fs xfs]
 
 A stand-in training loop (numpy matrix work plus pure-Python work, ~3 ms a step)
 reports one artifact every ``--every`` steps. Each run is a fresh process (so the
@@ -15,7 +15,16 @@ no reporting measured in the same run (on a shared machine, noise only ever adds
 time: the best of several reps is the closest to what the mode itself costs; the
 median is printed too), the CPU time the trainer process used in its loop (all
 its threads: what reporting takes from the trainer, whatever its neighbours do),
-the per-step p99, and the first call's blocking time.
+reporting's own time (the calls' blocking time plus the CPU of any artisync thread
+in the trainer, against the loop without reporting: what reporting itself costs
+the loop, which run-to-run noise of the loop hides in the differences), the
+per-step p99, and the first call's blocking time. With ``pinned``, it also prints
+how much a busy core 1 slows a loop on core 0 on the machine at hand: on virtual
+cores that share a physical one, CPU the daemon spends on its core shows in the
+trainer's loop however little the trainer itself does.
+
+``--fs xfs`` runs spool and files on an XFS made for the run (reflinks: a file's
+snapshot shares its extents instead of copying them); root and xfsprogs needed.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Daemon, World, machine, table, world
+from _common import FILESYSTEMS, Daemon, World, machine, table, world
 
 MODES = ("none", "inline", "artisync")
 KINDS = ("DataFrame", "ndarray", "image", "dict", "file")
@@ -99,6 +108,14 @@ for step in range(steps):
     step_times.append(time.perf_counter() - t0)
 loop = time.perf_counter() - start
 cpu = time.process_time() - cpu0
+import threading
+background = 0.0  # CPU of artisync's own threads in this process, if it started any
+for t in threading.enumerate():
+    if t.name.startswith("artisync") and t.ident is not None:
+        try:
+            background += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        except OSError:
+            pass
 if task is not None:
     task.close()
 step_times.sort()
@@ -107,6 +124,8 @@ print(json.dumps({
     "cpu": cpu,
     "p99": step_times[int(0.99 * (len(step_times) - 1))],
     "first_call": call_times[0] if call_times else 0.0,
+    "calls": sum(call_times),
+    "background": background,
 }))
 """
 
@@ -130,7 +149,7 @@ def run_trainer(w: World, kind: str, mode: str, args: argparse.Namespace, cpu: i
 
 def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[str]]:
     pinned = placement == "pinned" and (os.cpu_count() or 1) > 1
-    with world() as w:
+    with world(args.fs) as w:
         daemon = Daemon(w).wait_ready()
         if pinned:
             os.sched_setaffinity(daemon.proc.pid, {1})
@@ -152,6 +171,7 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
         cpu = min(r["cpu"] for r in runs[mode])
         p99 = statistics.median(r["p99"] for r in runs[mode])
         first = statistics.median(r["first_call"] for r in runs[mode])
+        own = statistics.median(r["calls"] + r["background"] for r in runs[mode])
         rows.append(
             [
                 kind,
@@ -162,11 +182,41 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
                 f"{(median / base_median - 1) * 100:+.1f}",
                 f"{cpu * 1000:.0f}",
                 f"{(cpu / base_cpu - 1) * 100:+.1f}",
+                "-" if mode == "none" else f"{own / base_median * 100:.1f}",
                 f"{p99 * 1000:.1f}",
                 "-" if mode == "none" else f"{first * 1000:.1f}",
             ]
         )
     return rows
+
+
+def neighbour_cost(args: argparse.Namespace) -> str:
+    """How much a busy core 1 slows the loop on core 0 on this machine (virtual cores
+    may share a physical one, or a host's CPU quota): the part of a pinned slowdown
+    that any CPU work of the daemon causes, however little the trainer itself pays."""
+    spin = "import time\nwhile True: pass"
+    best: dict[bool, float] = {}
+    with world() as w:
+        for _ in range(args.reps):
+            for busy in (False, True):
+                spinner = None
+                if busy:
+                    spinner = subprocess.Popen(
+                        [sys.executable, "-c", spin],
+                        preexec_fn=lambda: os.sched_setaffinity(0, {1}),
+                    )
+                try:
+                    loop = run_trainer(w, "dict", "none", args, 0)["loop"]
+                finally:
+                    if spinner is not None:
+                        spinner.kill()
+                        spinner.wait()
+                best[busy] = min(best.get(busy, loop), loop)
+    return (
+        f"this machine: a loop pinned to core 0 takes {best[False] * 1000:.0f} ms with core 1 "
+        f"idle, {best[True] * 1000:.0f} ms ({(best[True] / best[False] - 1) * 100:+.0f} %) "
+        "with one busy process on core 1 (best of each)"
+    )
 
 
 def main() -> int:
@@ -176,15 +226,22 @@ def main() -> int:
     p.add_argument("--every", type=int, default=20)
     p.add_argument("--only", choices=KINDS, action="append")
     p.add_argument("--placement", choices=("shared", "pinned"), action="append")
+    p.add_argument("--fs", choices=FILESYSTEMS, default="host", help="where spool and files live")
     args = p.parse_args()
     rows = []
     for kind in args.only or KINDS:
         for placement in args.placement or ("shared", "pinned"):
             rows += measure(kind, placement, args)
-    print(f"training loop, {args.steps} steps, one artifact every {args.every} ({machine()})")
+    where = "" if args.fs == "host" else f", spool and files on {args.fs}"
+    print(
+        f"training loop, {args.steps} steps, one artifact every {args.every} ({machine()}{where})"
+    )
     headers = ["artifact", "cores", "reporting", f"loop ms (best of {args.reps})", "slowdown %"]
-    headers += ["slowdown % (medians)", "trainer CPU ms", "CPU slowdown %", "p99 step ms"]
+    headers += ["slowdown % (medians)", "trainer CPU ms", "CPU slowdown %"]
+    headers += ["own time % of loop", "p99 step ms"]
     print(table([*headers, "first call ms"], rows))
+    if "pinned" in (args.placement or ("pinned",)) and (os.cpu_count() or 1) > 1:
+        print(neighbour_cost(args))
     return 0
 
 

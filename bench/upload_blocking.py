@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Daemon, World, machine, median_ms, table, world
+from _common import FILESYSTEMS, Daemon, World, machine, median_ms, table, world
 
 TIE = 1.05  # within 5 % of the plain write: the same kernel copy, told apart by noise
 
@@ -119,6 +119,16 @@ def make_big_file(mib: int) -> Callable[[World], str]:
     return make
 
 
+def rewrite_file(path: str, i: int) -> None:
+    """New bytes over the whole file, as a checkpoint written just before it is
+    reported: its pages are dirty in the page cache (not yet on disk)."""
+    size = os.path.getsize(path)
+    block = os.urandom(1024 * 1024)
+    with open(path, "r+b") as f:
+        for n in range(size // len(block)):
+            f.write(block[(n + i) % 1024 :] + block[: (n + i) % 1024])
+
+
 # ---------------------------------------------------------------------- plain writes
 
 
@@ -157,6 +167,12 @@ def workloads(big_mib: int) -> list[Workload]:
         Workload("image 1024x1024 RGB", make_image, plain_png, lambda im: im.copy()),
         Workload("folder, 200 x 64 KiB", make_folder, plain_copytree),
         Workload(f"file, {big_mib} MiB", make_big_file(big_mib), plain_copyfile),
+        Workload(
+            f"file, {big_mib} MiB, just written",
+            make_big_file(big_mib),
+            plain_copyfile,
+            mutate=rewrite_file,
+        ),
         Workload(
             "100 x 100-row DataFrame loop",
             make_small_frame,
@@ -322,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-mib", type=int, default=256, help="size of the big file (MiB)")
     p.add_argument("--no-daemon", action="store_true", help="no daemon: records go to the outbox")
     p.add_argument("--no-sync", action="store_true", help="do not os.sync() between reps")
+    p.add_argument("--fs", choices=FILESYSTEMS, default="host", help="where spool and files live")
     p.add_argument("--first", choices=("plain", "artisync"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     chosen = [wl for wl in workloads(args.big_mib) if args.only.lower() in wl.name.lower()]
@@ -329,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(os.environ["ARTISYNC_SPOOL"]).parent
         print(_first_in_this_process(chosen[0], World.reopen(root), args.first))
         return 0
-    with world() as w:
+    with world(args.fs) as w:
         w.apply()
         daemon = None if args.no_daemon else Daemon(w).wait_ready()
         try:
@@ -353,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             if daemon is not None:
                 daemon.stop()
     mode = "daemon running" if daemon is not None else "no daemon (outbox)"
-    print(f"upload_artifact blocking time, median of {args.reps} reps, {mode}; {machine()}")
+    where = "" if args.fs == "host" else f"; spool and files on {args.fs}"
+    print(f"upload_artifact blocking time, median of {args.reps} reps, {mode}; {machine()}{where}")
     print(report(results))
     return 0
 

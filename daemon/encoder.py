@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool
+from artisync.protocol import Spool, remember_spans, spans_of
 from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .group_commit import GroupCommit
@@ -132,6 +132,8 @@ class Encoder:
         try:
             result = await self._run_codec(row)
             if result["ok"]:
+                for sha, crcs in result.get("spans", {}).items():  # from a worker process
+                    remember_spans(sha, tuple(crcs))
                 body = _completed(row.body, result)
                 await self._commit(row.seq, body)
                 await asyncio.to_thread(self.spool.raw_path(row.record_id).unlink, True)
@@ -229,6 +231,11 @@ def encode_record(
         "blobs": [[sha, size] for sha, size in payload.blobs],
         "preview": preview,
     }
+    # the CRC-32s of a large blob's parts, taken as it was hashed: for the daemon's own
+    # process to upload it without hashing it again (see protocol._spans)
+    spans = {sha: crcs for sha, size in payload.blobs if (crcs := spans_of(sha, size))}
+    if spans:
+        out["spans"] = spans
     if len(payload.blobs) == 1 and payload.size <= SMALL_PAYLOAD:
         # the journal keeps a small payload in its record, as storage does (``inline``):
         # read back from either, it needs no blob and no object

@@ -75,6 +75,8 @@ from ._records import (
 )
 from ._settings import REUSE_WINDOW, Settings, load_settings
 from ._sizes import format_size, parse_duration, parse_size
+from ._spans import CRC_SPAN, SpanCrcs, hash_file_spans, spans_of
+from ._spans import remember as remember_spans
 from ._spool import (
     Spool,
     atomic_write_bytes,
@@ -145,6 +147,11 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "hash_file",
+    "CRC_SPAN",
+    "hash_file_spans",
+    "remember_spans",
+    "SpanCrcs",
+    "spans_of",
     "index_keys",
     "PROJECTS_PREFIX",
     "folded_prefix",

@@ -159,18 +159,21 @@ class CloudStorage:
         size: int,
         concurrency: int,
         send: Callable[[int, memoryview], Awaitable[None]],
+        *,
+        whole_sha256: bool = True,
     ) -> tuple[str, bytes]:
         """Read ``src`` in parts (of :meth:`part_size_for`), in order, hashing the whole
         file on the way, and ``send(number, data)`` them (numbered from 1),
-        ``concurrency`` at a time, each retried alone. Returns the file's SHA-256 (hex)
-        and, where :attr:`whole_md5`, its MD5 (raw; else empty): MD5 is the slowest hash
-        here, computed only if needed.
+        ``concurrency`` at a time, each retried alone. Returns the file's SHA-256 (hex;
+        empty without ``whole_sha256``, where the caller checks each part against the
+        hashing pass's CRC-32s instead) and, where :attr:`whole_md5`, its MD5 (raw; else
+        empty): MD5 is the slowest hash here, computed only if needed.
 
         Memory: ``concurrency`` buffers of one part each, reused from part to part
         (``data`` is a view of one, valid until ``send`` returns). Allocating a fresh
         part each time let the allocator keep every freed one, in every thread's arena:
         the daemon grew by a part per thread over a long upload."""
-        sha = hashlib.sha256()
+        sha = hashlib.sha256() if whole_sha256 else None
         md5 = hashlib.md5() if self.whole_md5 else None
         slots = asyncio.Semaphore(concurrency)
         part_size = self.part_size_for(size)
@@ -184,7 +187,8 @@ class CloudStorage:
                 while got < length and (n := f.readinto(view[got:])):
                     got += n
             data = view[:got]
-            sha.update(data)
+            if sha is not None:
+                sha.update(data)
             if md5 is not None:
                 md5.update(data)
             return data
@@ -217,7 +221,8 @@ class CloudStorage:
                     tg.create_task(one(number, data, buf))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        return sha.hexdigest(), md5.digest() if md5 is not None else b""
+        digest = sha.hexdigest() if sha is not None else ""
+        return digest, md5.digest() if md5 is not None else b""
 
 
 def opt_int(options: Mapping[str, Any], name: str, default: int, *, minimum: int = 1) -> int:

@@ -1,5 +1,6 @@
-"""Two S3 requests whose replies need reading: DeleteObjects (up to 1,000 keys a
-request, for ``S3Storage.delete_many``) and an object's recorded SHA-256."""
+"""S3 requests whose replies need reading: DeleteObjects (up to 1,000 keys a
+request, for ``S3Storage.delete_many``), an object's recorded SHA-256, and the
+unfinished multipart uploads of a key."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ async def delete_objects(s3: Any, bucket: str, names: Sequence[str]) -> list[dic
         resp = await s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
         failed.extend(e for e in resp.get("Errors", []) if e.get("Code") not in _MISSING)
     return failed
+
+
+async def abort_unfinished(s3: Any, bucket: str, name: str, before: float) -> int:
+    """Abort the unfinished multipart uploads of ``name`` started before ``before``."""
+    aborted = 0
+    page = await s3.list_multipart_uploads(Bucket=bucket, Prefix=name)
+    for upload in page.get("Uploads", []):
+        if upload.get("Key") != name or upload["Initiated"].timestamp() >= before:
+            continue
+        await s3.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload["UploadId"])
+        aborted += 1
+    return aborted
 
 
 def sha256_of(resp: Mapping[str, Any]) -> str | None:

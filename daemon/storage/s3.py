@@ -8,8 +8,10 @@ Integrity: a small object is sent with ``x-amz-checksum-sha256`` set to the
 caller's SHA-256, so the server rejects a body that does not match
 (``BadDigest`` -> :class:`IntegrityError`). A large object goes up as a multipart
 upload; each part carries its CRC-32 (``x-amz-checksum-crc32``, cheap: the payload
-is not signed) that the server verifies, and the whole-file SHA-256 is computed
-while the parts are read, in order, and must match before the upload is completed.
+is not signed) that the server verifies. Each part's CRC-32 must also match the
+one taken when the file was hashed (:mod:`artisync.protocol._spans`), so the file
+is read once; without those, the whole-file SHA-256 is computed while the parts
+are read, in order, and must match before the upload is completed.
 On any failure the multipart upload is aborted, so nothing is ever visible under
 the key but the whole, verified object; one started by a create whose answer was
 lost is aborted after the object is complete.
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -39,6 +42,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from artisync.protocol import CRC_SPAN, spans_of
+
 from ._common import (
     AtomicDownload,
     CloudStorage,
@@ -52,7 +57,7 @@ from ._common import (
 )
 from ._http_errors import HttpErrors
 from ._s3_put import LeanPut, crc32_b64, credentials_for
-from ._s3_replies import delete_objects, sha256_of
+from ._s3_replies import abort_unfinished, delete_objects, sha256_of
 from .base import (
     AccessDenied,
     ObjectInfo,
@@ -225,9 +230,14 @@ class S3Storage(CloudStorage):
             )
         upload = {"Bucket": self.bucket, "Key": name, "UploadId": created["UploadId"]}
         parts: dict[int, dict[str, Any]] = {}
+        # the CRC-32 of each part from the pass that hashed the file, if this process did
+        spans = spans_of(sha256, size) if self.part_size_for(size) == CRC_SPAN else None
 
         async def send(number: int, data: memoryview) -> None:
-            checksum = crc32_b64(data)  # ~1 ms a part: on the loop, no thread hop
+            crc = zlib.crc32(data)  # ~1 ms a part: on the loop, no thread hop
+            if spans is not None and crc != spans[number - 1]:
+                raise self._integrity(f"part {number} changed since the file was hashed", key)
+            checksum = crc32_b64(crc)
             with self._errors("put", key):
                 assert self._lean is not None
                 etag = await self._lean.upload_part(
@@ -236,8 +246,10 @@ class S3Storage(CloudStorage):
             parts[number] = {"PartNumber": number, "ETag": etag, "ChecksumCRC32": checksum}
 
         try:
-            digest, _ = await self._upload_parts(key, src, size, self.part_concurrency, send)
-            if digest != sha256:
+            digest, _ = await self._upload_parts(
+                key, src, size, self.part_concurrency, send, whole_sha256=spans is None
+            )
+            if spans is None and digest != sha256:
                 raise self._integrity(f"source sha256 is {digest}, expected {sha256}", key)
             with self._errors("put", key):
                 await s3.complete_multipart_upload(
@@ -246,7 +258,7 @@ class S3Storage(CloudStorage):
                 if created["ResponseMetadata"].get("RetryAttempts"):
                     # botocore sent the create again: the first may have started an
                     # upload whose answer was lost, an id nobody will ever abort
-                    await self._abort_unfinished(s3, name, time.time())
+                    await abort_unfinished(s3, self.bucket, name, time.time())
         except BaseException:
             await asyncio.shield(self._abort(s3, upload))
             raise
@@ -257,19 +269,6 @@ class S3Storage(CloudStorage):
         except Exception as exc:  # the bucket's lifecycle rule is the backstop
             error = f"{type(exc).__name__}: {exc}"
             log.warning("s3 abort_multipart_upload failed: %s", error, extra={"backend": self.uri})
-
-    async def _abort_unfinished(self, s3: Any, name: str, before: float) -> int:
-        """Abort the unfinished multipart uploads of ``name`` started before ``before``."""
-        aborted = 0
-        page = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=name)
-        for upload in page.get("Uploads", []):
-            if upload.get("Key") != name or upload["Initiated"].timestamp() >= before:
-                continue
-            await s3.abort_multipart_upload(
-                Bucket=self.bucket, Key=name, UploadId=upload["UploadId"]
-            )
-            aborted += 1
-        return aborted
 
     # -- reads, listing, deletion ---------------------------------------------------------
 
@@ -349,7 +348,7 @@ class S3Storage(CloudStorage):
             return 0  # sent in one PUT: nothing can be left over
         name = self._prefix.key(key)
         with self._errors("abort-incomplete", key):
-            aborted = await self._abort_unfinished(await self._s3(), name, time.time())
+            aborted = await abort_unfinished(await self._s3(), self.bucket, name, time.time())
         if aborted:
             log.info("aborted %d unfinished multipart uploads of %s at %s", aborted, key, self.uri)
         return aborted

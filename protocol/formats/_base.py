@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from artisync.protocol import ArtisyncError, Spool, fsync_dir, hash_file
+from artisync.protocol import (
+    ArtisyncError,
+    SpanCrcs,
+    Spool,
+    fsync_dir,
+    hash_file,
+    hash_file_spans,
+    remember_spans,
+)
 
 PREVIEW_MAX = 2000
 # A raw snapshot this small travels inside its record (one file for the caller to
@@ -205,6 +213,7 @@ class HashingFile(io.RawIOBase):
         super().__init__()
         self._f = f
         self.sha = hashlib.sha256()
+        self.spans = SpanCrcs()  # for a large upload's parts (see protocol._spans)
         self.size = 0
         self.sought = False
 
@@ -219,6 +228,7 @@ class HashingFile(io.RawIOBase):
         self._f.write(data)
         if not self.sought:
             self.sha.update(data)
+            self.spans.update(data)
         self.size += len(data)
         return len(data)
 
@@ -245,9 +255,10 @@ def encode_to_blob(spool: Spool, write: Callable[[BinaryIO], None]) -> tuple[str
             write(hashing)  # type: ignore[arg-type]  # a RawIOBase is a binary file
             f.flush()
         if hashing.sought:
-            sha, size = hash_file(tmp)
+            sha, size = hash_file_spans(tmp)
         else:
             sha, size = hashing.sha.hexdigest(), hashing.size
+            remember_spans(sha, hashing.spans.crcs())
         return spool.commit_temp(tmp, sha)[0], size
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -277,7 +288,7 @@ def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
         else:  # the disk writes a big file back while the CPU hashes it (1 GiB: ~0.5 s each)
             with ThreadPoolExecutor(1) as pool:
                 synced = pool.submit(os.fsync, fd)
-                sha, size = hash_file(raw)
+                sha, size = hash_file_spans(raw)  # and its parts' CRC-32s, for S3
                 synced.result()
     finally:
         os.close(fd)
