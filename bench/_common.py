@@ -132,6 +132,16 @@ class Daemon:
                 time.sleep(0.05)
         raise TimeoutError(f"daemon not ready:\n{self.log.read_text(errors='replace')}")
 
+    def wait_warm(self, timeout: float = 30.0) -> Daemon:
+        """Until the daemon has loaded its default destination's backend and opened its
+        client, as a node's long-running daemon has before a trainer starts."""
+        deadline = time.monotonic() + timeout
+        while not call(self.world.socket, {"op": "status"})["status"].get("warm"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("daemon not warmed up")
+            time.sleep(0.05)
+        return self
+
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Until everything the daemon acknowledged is committed."""
         call(self.world.socket, {"op": "wait", "task_id": None, "timeout": timeout}, timeout + 5)

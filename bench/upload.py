@@ -197,7 +197,8 @@ class Bench:
             env["ARTISYNC_OUTPUT_URI"] = self.backend.uri(bucket)
             # configured with the destination, as a node's daemon is: it loads the
             # backend at start, not when the first record waits for it
-            daemon = Daemon(self.w, ARTISYNC_OUTPUT_URI=env["ARTISYNC_OUTPUT_URI"]).wait_ready()
+            daemon = Daemon(self.w, ARTISYNC_OUTPUT_URI=env["ARTISYNC_OUTPUT_URI"])
+            daemon.wait_ready().wait_warm()
             cmd = [sys.executable, "-c", ARTISYNC, kind, str(src)]
         else:
             cmd = self.backend.command(tool, kind, src, bucket)

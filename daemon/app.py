@@ -76,6 +76,7 @@ class Daemon:
         self.grants = Grants(self.spool.raw)
         self.members = Membership(config.gid) if config.gid is not None else None
         self.destinations = Destinations(config)
+        self.warm = False  # the default destination's backend loaded, client opened
         self.uploader = Uploader(
             self.journal,
             self.spool,
@@ -228,17 +229,21 @@ class Daemon:
 
     async def _warm_up(self) -> None:
         """Load the default destination's backend (a cloud client's import takes half a
-        second) in the background now, not when the first record is waiting for it."""
+        second) and open its client with a first look for sweeps, in the background
+        now, not when the first record is waiting for them (``status``: ``warm``)."""
         uri = self.config.settings.output_uri
         try:
             await asyncio.to_thread(load_backend, uri)
+            # listed from the start (status, /healthz, the online gauge), not from first use
+            for known in dict.fromkeys((uri, *self.config.allowed_destinations)):
+                with contextlib.suppress(Exception):
+                    self.destinations.get(known)
+            with contextlib.suppress(Exception):  # unreachable now: its first upload says so
+                await asyncio.wait_for(self.destinations.get(uri).sweeps.clear(), 10)
         except Exception as exc:  # a bad default shows when a record uses it, with the reason
             log.debug("not preloading the backend of %s: %s", uri, exc)
-            return
-        # listed from the start (status, /healthz, the online gauge), not from first use
-        for known in dict.fromkeys((uri, *self.config.allowed_destinations)):
-            with contextlib.suppress(Exception):
-                self.destinations.get(known)
+        finally:
+            self.warm = True
 
     def _raise_fd_limit(self) -> None:
         """Every client connection holds a descriptor: raise the soft limit to the hard
@@ -345,6 +350,7 @@ class Daemon:
             "socket": str(self.config.settings.socket),
             "uptime": time.time() - self.started,
             "online": all(d["online"] for d in destinations),
+            "warm": self.warm,
             "backlog": {"records": backlog[0], "bytes": backlog[1]},
             "in_flight": len(self.uploader.in_flight),
             "encoding": {

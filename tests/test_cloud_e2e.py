@@ -624,3 +624,51 @@ def test_doctor_cli_fails_clearly_on_a_missing_bucket(
     kind = "container" if scheme == "azure" else "bucket"
     line = rf"^FAIL +write +{kind} '{bucket}' does not exist.*create the {kind} or fix the URI"
     assert re.search(line, out.stdout, re.M), out.stdout
+
+
+# -- warming up at start ----------------------------------------------------------------------
+def _status(env: Env) -> dict[str, Any]:
+    proc = cli(env, "status", "--json")
+    st: dict[str, Any] = json.loads(proc.stdout)
+    return st
+
+
+def _until_warm(env: Env, within: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + within
+    while not (st := _status(env)).get("warm"):
+        assert time.monotonic() < deadline, f"not warm after {within} s: {st}"
+        time.sleep(0.2)
+    return st
+
+
+def test_a_started_daemon_opens_its_destination_before_any_record_needs_it(
+    storage_uri_factory: Factory, world: Env
+) -> None:
+    """Its backend loaded and its client open (a first look for prune's sweeps, a real
+    request), so that the first record does not wait on them; ``status`` says ``warm``.
+    A destination it cannot reach does not hold it up."""
+    from tests.faultproxy import FaultProxy
+
+    backend = storage_uri_factory("s3")
+    with FaultProxy(backend.target) as proxy:
+        proxy.hold(b"sweeping", 0.0)  # only marks when the look arrives
+        world.config.write_text(toml_table("[storage.s3]", backend.options_via(proxy.endpoint)))
+        world.vars["ARTISYNC_OUTPUT_URI"] = backend.uri
+        daemon = DaemonProc(world).wait_ready()
+        try:
+            assert proxy.held.wait(30), "no request reached the destination at start"
+            st = _until_warm(world, 30)
+            assert [d["uri"] for d in st["destinations"]] == [backend.uri]
+            assert st["backlog"]["records"] == 0  # nothing asked for it
+        finally:
+            daemon.stop()
+
+    unreachable = {**backend.options, "endpoint_url": "http://127.0.0.1:9"}
+    world.config.write_text(toml_table("[storage.s3]", unreachable))
+    daemon = DaemonProc(world).wait_ready()
+    try:
+        _until_warm(world, 30)
+    finally:
+        daemon.stop()

@@ -244,6 +244,16 @@ async def credentials_for(session: Any, client_kwargs: Mapping[str, Any]) -> Any
     return await session.get_credentials()
 
 
+def load_models(session: Any) -> None:
+    """botocore's S3 model and endpoint rules, parsed from JSON once per session (~90
+    ms): in a thread, so that making the client holds up the event loop ~10 ms."""
+    loader = session.get_component("data_loader")
+    for kind in ("service-2", "endpoint-rule-set-1"):
+        loader.load_service_model("s3", kind)
+    for name in ("partitions", "endpoints", "sdk-default-configuration"):
+        loader.load_data(name)
+
+
 def crc32_b64(crc: int) -> str:
     """A CRC-32 (``zlib.crc32``'s: about 1 ms for an 8 MiB part) as S3's
     ``x-amz-checksum-crc32`` wants it: 4 bytes, big-endian, base64."""

@@ -56,7 +56,7 @@ from ._common import (
     verify_download,
 )
 from ._http_errors import HttpErrors
-from ._s3_put import LeanPut, crc32_b64, credentials_for
+from ._s3_put import LeanPut, crc32_b64, credentials_for, load_models
 from ._s3_replies import abort_unfinished, delete_objects, sha256_of
 from .base import (
     AccessDenied,
@@ -156,6 +156,7 @@ class S3Storage(CloudStorage):
                 )
                 stack = AsyncExitStack()
                 session = AioSession(profile=self._profile)
+                await asyncio.to_thread(load_models, session)
                 client = session.create_client("s3", config=config, **self._client_kwargs)
                 self._client = await stack.enter_async_context(client)
                 self._stack = stack
