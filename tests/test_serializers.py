@@ -1020,3 +1020,61 @@ def test_importing_formats_loads_no_heavy_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _frames_for_the_fast_path() -> dict[str, tuple[pd.DataFrame, bool]]:
+    """name -> (frame, whether the numeric fast path takes it)."""
+    rng = np.random.default_rng(5)
+    with_nan = pd.DataFrame(rng.standard_normal((1000, 4)), columns=list("abcd"))
+    with_nan.iloc[::7, 1] = np.nan
+    two_blocks = pd.DataFrame(rng.standard_normal((50, 3)), columns=["x", "y", "z"])
+    two_blocks["w"] = rng.standard_normal(50)  # a second float64 block
+    return {
+        "float64 with NaN": (with_nan, True),
+        "int64": (pd.DataFrame(rng.integers(-9, 9, (100, 3)), columns=["i", "j", "k"]), True),
+        "bool": (pd.DataFrame(rng.random((30, 2)) > 0.5, columns=["p", "q"]), True),
+        "float32": (pd.DataFrame(rng.random((20, 2), dtype=np.float32), columns=["u", "v"]), True),
+        "uint8": (
+            pd.DataFrame(rng.integers(0, 255, (20, 2), dtype=np.uint8), columns=["r", "s"]),
+            True,
+        ),
+        "two blocks": (two_blocks, True),
+        "no rows": (pd.DataFrame(np.zeros((0, 2)), columns=["a", "b"]), True),
+        "stepped range index": (
+            pd.DataFrame({"a": [1.0, 2.0]}, index=pd.RangeIndex(10, 14, 2)),
+            True,
+        ),
+        "named columns axis": (pd.DataFrame([[1.0]], columns=pd.Index(["a"], name="cols")), True),
+        "mixed dtypes": (pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5]}), False),
+        "labelled index": (pd.DataFrame({"a": [1.0, 2.0]}, index=["x", "y"]), False),
+        "named index": (pd.DataFrame({"a": [1.0]}, index=pd.RangeIndex(1, name="n")), False),
+        "nullable ints": (pd.DataFrame({"a": pd.array([1, None], dtype="Int64")}), False),
+        "int column names": (pd.DataFrame(np.ones((2, 2))), False),
+        "repeated names": (pd.DataFrame(np.ones((2, 2)), columns=["a", "a"]), False),
+        "text": (pd.DataFrame({"a": ["x", "y"]}), False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_frames_for_the_fast_path()))
+def test_the_numeric_fast_path_makes_exactly_the_table_from_pandas_makes(name: str) -> None:
+    """The trainer skips pyarrow's per-column work for plain numeric frames; what it
+    writes must be the table ``from_pandas`` makes (columns, types, nulls for NaN, the
+    pandas metadata), so that the stored parquet is the same bytes as before."""
+    import pyarrow as pa
+
+    from artisync.protocol.formats._numeric_frames import numeric_table
+
+    df, taken = _frames_for_the_fast_path()[name]
+    fast = numeric_table(df)
+    assert (fast is not None) is taken
+    if fast is None:
+        return
+    slow = pa.Table.from_pandas(df, preserve_index=None)
+    assert fast.equals(slow, check_metadata=True)
+    assert fast.schema.metadata == slow.schema.metadata
+    nulls = [c.null_count for c in fast.columns]
+    assert nulls == [c.null_count for c in slow.columns]
+    assert (sum(nulls) > 0) is (name == "float64 with NaN")  # NaN is null, as from_pandas has it
+    pd.testing.assert_frame_equal(fast.to_pandas(), df)
+    again = numeric_table(df)  # the remembered schema
+    assert again is not None and again.equals(slow, check_metadata=True)

@@ -43,6 +43,7 @@ from ._base import (
     pick,
     single_blob,
 )
+from ._numeric_frames import numeric_table
 
 _BATCH_ROWS = 65_536  # rows per IPC record batch: feather's chunk size
 _GROUP_ROWS = 1_048_576  # rows per parquet row group at most: pyarrow's default
@@ -113,7 +114,9 @@ def _write_ipc(df: Any, f: BinaryIO) -> None:
 
     # nthreads=1: with more, pyarrow starts (and joins) a thread pool on every call,
     # which costs the trainer more than converting the columns
-    table = pa.Table.from_pandas(df, preserve_index=None, nthreads=1)
+    table = numeric_table(df)  # the common case, without pyarrow's per-column work
+    if table is None:
+        table = pa.Table.from_pandas(df, preserve_index=None, nthreads=1)
     with pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table, max_chunksize=_BATCH_ROWS)
 
