@@ -550,7 +550,7 @@ def drain(env: Env, timeout: float = 180) -> DaemonProc:
 
 @contextlib.contextmanager
 def running(env: Env, *args: str, **extra: str) -> Iterator[DaemonProc]:
-    d = DaemonProc(env, *args, **extra).wait_ready()
+    d = DaemonProc(env, *args, **extra).wait_ready().wait_warm()
     try:
         yield d
     finally:

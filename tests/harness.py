@@ -92,6 +92,19 @@ class DaemonProc:
                 time.sleep(0.05)
         raise TimeoutError(f"daemon not ready:\n{self.output()}")
 
+    def wait_warm(self, timeout: float = 30.0) -> DaemonProc:
+        """Until the daemon's first request to its default destination (made at start)
+        is done: a fault injected after this meets the records' requests, not that one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with Conn(self.env.socket) as c:
+                c.hello()
+                if c.call("status")["status"].get("warm"):
+                    return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"daemon not warm after {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
+
     def output(self) -> str:
         if not self._logf.closed:
             self._logf.flush()
