@@ -33,6 +33,7 @@ LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
 LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
 # sha256 -> (pack, offset) of a folder's members kept in its pack (see protocol.formats)
 Packed = Mapping[str, tuple[Path, int]]
+_READ_ON_LOOP = 256 * 1024  # pack members read without a thread hop, up to this size
 _WRITTEN_KEPT = 65536  # recent uploads remembered, so that racing records send once
 
 
@@ -244,7 +245,11 @@ class ObjectSender:
                 await storage.put(okey, path, size=size, sha256=sha)
             else:  # (small: read whole, and checked against its name before it goes)
                 # checked against its name where it lands (by the server, or hashed)
-                data = await asyncio.to_thread(read_member, path, member[1], size, sha, False)
+                read = (path, member[1], size, sha, False)
+                # a member just hashed is in the page cache: up to 256 KiB, reading it
+                # costs the loop less than handing the read to a thread and back
+                small = size <= _READ_ON_LOOP
+                data = read_member(*read) if small else await asyncio.to_thread(read_member, *read)
                 await storage.put_bytes(okey, data, sha256=sha)
         finally:
             self.bytes_in_flight -= size
