@@ -243,11 +243,10 @@ class ObjectSender:
         try:
             if member is None:
                 await storage.put(okey, path, size=size, sha256=sha)
-            else:  # (small: read whole, and checked against its name before it goes)
-                # checked against its name where it lands (by the server, or hashed)
+            else:  # small: read whole, checked against its name where it lands (by the
+                # server, or hashed); just hashed, it is in the page cache: up to 256 KiB,
+                # reading it costs the loop less than handing the read to a thread and back
                 read = (path, member[1], size, sha, False)
-                # a member just hashed is in the page cache: up to 256 KiB, reading it
-                # costs the loop less than handing the read to a thread and back
                 small = size <= _READ_ON_LOOP
                 data = read_member(*read) if small else await asyncio.to_thread(read_member, *read)
                 await storage.put_bytes(okey, data, sha256=sha)
