@@ -13,14 +13,9 @@ import pytest
 from artisync.daemon.storage.base import IntegrityError
 from artisync.protocol import CRC_SPAN, hash_file_spans, spans_of
 from tests.storage_fixtures import Backend, _s3_admin
+from tests.test_storage_conformance import write_file
 
 SIZE = 2 * CRC_SPAN + 12_345  # three parts of the default size, the last one short
-
-
-def _write(path: Path, seed: int) -> None:
-    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
-    parts = (block[:-8] + n.to_bytes(8, "big") for n in range(SIZE // len(block) + 1))
-    path.write_bytes(b"".join(parts)[:SIZE])
 
 
 def _unfinished(backend: Backend) -> list[object]:
@@ -34,7 +29,7 @@ def _unfinished(backend: Backend) -> list[object]:
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)
 def test_a_file_hashed_in_spans_goes_up_whole(backend: Backend, tmp_path: Path) -> None:
     src = tmp_path / "big"
-    _write(src, seed=1)
+    write_file(src, SIZE, seed=1)
     sha, size = hash_file_spans(src)
     assert (sha, size) == (hashlib.sha256(src.read_bytes()).hexdigest(), SIZE)
     spans = spans_of(sha, size)
@@ -58,7 +53,7 @@ def test_a_part_changed_after_hashing_is_refused_and_nothing_is_stored(
     part changed since the hashing pass must still be caught, and the object not
     stored (nor its multipart upload left behind)."""
     src = tmp_path / "big"
-    _write(src, seed=2)
+    write_file(src, SIZE, seed=2)
     sha, size = hash_file_spans(src)
     with src.open("r+b") as f:  # same size, one byte of part 2 different
         f.seek(CRC_SPAN + 1000)

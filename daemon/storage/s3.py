@@ -117,7 +117,7 @@ class S3Storage(CloudStorage):
         client_kwargs: Mapping[str, Any] | None = None,
         profile: str | None = None,
         addressing_style: str | None = None,
-        part_size: int = 8 * MiB,
+        part_size: int = CRC_SPAN,  # 8 MiB: a part is a span of the hashing pass
         multipart_threshold: int = 16 * MiB,
         max_concurrency: int = 32,
         part_concurrency: int = 4,
