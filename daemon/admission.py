@@ -16,7 +16,7 @@ import os
 import stat
 from typing import Any
 
-from artisync.protocol import InvalidMessage, Spool, is_raw
+from artisync.protocol import InvalidMessage, Spool, fsync_file, is_raw, recycle
 
 from .journal import Journal
 from .peers import destination_allowed
@@ -102,6 +102,14 @@ def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str |
         return f"raw snapshot has {st.st_size} bytes, record says {rec['raw']['size']}"
     if uid is not None and uid != 0 and st.st_uid != uid:
         return "raw snapshot belongs to another user"
+    reused = rec["raw"].get("reused")
+    if reused is not None:  # written over a recycled file: see protocol._recycle
+        if reused != recycle.boot_id():
+            return (
+                "raw snapshot was written over a reused spool file before the machine "
+                "restarted: a power loss may have left older bytes in it; report it again"
+            )
+        fsync_file(path)  # journaled means durable: its old bytes must not come back
     return None
 
 

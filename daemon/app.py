@@ -85,12 +85,10 @@ class Daemon:
             config.object_concurrency,
             config.settings.reuse_window,
         )
+        recycle = None if self.group_mode else settings.spool_limit  # see protocol._recycle
+        poke, early = self.uploader.poke, self.uploader.send_early
         self.encoder = Encoder(
-            self.journal,
-            self.spool,
-            config.encode_workers,
-            self.uploader.poke,
-            self.uploader.send_early,
+            self.journal, self.spool, config.encode_workers, poke, early, recycle
         )
         self.committer = Committer(self.journal, self._on_commit)
         self._ingest_lock = asyncio.Lock()

@@ -4,7 +4,8 @@ A raw record is journaled in ``encoding``. The encoder claims such records
 oldest first (in memory only: a crash loses no claim), encodes each with its
 codec (:func:`artisync.protocol.formats.encode`), journals the completed
 records in groups (one transaction for all that finished meanwhile), and only
-then removes their raw snapshots. Killed at any point, it leaves the raw
+then removes their raw snapshots (a private daemon keeps a few to be written
+over, see :mod:`artisync.protocol._recycle`). Killed at any point, it leaves the raw
 snapshot in place and the record in ``encoding``, to be encoded again.
 
 CPU-heavy codecs (parquet, PNG's zlib, npz's deflate) run in a pool of worker
@@ -32,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, remember_spans, spans_of
+from artisync.protocol import Spool, recycle, remember_spans, spans_of
 from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .group_commit import GroupCommit
@@ -55,8 +56,12 @@ class Encoder:
         workers: int,
         on_encoded: Callable[[], None],
         early: EarlySend | None = None,
+        recycle: int | None = None,
     ) -> None:
         self.journal = journal
+        # encoded raw files go to the spool's pool to be written over (None: deleted;
+        # an int: the spool_limit that bounds the pool), see protocol._recycle
+        self.recycle = recycle
         self.spool = spool
         self.workers = workers
         self.on_encoded = on_encoded
@@ -136,7 +141,7 @@ class Encoder:
                     remember_spans(sha, tuple(crcs))
                 body = _completed(row.body, result)
                 await self._commit(row.seq, body)
-                await asyncio.to_thread(self.spool.raw_path(row.record_id).unlink, True)
+                await asyncio.to_thread(self._retire, row.record_id)
                 self.encoded += 1
                 self.on_encoded()
             elif result["transient"]:  # e.g. the spool's disk is full: again, later
@@ -159,6 +164,12 @@ class Encoder:
             async with self.progress:
                 self.progress.notify_all()
             self.poke()
+
+    def _retire(self, record_id: str) -> None:
+        """An encoded record's raw file: into the pool to be written over, or deleted."""
+        raw = self.spool.raw_path(record_id)
+        if self.recycle is None or not recycle.give(self.spool.free, raw, self.recycle):
+            raw.unlink(missing_ok=True)
 
     async def _run_codec(self, row: Row) -> dict[str, Any]:
         args = (str(self.spool.root), self.spool.file_mode, row.body, self.spool.link_raw)

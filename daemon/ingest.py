@@ -15,11 +15,12 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import ProtocolError, iter_logs, unpack_body, validate_record
+from artisync.protocol import ProtocolError, iter_logs, recycle, unpack_body, validate_record
 from artisync.protocol.formats import listing_of
 
 from .admission import check_journal, check_static
@@ -233,12 +234,18 @@ async def collect_raw(app: Any) -> int:
     return len(gone)
 
 
+POOL_DROP_FREE = 1024 * 1024 * 1024  # free disk below which recycled raw files go
+
+
 async def clean_temps(app: Any, max_age: float = 86400.0) -> int:
     def clean() -> int:
         n = 0
         for path in app.spool.iter_stale_temps(max_age, time.time()):
             path.unlink(missing_ok=True)
             n += 1
+        # recycled raw files unused for a while, or all of them when room is short
+        short = shutil.disk_usage(app.spool.root).free < POOL_DROP_FREE
+        recycle.drop(app.spool.free, time.time(), 0 if short else recycle.IDLE)
         return n
 
     n = await asyncio.to_thread(clean)
@@ -271,6 +278,7 @@ async def collect_blobs(app: Any) -> int:
     grace = cfg.gc_grace
     if under_pressure(app, sum(size for _, _, size in blobs)):
         grace = min(grace, PRESSURE_GRACE)  # producers are waiting for room
+        await asyncio.to_thread(recycle.drop, app.spool.free, now, 0)
     # a folder's pack goes with its listing (the records name the listing, not the pack)
     cands = [(listing_of(name) or name, name, mt) for name, mt, _ in blobs if now - mt > grace]
     if not cands:

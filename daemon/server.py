@@ -190,8 +190,10 @@ class Server:
             n = await app.journal.retry_failed()
             app.uploader.poke()
             return ok(rid, retried=n)
-        if op == "ingest":
-            return ok(rid, ingested=await app.ingest_now())
+        if op == "ingest":  # flush(): journaled, and every raw snapshot on disk
+            ingested = await app.ingest_now()
+            await asyncio.to_thread(app.spool.sync_raw)
+            return ok(rid, ingested=ingested)
         if op == "record":
             return await self._record(rid, req["record_id"], req.get("wait"), peer)
         if op == "query_task":

@@ -5,6 +5,7 @@ layout and its atomic-write helpers, and settings resolution. Depends on
 nothing else of artisync.
 """
 
+from . import _recycle as recycle
 from ._errors import (
     AccessDenied,
     ArtisyncError,
@@ -148,6 +149,7 @@ __all__ = [
     "fsync_file",
     "hash_file",
     "CRC_SPAN",
+    "recycle",
     "hash_file_spans",
     "remember_spans",
     "SpanCrcs",

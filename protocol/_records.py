@@ -311,6 +311,8 @@ def _check_raw(raw: dict[str, Any]) -> None:
     data = raw.get("data")
     if data is not None and (not isinstance(data, bytes) or len(data) != size):
         raise InvalidMessage("artifact record: inline raw data must be bytes of its size")
+    if not isinstance(raw.get("reused", ""), str):
+        raise InvalidMessage("artifact record: raw 'reused' must be a boot id")
     if codec == "pack":
         files = raw.get("files")
         if not isinstance(files, list) or len(files) > MAX_BLOBS:

@@ -2,6 +2,7 @@
 
 ```
 <spool>/raw/<record_id>        raw snapshots the SDK wrote, waiting to be encoded
+<spool>/free/<size>.<name>     encoded raw snapshots, kept to be written over (._recycle)
 <spool>/outbox/<id>.<pid>.log a process's records, appended, for the daemon to journal
 <spool>/outbox/<record_id>.rec a record waiting on its own (msgpack; a handover folder's)
 <spool>/rejected/<record_id>.rec records the daemon refused, each with <record_id>.why
@@ -145,6 +146,7 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.outbox = self.root / "outbox"
         self.raw = self.root / "raw"
+        self.free = self.root / "free"
         self.rejected = self.root / "rejected"
         self.journal_path = self.root / "journal.db"
         self.lock_path = self.root / "daemon.lock"
@@ -156,6 +158,9 @@ class Spool:
         # folder's members while the rest are still being unpacked)
         self.on_blob: Callable[[str, int], None] | None = None
         self._log: LogWriter | None = None  # this process's outbox log, once it wrote one
+        # raw snapshots may be written over the files in free/: set by the SDK when a
+        # private daemon serves this spool (it fsyncs such a snapshot before journaling it)
+        self.recycle = False
 
     def ensure(self, dir_mode: int = 0o700) -> Spool:
         """Create the spool directories, private to their owner by default."""
@@ -164,11 +169,20 @@ class Spool:
         return self
 
     def folders(self) -> tuple[Path, ...]:
-        return (self.root, self.blobs, self.tmp, self.outbox, self.raw, self.rejected)
+        return (self.root, self.blobs, self.tmp, self.outbox, self.raw, self.free, self.rejected)
 
     def raw_path(self, record_id: str) -> Path:
         """Where the raw snapshot of record ``record_id`` (32 hex digits) lives."""
         return self.raw / record_id
+
+    def sync_raw(self) -> None:
+        """Every raw snapshot on disk (what a flush promises before they are encoded)."""
+        for record_id, _ in self.iter_raw():
+            try:
+                fsync_file(self.raw_path(record_id))
+            except FileNotFoundError:
+                continue  # encoded meanwhile: its payload was fsynced
+        fsync_dir(self.raw)
 
     def iter_raw(self) -> Iterator[tuple[str, float]]:
         """(record_id, mtime) of every raw snapshot."""

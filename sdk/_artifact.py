@@ -255,7 +255,11 @@ class Artifact:
                     data = spec.get("data")
                     return deserialization_function(raw.read_bytes() if data is None else data)
                 if deserialization_function is None:
-                    return load_raw(self._record, raw, allow_pickle=allow_pickle)
+                    obj = load_raw(self._record, raw, allow_pickle=allow_pickle)
+                    # still there once read: it was not recycled, so not written over
+                    # while read (protocol._recycle); else it was encoded meanwhile
+                    if spec.get("data") is not None or raw.exists():
+                        return obj
             except FileNotFoundError:
                 pass  # encoded meanwhile: read the stored form
         if self._record["format"] == "tree" or self._record["type"] == "file":

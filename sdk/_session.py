@@ -125,12 +125,13 @@ class Session:
         :raises NotAllowed, UntrustedDaemon, UnsafeFolder: see DaemonClient.connect."""
         with self._lock:
             if self._spool is None:
-                root = self.settings.spool
+                root, served = self.settings.spool, False
                 try:
                     with self.client.lock:
                         self.client.connect(timeout=1.0)
                         self.shared = self.client.shared
                         root = self.settings.handover if self.shared else self.client.spool or root
+                        served = not self.shared
                 except DaemonUnavailable:
                     if self._shared_expected():
                         self.shared, root = True, self.settings.handover
@@ -138,6 +139,9 @@ class Session:
                         self._maybe_autostart(root)
                 check_folder(root, (os.getuid(),), "spool")
                 self._spool = Spool(root).ensure()
+                # a private daemon answered: it encodes (and so recycles) snapshots soon,
+                # and fsyncs one written over a recycled file before journaling it
+                self._spool.recycle = served
                 if self.shared:
                     self._waiting = _handover.pending(self._spool)
                     _handover.remember_offer(self._spool, self.client.output_uri)

@@ -105,8 +105,9 @@ def snapshot(
     ext = _norm_ext(extension_name)
     pv = None if preview is None else str(preview)[:PREVIEW_MAX]
     target = resolve_path(obj) if isinstance(obj, str) or is_pathlike(obj) else None
+    pool = spool.free if spool.recycle and opener is None else None
     req = Request(
-        spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room, opener
+        spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room, opener, pool
     )
     if serialization_function is not None:
         return binary.snapshot_custom(obj, serialization_function, req)

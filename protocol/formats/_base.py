@@ -32,6 +32,7 @@ from artisync.protocol import (
     fsync_dir,
     hash_file,
     hash_file_spans,
+    recycle,
     remember_spans,
 )
 
@@ -113,10 +114,24 @@ class Request:
     # a shared daemon's spool: the raw file is created there and handed over as a
     # descriptor (``raw`` is then never created)
     opener: Callable[[], int] | None = None
+    # the spool's pool of recycled raw files (see protocol._recycle), when it may be used
+    pool: Path | None = None
 
     def create(self) -> int:
         """A descriptor of the new raw snapshot file, open for writing."""
         return self.opener() if self.opener is not None else create_raw(self.raw, self.mode)
+
+    def filled(self, codec: str, write: Callable[[BinaryIO], object], size: int) -> dict[str, Any]:
+        """The record's ``raw`` for the raw file ``write`` fills (about ``size`` bytes):
+        written over a recycled file where the pool has one, else a new file. Only for
+        codecs whose raw file the daemon deletes once encoded (never hard-linked)."""
+        fd = None
+        if self.pool is not None and self.opener is None:
+            fd = recycle.take(self.pool, self.raw, size, self.mode)
+        if fd is None:
+            return {"codec": codec, "size": write_raw(self.raw, write, fd=self.create())}
+        written = write_raw(self.raw, write, fd=fd, reused=True)
+        return {"codec": codec, "size": written, "reused": recycle.boot_id()}
 
     def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
         """The stored form itself as the raw snapshot (made as cheaply as a copy)."""
@@ -128,6 +143,8 @@ class Request:
             return {"codec": codec, "size": len(data), "data": data}
         if self.room is not None:  # known only now that it is serialized (a dict's JSON)
             self.room(len(data))
+        if codec != "stored":  # a stored one becomes its blob by a hard link
+            return self.filled(codec, lambda f: f.write(data), len(data))
         return {
             "codec": codec,
             "size": write_raw(self.raw, lambda f: f.write(data), fd=self.create()),
@@ -141,6 +158,8 @@ class Request:
             buf = io.BytesIO()
             write(buf)
             return self.raw_bytes(codec, buf.getvalue())
+        if codec != "stored":  # a stored one becomes its blob by a hard link
+            return self.filled(codec, write, hint)
         return {"codec": codec, "size": write_raw(self.raw, write, fd=self.create())}
 
 
@@ -181,10 +200,16 @@ def create_raw(path: Path, mode: int) -> int:
 
 
 def write_raw(
-    path: Path, write: Callable[[BinaryIO], object], mode: int = 0o600, fd: int | None = None
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    mode: int = 0o600,
+    fd: int | None = None,
+    *,
+    reused: bool = False,
 ) -> int:
     """Create ``path`` (never an existing file; ``fd``: this descriptor of it, made
-    already), fill it with ``write``, return its size.
+    already, or ``reused``: a recycled file to write over and cut where ``write``
+    stopped), fill it with ``write``, return its size.
 
     No fsync: the caller is the training loop, and the page cache survives its
     process being killed; the daemon syncs what it encodes before anything is deleted.
@@ -195,6 +220,8 @@ def write_raw(
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if reused:
+                os.ftruncate(f.fileno(), f.tell())
             return os.fstat(f.fileno()).st_size
     except BaseException:
         path.unlink(missing_ok=True)

@@ -1,0 +1,187 @@
+"""Raw snapshot files recycled (protocol._recycle): a private daemon keeps encoded raw
+files in the spool's ``free/``, the SDK writes new snapshots over them. Real SDK
+processes and a real daemon; what is stored is read back from storage alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from artisync.protocol import Spool, recycle
+from tests.harness import DaemonProc, Env, run_py
+from tests.records import task_record
+
+N = 24
+
+# Arrays and DataFrames of falling and rising sizes (so that a snapshot is written
+# over a bigger file, to be cut, and over a smaller one, to grow)
+MADE = """
+import numpy as np, pandas as pd
+
+def made(i):
+    rows = 300 + (i % 6) * 100 if i % 4 < 2 else 900 - (i % 5) * 100
+    arr = np.full((rows, 256), i, dtype=np.float64)
+    return arr if i % 2 else pd.DataFrame(arr, columns=[f"c{k}" for k in range(256)])
+
+def same(got, want):
+    if isinstance(want, np.ndarray):
+        return got.shape == want.shape and (got == want).all()
+    pd.testing.assert_frame_equal(got, want)
+    return True
+"""
+
+# Each is read back at once from the spool; says how many were written over a
+# recycled file.
+REPORT = f"""
+import json, time
+from artisync import Task
+{MADE}
+task = Task.init(project_name="recycle", task_name="arrays")
+reused = 0
+for i in range({N}):
+    task.upload_artifact(f"a{{i}}", made(i))
+    art = task.artifacts[f"a{{i}}"]
+    reused += "reused" in art._record["raw"]
+    assert same(art.get(), made(i)), i
+    time.sleep(0.05)
+task.flush(wait_for_uploads=True)
+print(json.dumps({{"task": task.id, "reused": reused}}))
+"""
+
+
+def _check_stored(env: Env, task_id: str) -> None:
+    """Every version, read back from storage in a process with no spool."""
+    code = f"""
+from artisync import Task
+{MADE}
+a = Task.get_task(task_id={task_id!r}).artifacts
+for i in range({N}):
+    assert same(a[f"a{{i}}"].get(), made(i)), i
+print(len(a))
+"""
+    out = run_py(env, code, ARTISYNC_SPOOL=str(env.root / "elsewhere"))
+    assert out.stdout.strip() == str(N)
+
+
+def test_encoded_raw_files_are_written_over_and_every_version_reads_back_right(
+    env: Env,
+) -> None:
+    d = DaemonProc(env).wait_ready()
+    try:
+        out = json.loads(run_py(env, REPORT).stdout)
+        pool = sorted(Spool(env.spool).free.iterdir())
+    finally:
+        d.stop()
+    # the first snapshots are new files; most of the later ones are written over
+    assert out["reused"] >= N // 2, out
+    assert 0 < len(pool) <= recycle.MAX_FILES
+    _check_stored(env, out["task"])
+
+
+def test_no_daemon_means_no_recycled_file_is_written_over(env: Env) -> None:
+    """Offline, the snapshot may wait for days (and a restart): always a new file."""
+    d = DaemonProc(env).wait_ready()
+    try:
+        run_py(env, REPORT)
+    finally:
+        d.stop()
+    pool = Spool(env.spool).free
+    before = {p.name: p.stat().st_ino for p in pool.iterdir()}
+    assert before
+    code = """
+    import numpy as np
+    from artisync import Task
+    task = Task.init(project_name="recycle", task_name="offline")
+    task.upload_artifact("a", np.ones((800, 256)))
+    assert "reused" not in task.artifacts["a"]._record["raw"]
+    """
+    run_py(env, code, ARTISYNC_AUTOSTART="0")
+    assert {p.name: p.stat().st_ino for p in pool.iterdir()} == before
+
+
+def _plant(pool: Path, outside: Path) -> list[Path]:
+    """Files a trainer must never write over: a hard link to a file elsewhere, a
+    symlink to it, a FIFO, someone else's file, and one readable by others."""
+    size = 800 * 256 * 8 + 128
+    planted = []
+    for i, make in enumerate(("link", "symlink", "fifo", "nobody", "0644")):
+        path = pool / f"{size:013d}.planted{i}"
+        if make == "link":
+            os.link(outside, path)
+        elif make == "symlink":
+            path.symlink_to(outside)
+        elif make == "fifo":
+            os.mkfifo(path, 0o600)
+        else:
+            path.write_bytes(b"\0" * size)
+            os.chmod(path, 0o644 if make == "0644" else 0o600)
+            if make == "nobody":
+                os.chown(path, 65534, 65534)
+        planted.append(path)
+    return planted
+
+
+def test_a_file_planted_in_the_pool_is_never_written_into(env: Env) -> None:
+    d = DaemonProc(env).wait_ready()
+    try:
+        pool = Spool(env.spool).free
+        for p in pool.iterdir():  # only the planted ones to choose from
+            p.unlink()
+        outside = env.root / "secret.bin"
+        outside.write_bytes(b"secret" * 1000)
+        _plant(pool, outside)
+        code = """
+        import numpy as np
+        from artisync import Task
+        task = Task.init(project_name="recycle", task_name="planted")
+        for i in range(3):
+            task.upload_artifact(f"a{i}", np.full((800, 256), i, dtype=np.float64))
+            assert "reused" not in task.artifacts[f"a{i}"]._record["raw"], i
+            assert (task.artifacts[f"a{i}"].get() == i).all()
+        """
+        run_py(env, code)
+    finally:
+        d.stop()
+    assert outside.read_bytes() == b"secret" * 1000
+    assert not any(p.name.startswith(f"{800 * 256 * 8 + 128:013d}.planted") for p in pool.iterdir())
+
+
+def test_a_reused_snapshot_written_before_a_restart_is_refused_with_the_reason(
+    env: Env,
+) -> None:
+    """Its file may hold older bytes after a power loss: never taken as the snapshot."""
+    spool = Spool(env.spool).ensure()
+    arr = np.arange(100_000, dtype=np.float64)
+    raw = spool.raw_path(uuid.uuid4().hex)
+    with open(raw, "wb") as f:
+        np.lib.format.write_array(f, arr)
+    dest = f"file://{env.storage}"
+    task = task_record(dest)
+    rec = {
+        "kind": "artifact",
+        "record_id": raw.name,
+        "task_id": task["task_id"],
+        "created": time.time(),
+        "dest": dest,
+        "host": "h",
+        "user": "u",
+        "pid": os.getpid(),
+        "name": "a",
+        "type": "numpy",
+        "format": "npz",
+        "extension": ".npz",
+        "metadata": {},
+        "raw": {"codec": "npy", "size": raw.stat().st_size, "reused": str(uuid.uuid4())},
+    }
+    spool.append_outbox(task)
+    spool.append_outbox(rec)
+    spool.close_outbox_log()
+    d = DaemonProc(env, "--exit-when-idle")
+    assert d.wait_exit(60) == 0, d.output()[-3000:]
+    why = (spool.rejected / f"{raw.name}.why").read_text()
+    assert "restarted" in why and "report it again" in why, why
