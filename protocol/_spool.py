@@ -176,8 +176,14 @@ class Spool:
         return self.raw / record_id
 
     def sync_raw(self) -> None:
-        """Every raw snapshot on disk (what a flush promises before they are encoded)."""
-        for record_id, _ in self.iter_raw():
+        """Every raw snapshot on disk (what a flush promises before they are encoded):
+        an fsync each, or one ``syncfs`` for a backlog of them."""
+        waiting = list(itertools.islice(self.iter_raw(), 33))
+        if len(waiting) > 32:
+            if sync_filesystem(self.raw):
+                return
+            waiting = list(self.iter_raw())
+        for record_id, _ in waiting:
             try:
                 fsync_file(self.raw_path(record_id))
             except FileNotFoundError:

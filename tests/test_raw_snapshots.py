@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,35 @@ def test_a_raw_snapshot_that_cannot_be_encoded_fails_its_record_with_the_reason(
     assert "encoding" in failed["items"][0]["reason"]
     assert "Arrow IPC" in failed["items"][0]["reason"]
     assert raw.exists()  # kept with the failed record: `artisync retry` encodes it again
+
+
+def _delayed(path: Path) -> bool:
+    """Some of the file is only in the page cache: its blocks are not even allocated
+    (ext4's and XFS's delayed allocation, as FIEMAP reports it)."""
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True)
+    return "delalloc" in out.stdout
+
+
+def test_flush_puts_the_raw_snapshots_not_yet_encoded_on_disk(env: Env) -> None:
+    """flush() says the artifacts are safe from a power loss: that takes their raw
+    snapshots on disk too, not only their records in the journal."""
+    from artisync import Task, UploadFailed
+
+    task = Task.init(project_name="raw", task_name="flush")
+    task.upload_artifact("frame", pd.DataFrame({"a": np.arange(100_000.0)}))  # a raw file
+    raw = Spool(env.spool).raw_path(task.artifacts["frame"]._record["record_id"])
+    with open(raw, "r+b") as fh:  # it cannot be encoded: it stays in raw/, as it was
+        fh.write(b"\0" * raw.stat().st_size)
+    if not _delayed(raw):
+        pytest.skip(f"{env.spool}'s filesystem shows no delayed allocation to look for")
+    d = DaemonProc(env).wait_ready()
+    try:
+        task.flush()
+        assert raw.exists() and not _delayed(raw)
+        with pytest.raises(UploadFailed):
+            task.flush(wait_for_uploads=True, timeout=60)
+    finally:
+        d.stop()
 
 
 def _status(env: Env) -> dict[str, Any]:
