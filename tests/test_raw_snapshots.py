@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,6 @@ def _inputs(env: Env) -> tuple[Path, Path]:
 
 
 def _run_killed(env: Env, f: Path, folder: Path) -> str:
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-c", REPORT_AND_DIE, str(f), str(folder)],
         env=env.environ(),
