@@ -34,6 +34,7 @@ from ._base import (
 )
 
 NPZ_KEY = "array"
+NPZ_LEVEL = 1  # deflate level of the stored .npz
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same array, same bytes
 
 
@@ -96,6 +97,10 @@ def _write_npz(arr: Any, f: BinaryIO) -> None:
 
     info = zipfile.ZipInfo(NPZ_KEY + ".npy", date_time=_ZIP_EPOCH)
     info.compress_type = zipfile.ZIP_DEFLATED
+    # zlib level 1, not 6: 3-5x less of the daemon's CPU (np.eye(1000): 28 -> 8 ms; 1 M
+    # ints: 205 -> 40 ms) for 1-10 % more bytes; it reads as any .npz (named
+    # ``compress_level`` from Python 3.13, which keeps this name as an alias)
+    info._compresslevel = NPZ_LEVEL  # type: ignore[attr-defined]
     with (
         zipfile.ZipFile(f, "w", allowZip64=True) as zf,
         zf.open(info, "w", force_zip64=True) as out,
