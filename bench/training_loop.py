@@ -35,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,32 +191,49 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
     return rows
 
 
+NEIGHBOURS = {  # what runs on core 1 while the loop runs alone on core 0
+    "idle": None,
+    "spinning": "while True: pass",
+    # hashing, encoding and copying are like this: they stream through memory
+    "copying 64 MB": (
+        "import numpy as np\na = np.ones(8 << 20); b = np.empty_like(a)\n"
+        "while True: np.copyto(b, a)"
+    ),
+}
+
+
 def neighbour_cost(args: argparse.Namespace) -> str:
     """How much a busy core 1 slows the loop on core 0 on this machine (virtual cores
-    may share a physical one, or a host's CPU quota): the part of a pinned slowdown
-    that any CPU work of the daemon causes, however little the trainer itself pays."""
-    spin = "import time\nwhile True: pass"
-    best: dict[bool, float] = {}
+    may share a physical one, or a host's CPU quota; real ones share the memory
+    bandwidth and the last cache): the part of a pinned slowdown that the daemon's
+    work causes, however little the trainer itself pays."""
+    best: dict[str, float] = {}
     with world() as w:
         for _ in range(args.reps):
-            for busy in (False, True):
-                spinner = None
-                if busy:
-                    spinner = subprocess.Popen(
-                        [sys.executable, "-c", spin],
+            for name, code in NEIGHBOURS.items():
+                neighbour = None
+                if code is not None:
+                    neighbour = subprocess.Popen(
+                        [sys.executable, "-c", code],
                         preexec_fn=lambda: os.sched_setaffinity(0, {1}),
                     )
+                    time.sleep(0.3)  # numpy imported, the copying started
                 try:
                     loop = run_trainer(w, "dict", "none", args, 0)["loop"]
                 finally:
-                    if spinner is not None:
-                        spinner.kill()
-                        spinner.wait()
-                best[busy] = min(best.get(busy, loop), loop)
+                    if neighbour is not None:
+                        neighbour.kill()
+                        neighbour.wait()
+                best[name] = min(best.get(name, loop), loop)
+    idle = best["idle"]
+    others = ", ".join(
+        f"{(best[name] / idle - 1) * 100:+.0f} % with a process {name} there"
+        for name in NEIGHBOURS
+        if name != "idle"
+    )
     return (
-        f"this machine: a loop pinned to core 0 takes {best[False] * 1000:.0f} ms with core 1 "
-        f"idle, {best[True] * 1000:.0f} ms ({(best[True] / best[False] - 1) * 100:+.0f} %) "
-        "with one busy process on core 1 (best of each)"
+        f"this machine: a loop pinned to core 0 takes {idle * 1000:.0f} ms with core 1 idle; "
+        f"{others} (best of each)"
     )
 
 
