@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -185,3 +187,55 @@ def test_a_reused_snapshot_written_before_a_restart_is_refused_with_the_reason(
     assert d.wait_exit(60) == 0, d.output()[-3000:]
     why = (spool.rejected / f"{raw.name}.why").read_text()
     assert "restarted" in why and "report it again" in why, why
+
+
+# Four processes of one job report at once: each takes files from the same pool
+RANK = """
+import json, sys, time
+from artisync import Task
+{made}
+rank = int(sys.argv[1])
+task = Task.init(project_name="recycle", task_name=f"rank {{rank}}")
+reused = 0
+for i in range(12):
+    k = rank * 100 + i
+    task.upload_artifact(f"a{{i}}", made(k))
+    reused += "reused" in task.artifacts[f"a{{i}}"]._record["raw"]
+    assert same(task.artifacts[f"a{{i}}"].get(), made(k)), k
+task.flush(wait_for_uploads=True)
+print(json.dumps({{"task": task.id, "reused": reused}}))
+"""
+
+
+def test_processes_reporting_at_once_never_share_a_recycled_file(env: Env) -> None:
+    d = DaemonProc(env).wait_ready()
+    try:
+        run_py(env, REPORT)  # fills the pool
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RANK.format(made=MADE), str(rank)],
+                env=env.environ(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=env.root,
+            )
+            for rank in range(4)
+        ]
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        d.stop()
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    ranks = [json.loads(out) for out, _ in outs]
+    assert sum(r["reused"] for r in ranks) >= 8, ranks
+    code = f"""
+from artisync import Task
+{MADE}
+for rank, task_id in enumerate({[r["task"] for r in ranks]!r}):
+    a = Task.get_task(task_id=task_id).artifacts
+    for i in range(12):
+        assert same(a[f"a{{i}}"].get(), made(rank * 100 + i)), (rank, i)
+print("ok")
+"""
+    out = run_py(env, code, ARTISYNC_SPOOL=str(env.root / "elsewhere"))
+    assert out.stdout.strip() == "ok"
