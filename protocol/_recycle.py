@@ -1,4 +1,4 @@
-"""Raw snapshot files recycled: the spool's ``free/`` pool.
+"""Raw snapshot files recycled (the spool's ``free/`` pool), or preallocated.
 
 Writing 8 MB into a new file costs the training process ~2 ms on ext4 (page
 cache pages and blocks are allocated as it goes); writing them over a file of
@@ -22,6 +22,13 @@ short instead, which its encode refuses). So a reused snapshot says so in its
 record (``raw["reused"]``: the kernel's boot id); the daemon fsyncs it before it
 journals the record, and refuses the record if the machine restarted between the
 write and the journal.
+
+Where no recycled file fits, a new one on ext4 is given its size first
+(``posix_fallocate``): one extent reserved at once instead of a delayed
+allocation per page, 16 MiB copied in 3.9 ms instead of 5.3, 8 MB written in 1.4
+instead of 2.0. Only on ext4, where it was measured: on XFS it slows a reflink
+copy down (0.13 -> 0.22 ms), and where a filesystem cannot preallocate, glibc
+would write zeros instead.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ MAX_BYTES = 256 * 1024 * 1024
 IDLE = 600.0
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _boot_id: str | None = None
+PREALLOCATED = ("ext4",)  # filesystems a new raw file is given its size first on
+_fs_types: dict[str, str] = {}
 
 
 def boot_id() -> str:
@@ -136,3 +145,37 @@ def drop(pool: Path, now: float, idle: float = IDLE) -> int:
             continue
         n += 1
     return n
+
+
+def fs_type(folder: Path) -> str:
+    """The type of the filesystem ``folder`` is on ("ext4", "xfs"...; "" if unknown),
+    from /proc/self/mountinfo, remembered per folder."""
+    key = str(folder)
+    if key not in _fs_types:
+        best, kind = "", ""
+        try:
+            where = os.path.realpath(folder)
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    fields, _, rest = line.partition(" - ")
+                    mount = fields.split(" ")[4].replace("\\040", " ")
+                    inside = where == mount or where.startswith(mount.rstrip("/") + "/")
+                    if inside and len(mount) >= len(best):
+                        best, kind = mount, rest.split(" ", 1)[0]
+        except (OSError, IndexError):
+            kind = ""
+        _fs_types[key] = kind
+    return _fs_types[key]
+
+
+def preallocate(fd: int, folder: Path, size: int) -> bool:
+    """Give a new raw file in ``folder`` its ``size`` at once where that is cheaper
+    (see above); True if it did (the writer then cuts it to what it wrote)."""
+    if size <= 0 or fs_type(folder) not in PREALLOCATED:
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:  # no room for it all at once: written as it comes (or refused then)
+        os.ftruncate(fd, 0)  # whatever it reserved before failing
+        return False
+    return True

@@ -129,7 +129,10 @@ class Request:
         if self.pool is not None and self.opener is None:
             fd = recycle.take(self.pool, self.raw, size, self.mode)
         if fd is None:
-            return {"codec": codec, "size": write_raw(self.raw, write, fd=self.create())}
+            fd = self.create()
+            cut = size <= recycle.MAX_SIZE and self.opener is None  # a size worth trusting
+            cut = cut and recycle.preallocate(fd, self.raw.parent, size)
+            return {"codec": codec, "size": write_raw(self.raw, write, fd=fd, reused=cut)}
         written = write_raw(self.raw, write, fd=fd, reused=True)
         return {"codec": codec, "size": written, "reused": recycle.boot_id()}
 
@@ -208,8 +211,8 @@ def write_raw(
     reused: bool = False,
 ) -> int:
     """Create ``path`` (never an existing file; ``fd``: this descriptor of it, made
-    already, or ``reused``: a recycled file to write over and cut where ``write``
-    stopped), fill it with ``write``, return its size.
+    already, or ``reused``: a recycled or preallocated file to write over and cut
+    where ``write`` stopped), fill it with ``write``, return its size.
 
     No fsync: the caller is the training loop, and the page cache survives its
     process being killed; the daemon syncs what it encodes before anything is deleted.

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import format_size
+from artisync.protocol import format_size, recycle
 
 from ._base import INLINE_MAX, Captured, Format, Request, SerializationError
 from ._paths import FILE_SUFFIX, copy_fd, spool_full
@@ -60,7 +60,11 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             os.lseek(fd, 0, os.SEEK_SET)
         out = req.create()
         try:
-            return {"codec": "stored", "size": copy_fd(fd, size, out)}
+            sized = req.opener is None and recycle.preallocate(out, req.raw.parent, size)
+            copied = copy_fd(fd, size, out)
+            if sized and copied != size:  # it changed size meanwhile
+                os.ftruncate(out, copied)
+            return {"codec": "stored", "size": copied}
         except BaseException as exc:
             req.raw.unlink(missing_ok=True)
             if isinstance(exc, OSError) and not spool_full(exc):
