@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Daemon, World, machine, process_tree, table, world
+from _common import Daemon, Proc, World, machine, table, world
 
 MiB = 1024 * 1024
 
@@ -104,30 +104,18 @@ def backlog(w: World, frames: int, mb: int) -> list[list[str]]:
     return rows
 
 
-def _anon_bytes(pid: int) -> int:
-    total = 0
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("RssAnon:", "RssShmem:")):
-                    total += int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return total
-
-
 def huge(w: World, gb: float) -> list[list[str]]:
     d = Daemon(w).wait_ready()
     peak, stop = [0], threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], sum(_anon_bytes(p) for p in process_tree(d.proc.pid)))
+            peak[0] = max(peak[0], Proc.memory(d.proc.pid)[1])
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     try:
-        base = sum(_anon_bytes(p) for p in process_tree(d.proc.pid))
+        base = Proc.memory(d.proc.pid)[1]
         sampler.start()
         t0 = time.monotonic()
         proc = subprocess.run(

@@ -223,3 +223,22 @@ def outbox_records(spool: Path) -> list[dict[str, Any]]:
         got = read_log(path, offsets.get(path.name, 0), 1 << 30, True)
         out.extend(msgpack.unpackb(body) for _, body in got.frames)
     return out
+
+
+def daemon_status(env: Env) -> dict[str, Any]:
+    """The daemon's ``status`` reply, asked over its socket."""
+    with Conn(env.socket) as c:
+        c.hello()
+        status: dict[str, Any] = c.call("status")["status"]
+        return status
+
+
+def wait_committed(env: Env, n: int, timeout: float = 120) -> None:
+    """Until the daemon has committed ``n`` records and has none left to send."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = daemon_status(env)
+        if st["committed"]["records"] >= n and st["backlog"]["records"] == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not committed in {timeout} s: {st}")

@@ -3,7 +3,6 @@ snapshot, so that the daemon (with its encode worker) never holds the frame."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,8 @@ from contextlib import contextmanager
 
 import pyarrow.parquet as pq
 
-from tests.harness import Conn, DaemonProc, Env, run_py, stored_objects
+from bench._common import Proc
+from tests.harness import DaemonProc, Env, run_py, stored_objects, wait_committed
 
 ROWS = 1 << 24  # x 16 float64 columns: 2 GiB
 COLUMNS = 16
@@ -30,39 +30,15 @@ print(task.id)
 """
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the daemon's encode workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except FileNotFoundError:
-            continue
-    return out
-
-
 def _anon(pid: int) -> int:
-    """Anonymous memory (RssAnon + RssShmem) of ``pid`` and its descendants: what the
-    processes hold themselves, not the page cache of the files they map."""
-    total = 0
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith(("RssAnon:", "RssShmem:")):
-                        total += int(line.split()[1]) * 1024
-        except FileNotFoundError:
-            continue
-    return total
+    return Proc.memory(pid)[1]
 
 
 @contextmanager
 def _peak_anon(pid: int) -> Iterator[list[int]]:
-    """[baseline, peak] of ``_anon(pid)``, sampled every 20 ms while in the block."""
+    """[baseline, peak] of the anonymous memory (RssAnon + RssShmem: what the processes
+    hold themselves, not the page cache of files they map) of ``pid`` and its
+    descendants, sampled every 20 ms while in the block (as ``bench/memory.py``)."""
     seen = [_anon(pid), 0]
     stop = threading.Event()
 
@@ -80,24 +56,12 @@ def _peak_anon(pid: int) -> Iterator[list[int]]:
         sampler.join()
 
 
-def _wait_idle(env: Env, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with Conn(env.socket) as c:
-            c.hello()
-            st = c.call("status")["status"]
-        if st["committed"]["records"] >= 2 and st["backlog"]["records"] == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not committed in {timeout} s: {st}")
-
-
 def test_a_2_gib_dataframe_goes_through_with_the_daemons_memory_bounded(env: Env) -> None:
     d = DaemonProc(env).wait_ready()
     try:
         with _peak_anon(d.proc.pid) as seen:
             run_py(env, REPORT, timeout=300)
-            _wait_idle(env, 600)
+            wait_committed(env, 2, 600)  # the task and the frame
     finally:
         d.stop()
     base, peak = seen

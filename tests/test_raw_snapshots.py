@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,15 @@ import pytest
 from PIL import Image
 
 from artisync.protocol import Spool
-from tests.harness import Conn, DaemonProc, Env, outbox_records, run_py, stored_objects
+from tests.harness import (
+    DaemonProc,
+    Env,
+    daemon_status,
+    outbox_records,
+    run_py,
+    stored_objects,
+    wait_committed,
+)
 
 # Reports one of each kind, then kills itself the instant the last call returned:
 # nothing may be left in memory, in a thread, or in an atexit handler.
@@ -94,7 +101,7 @@ def test_trainer_sigkilled_right_after_the_calls_loses_nothing(env: Env) -> None
     d = DaemonProc(env).wait_ready()
     try:
         task_id = _run_killed(env, f, folder)
-        _wait_committed(env, 5 + 1)  # five artifacts and the task's start
+        wait_committed(env, 5 + 1)  # five artifacts and the task's start
     finally:
         d.stop()
     _check_delivered(env, task_id, f, folder)
@@ -194,7 +201,7 @@ def test_a_daemon_killed_mid_encode_encodes_again_at_restart(env: Env) -> None:
     task_id = run_py(env, code).stdout.strip()
     d = DaemonProc(env).wait_ready()
     deadline = time.monotonic() + 60
-    while _status(env)["encoding"]["in_flight"] == 0:
+    while daemon_status(env)["encoding"]["in_flight"] == 0:
         assert time.monotonic() < deadline, "the encoder never claimed the record"
         time.sleep(0.02)
     time.sleep(0.3)
@@ -233,7 +240,7 @@ def test_a_raw_snapshot_that_cannot_be_encoded_fails_its_record_with_the_reason(
     try:
         with pytest.raises(UploadFailed):
             task.flush(wait_for_uploads=True, timeout=60)
-        failed = _status(env)["failed"]
+        failed = daemon_status(env)["failed"]
     finally:
         d.stop()
     assert failed["records"] == 1
@@ -270,20 +277,3 @@ def test_flush_puts_the_raw_snapshots_not_yet_encoded_on_disk(env: Env) -> None:
             task.flush(wait_for_uploads=True, timeout=60)
     finally:
         d.stop()
-
-
-def _status(env: Env) -> dict[str, Any]:
-    with Conn(env.socket) as c:
-        c.hello()
-        status: dict[str, Any] = c.call("status")["status"]
-        return status
-
-
-def _wait_committed(env: Env, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = _status(env)
-        if st["committed"]["records"] >= n and st["backlog"]["records"] == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not committed in time: {st}")
