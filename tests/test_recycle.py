@@ -19,16 +19,17 @@ from tests.harness import DaemonProc, Env, run_py
 from tests.records import task_record
 
 N = 24
+ROWS = "300 + (i % 6) * 100 if i % 4 < 2 else 900 - (i % 5) * 100"  # of the i-th
 
 # Arrays and DataFrames of falling and rising sizes (so that a snapshot is written
 # over a bigger file, to be cut, and over a smaller one, to grow)
-MADE = """
+MADE = f"""
 import numpy as np, pandas as pd
 
 def made(i):
-    rows = 300 + (i % 6) * 100 if i % 4 < 2 else 900 - (i % 5) * 100
+    rows = {ROWS}
     arr = np.full((rows, 256), i, dtype=np.float64)
-    return arr if i % 2 else pd.DataFrame(arr, columns=[f"c{k}" for k in range(256)])
+    return arr if i % 2 else pd.DataFrame(arr, columns=[f"c{{k}}" for k in range(256)])
 
 def same(got, want):
     if isinstance(want, np.ndarray):
@@ -38,14 +39,19 @@ def same(got, want):
 """
 
 # Each is read back at once from the spool; says how many were written over a
-# recycled file.
+# recycled file. Each call after the first waits until the pool holds a file.
 REPORT = f"""
-import json, time
+import json, os, time
 from artisync import Task
 {MADE}
 task = Task.init(project_name="recycle", task_name="arrays")
+free = os.path.join(os.environ["ARTISYNC_SPOOL"], "free")
 reused = 0
 for i in range({N}):
+    deadline = time.monotonic() + 30
+    while i and not os.listdir(free):
+        assert time.monotonic() < deadline, "the daemon gave no file back"
+        time.sleep(0.01)
     task.upload_artifact(f"a{{i}}", made(i))
     art = task.artifacts[f"a{{i}}"]
     reused += "reused" in art._record["raw"]
@@ -80,7 +86,10 @@ def test_encoded_raw_files_are_written_over_and_every_version_reads_back_right(
     finally:
         d.stop()
     # the first snapshots are new files; most of the later ones are written over
-    assert out["reused"] >= N // 2, out
+    # each call of 300-500 rows finds a file that fits whatever the pool holds then
+    # (500 rows: 1.0 MB; the pool's files are 0.6-1.9 MB); bigger ones may not
+    fits = [i for i in range(1, N) if eval(ROWS, {"i": i}) <= 500]
+    assert out["reused"] >= len(fits) == 7, out
     assert 0 < len(pool) <= recycle.MAX_FILES
     _check_stored(env, out["task"])
 
@@ -211,6 +220,7 @@ def test_processes_reporting_at_once_never_share_a_recycled_file(env: Env) -> No
     d = DaemonProc(env).wait_ready()
     try:
         run_py(env, REPORT)  # fills the pool
+        assert any(Spool(env.spool).free.iterdir())
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", RANK.format(made=MADE), str(rank)],
@@ -227,7 +237,11 @@ def test_processes_reporting_at_once_never_share_a_recycled_file(env: Env) -> No
         d.stop()
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
     ranks = [json.loads(out) for out, _ in outs]
-    assert sum(r["reused"] for r in ranks) >= 8, ranks
+    # how many calls find a file depends on how fast the daemon gives them back; at
+    # least one does (every pool file fits the 300-row ones, and nothing else takes
+    # them). What this test is about is that the processes' takes never collide: a
+    # file two of them wrote into would fail the reads below.
+    assert sum(r["reused"] for r in ranks) >= 1, ranks
     code = f"""
 from artisync import Task
 {MADE}
