@@ -23,6 +23,10 @@ how much a busy core 1 slows a loop on core 0 on the machine at hand: on virtual
 cores that share a physical one, CPU the daemon spends on its core shows in the
 trainer's loop however little the trainer itself does.
 
+Files: ``file`` reports the same 16 MiB file each time (its stored copy is kept
+once: the spool's copy is written over a recycled one), ``checkpoint`` rewrites
+its first 8 bytes before each report (in every mode), so that each report is new.
+
 ``--fs xfs`` runs spool and files on an XFS made for the run (reflinks: a file's
 snapshot shares its extents instead of copying them); root and xfsprogs needed.
 """
@@ -44,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FILESYSTEMS, Daemon, World, machine, table, world
 
 MODES = ("none", "inline", "artisync")
-KINDS = ("DataFrame", "ndarray", "image", "dict", "file")
+# "file": the same 16 MiB file each time; "checkpoint": the file with new bytes each time
+KINDS = ("DataFrame", "ndarray", "image", "dict", "file", "checkpoint")
 
 # The trainer: one fresh interpreter per run; prints one JSON line.
 TRAINER = r"""
@@ -99,6 +104,9 @@ for step in range(steps):
     s = 0
     for j in range(30_000):          # the Python part: data loading, logging...
         s += j * j % 7
+    if step % every == 0 and kind == "checkpoint":  # new bytes (every mode: same cost)
+        with open(obj, "r+b") as f:
+            f.write(step.to_bytes(8, "little"))
     if step % every == 0 and mode != "none":
         c0 = time.perf_counter()
         if mode == "inline":

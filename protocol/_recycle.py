@@ -7,7 +7,9 @@ that size whose pages are still cached costs ~0.4 ms, and a 16 MiB
 snapshot (its stored form committed and journaled), it renames the file into
 ``free/`` instead of deleting it, and the SDK renames one from there into
 ``raw/<record_id>`` and writes over it. A rename moves a file to one place only,
-so two writers never share one.
+so two writers never share one. A file's snapshot is copied over one too where the
+copy is not a reflink (ext4): its raw file becomes its blob, so the pool gets only
+the raw files of files stored already (the same bytes reported again).
 
 Bounds: files of :data:`MIN_SIZE`..:data:`MAX_SIZE`, at most :data:`MAX_FILES` of
 them and :data:`MAX_BYTES` in all (not counted in ``spool_limit``, of which they

@@ -288,6 +288,8 @@ class Artifact:
                 data = rec["raw"].get("data")
                 if data is None:
                     _link_or_copy(raw, named)
+                    if not raw.exists():  # encoded and recycled while copied
+                        raise FileNotFoundError(raw)
                 else:
                     named.write_bytes(data)
                 return named

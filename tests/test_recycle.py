@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from artisync.protocol import Spool, recycle
 from tests.harness import DaemonProc, Env, run_py
@@ -253,3 +254,59 @@ print("ok")
 """
     out = run_py(env, code, ARTISYNC_SPOOL=str(env.root / "elsewhere"))
     assert out.stdout.strip() == "ok"
+
+
+# A file reported twice as it is: the second snapshot's raw file is not its blob (the
+# first one's is), so the daemon gives it back; the next, different, file is copied
+# over it. Sizes: smaller (the rest cut), then bigger (grown). Each read back at once.
+FILES = """
+import hashlib, json, os, time
+from artisync import Task
+task = Task.init(project_name="recycle", task_name="files")
+free = os.path.join(os.environ["ARTISYNC_SPOOL"], "free")
+path = os.path.join(os.getcwd(), "weights.bin")
+out = {"task": task.id, "reused": [], "sha": {}}
+for k, size in enumerate((512 << 10, 400 << 10, 600 << 10)):
+    data = bytes([k + 1]) * 1000 + os.urandom(size - 1000)
+    with open(path, "wb") as f:
+        f.write(data)
+    for again in ("", "-again"):
+        if k and not again:
+            deadline = time.monotonic() + 30
+            while not os.listdir(free):
+                assert time.monotonic() < deadline, "the daemon gave no file back"
+                time.sleep(0.01)
+        name = f"f{k}{again}"
+        task.upload_artifact(name, path)
+        if "reused" in task.artifacts[name]._record["raw"]:
+            out["reused"].append(name)
+        with open(task.artifacts[name].get(), "rb") as f:
+            assert f.read() == data, name
+        task.flush()
+    out["sha"][f"f{k}"] = hashlib.sha256(data).hexdigest()
+task.flush(wait_for_uploads=True)
+print(json.dumps(out))
+"""
+
+
+def test_a_file_is_copied_over_a_recycled_raw_file_and_stored_exactly(env: Env) -> None:
+    if recycle.fs_type(env.root) not in recycle.PREALLOCATED:
+        pytest.skip(f"files are copied over recycled ones on ext4 only; {env.root} is not")
+    d = DaemonProc(env).wait_ready()
+    try:
+        out = json.loads(run_py(env, FILES).stdout)
+    finally:
+        d.stop()
+    assert out["reused"] == ["f1", "f2"], out  # the first, and the repeats, find none
+    code = f"""
+import hashlib
+from artisync import Task
+a = Task.get_task(task_id={out["task"]!r}).artifacts
+for name, sha in {out["sha"]!r}.items():
+    for version in (name, name + "-again"):
+        with open(a[version].get(), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha, version
+print("ok")
+"""
+    got = run_py(env, code, ARTISYNC_SPOOL=str(env.root / "elsewhere"))
+    assert got.stdout.strip() == "ok"

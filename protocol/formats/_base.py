@@ -125,9 +125,7 @@ class Request:
         """The record's ``raw`` for the raw file ``write`` fills (about ``size`` bytes):
         written over a recycled file where the pool has one, else a new file. Only for
         codecs whose raw file the daemon deletes once encoded (never hard-linked)."""
-        fd = None
-        if self.pool is not None and self.opener is None:
-            fd = recycle.take(self.pool, self.raw, size, self.mode)
+        fd = self.recycled(size)
         if fd is None:
             fd = self.create()
             cut = size <= recycle.MAX_SIZE and self.opener is None  # a size worth trusting
@@ -135,6 +133,13 @@ class Request:
             return {"codec": codec, "size": write_raw(self.raw, write, fd=fd, reused=cut)}
         written = write_raw(self.raw, write, fd=fd, reused=True)
         return {"codec": codec, "size": written, "reused": recycle.boot_id()}
+
+    def recycled(self, size: int) -> int | None:
+        """A recycled raw file renamed to ``raw``, open to write about ``size`` bytes
+        over (the writer cuts it to what it wrote), or None: no pool, or no file fits."""
+        if self.pool is None or self.opener is not None:
+            return None
+        return recycle.take(self.pool, self.raw, size, self.mode)
 
     def stored(self, type_: str, format_: str, ext: str, data: bytes, preview: str) -> Captured:
         """The stored form itself as the raw snapshot (made as cheaply as a copy)."""

