@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import FILESYSTEMS, Daemon, World, machine, median_ms, table, world
 
-FIRST_REPS = 3  # fresh processes per mode for the first call
+FIRST_REPS = 5  # fresh processes per mode for the first call
 TIE = 1.05  # within 5 % of the plain write: the same kernel copy, told apart by noise
 
 
@@ -333,7 +333,7 @@ def report(results: list[Result]) -> str:
         "plain write (ms)",
         "in-memory copy (ms)",
         "blocks/plain",
-        "first call in a fresh process (ms, median of 3)",
+        "first call in a fresh process (ms, median of 5)",
         "first plain write (ms)",
         "verdict vs goal",
     ]
