@@ -8,8 +8,8 @@ A file the daemon hashed in spans lately (``protocol.hash_file_spans``: more
 than 8 MiB) is copied by the kernel instead (``copy_file_range``: a reflink on
 XFS or btrfs, a server-side copy on NFS 4.2, an in-kernel copy on ext4), and the
 copy is read back and checked against the CRC-32 of each span taken when it was
-hashed: a 16 MiB object costs ~7 ms of CPU instead of ~13 (no second SHA-256,
-no copy through this process). Where the kernel cannot copy between the two
+hashed: no second SHA-256, no copy through this process (256 MiB on ext4: 154
+ms of CPU instead of 223). Where the kernel cannot copy between the two
 (another filesystem), it is read, hashed and written here, as any other.
 """
 
