@@ -87,9 +87,8 @@ class Daemon:
         )
         recycle = None if self.group_mode else settings.spool_limit  # see protocol._recycle
         poke, early = self.uploader.poke, self.uploader.send_early
-        self.encoder = Encoder(
-            self.journal, self.spool, config.encode_workers, poke, early, recycle
-        )
+        workers = (config.encode_workers, config.work_nice)
+        self.encoder = Encoder(self.journal, self.spool, workers, poke, early, recycle)
         self.committer = Committer(self.journal, self._on_commit)
         self._ingest_lock = asyncio.Lock()
         self.server = Server(self)

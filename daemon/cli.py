@@ -50,6 +50,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     from .app import Daemon, SpoolLocked
     from .config import load_config
+    from .priority import with_work_priority
     from .prune import schedule_of
 
     _setup_logging(args.log_level)
@@ -66,7 +67,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.nice(config.nice)
     try:
-        return int(run_loop(Daemon(config).run()))
+        return int(run_loop(with_work_priority(Daemon(config).run(), config.work_nice)))
     except SpoolLocked as exc:
         print(f"artisyncd: {exc}", file=sys.stderr)
         return 1

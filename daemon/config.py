@@ -10,7 +10,8 @@ output_uri = "s3://team-artifacts/runs"
 concurrency = 64           # records uploading at once, all destinations together
 object_concurrency = 32    # objects uploading at once (a folder's files go many at a time)
 encode_workers = 1         # processes encoding raw snapshots (default: half the cores, max 4)
-nice = 5                   # the daemon yields the CPU to trainers (its encode workers: +10 more)
+nice = 5                   # the daemon yields the CPU to trainers
+work_nice = 19             # its encoding, hashing and copying: only CPU the trainers leave
 drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
@@ -57,6 +58,7 @@ class DaemonConfig:
     object_concurrency: int = 32
     encode_workers: int = 1
     nice: int = 5
+    work_nice: int = 19  # encoding, hashing, copying: see daemon.priority
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 4096
     drain_timeout: float = 20.0
@@ -152,6 +154,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
             ),
         ),
         nice=int(_num(daemon, "nice", 5, "ARTISYNC_NICE")),
+        work_nice=int(_num(daemon, "work_nice", 19, "ARTISYNC_WORK_NICE")),
         drain_timeout=_num(daemon, "drain_timeout", 20.0),
         retry_max_elapsed=_num(daemon, "retry_max_elapsed", 30.0, "ARTISYNC_RETRY_MAX_ELAPSED"),
         offline_max_backoff=_num(

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
-import os
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -38,11 +37,11 @@ from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .group_commit import GroupCommit
 from .journal import Journal, Row, State
+from .priority import lower_this_thread
 
 log = logging.getLogger("artisync.daemon")
 
 ENCODING_IN_FLIGHT = 64  # records claimed for encoding at once
-WORKER_NICE = 10  # encode workers yield the CPU to the trainers on the node
 
 
 _IN_THREAD = ("stored", "pack")  # codecs that only hash and copy
@@ -53,7 +52,7 @@ class Encoder:
         self,
         journal: Journal,
         spool: Spool,
-        workers: int,
+        workers: tuple[int, int],  # encode worker processes, and their niceness
         on_encoded: Callable[[], None],
         early: EarlySend | None = None,
         recycle: int | None = None,
@@ -63,7 +62,7 @@ class Encoder:
         # an int: the spool_limit that bounds the pool), see protocol._recycle
         self.recycle = recycle
         self.spool = spool
-        self.workers = workers
+        self.workers, self.work_nice = workers
         self.on_encoded = on_encoded
         self.early = early
         self.in_flight: set[int] = set()
@@ -130,6 +129,7 @@ class Encoder:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded daemon
                 initializer=_init_worker,
+                initargs=(self.work_nice,),
             )
         return self._pool
 
@@ -284,10 +284,10 @@ class _EarlyBlobs:
             self.loop.call_soon_threadsafe(self.send, self.uri, batch)
 
 
-def _init_worker() -> None:
-    """An encode worker: lower priority, and gone with the daemon (even on SIGKILL)."""
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
+def _init_worker(nice: int) -> None:
+    """An encode worker: lowest priority (see daemon.priority), and gone with the
+    daemon (even on SIGKILL)."""
+    lower_this_thread(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when to stop
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
