@@ -7,9 +7,9 @@ default executor's threads, the encode worker processes) can wait: nothing
 accepted depends on when they run. So the first runs at ``nice`` (5 by default)
 and the second at ``work_nice`` (19: the lowest priority there is). On two cores
 that a training loop keeps busy, a 16 MiB file every 60 ms slowed the loop by
-+45 % with the daemon's hashing at nice 5, and by +12 % at 19 (the inline copy:
-+10 %); a DataFrame +11 % against +8 %, a dict +12 % against +9 %
-(``bench/training_loop.py --placement shared``). The cost: a node whose trainers
++45 % with the daemon's hashing at nice 5, and by +3 % at 19 (the inline copy:
++2.5 %); a DataFrame +11 % against +10 % (inline +28 %), a dict +12 % against +5 %
+(``bench/training_loop.py --placement shared``, best of 5). The cost: a node whose trainers
 keep every core busy all the time leaves the daemon ~1.5 % of a core for that
 work, so its backlog grows in the spool until they pause (between epochs,
 waiting on the GPU) and the spool quota applies. ``work_nice`` trades that back.
