@@ -153,16 +153,15 @@ class FileStorage:
                     n += len(chunk)
             digest = h.hexdigest()
             if digest != sha256 or n != size:
-                raise IntegrityError(
-                    f"source does not match: sha256 {digest}, size {n}",
-                    op="put",
-                    key=key,
-                    backend=self.uri,
-                )
+                raise self._mismatch(key, f"source does not match: sha256 {digest}, size {n}")
             return digest
 
         await self._run("put", key, lambda: self._write_atomic(path, copy))
         return ObjectInfo(key, size, sha256)
+
+    def _mismatch(self, key: str, message: str) -> IntegrityError:
+        """What a put raises when the bytes are not those it was asked to store."""
+        return IntegrityError(message, op="put", key=key, backend=self.uri)
 
     def _kernel_copy(
         self, key: str, src: Path, out: int, size: int, spans: tuple[int, ...]
@@ -186,29 +185,17 @@ class FileStorage:
             crcs.update(memoryview(buf)[:n])
             got += n
         if got != size:
-            raise IntegrityError(
-                f"source does not match: {got} bytes, expected {size}",
-                op="put",
-                key=key,
-                backend=self.uri,
-            )
+            raise self._mismatch(key, f"source does not match: {got} bytes, expected {size}")
         for i, (crc, want) in enumerate(zip(crcs.crcs(), spans, strict=True)):
             if crc != want:
-                raise IntegrityError(
-                    f"span {i + 1} changed since the file was hashed",
-                    op="put",
-                    key=key,
-                    backend=self.uri,
-                )
+                raise self._mismatch(key, f"span {i + 1} changed since the file was hashed")
         return True
 
     async def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
         path = self._path(key)
         digest = hashlib.sha256(data).hexdigest()
         if sha256 is not None and digest != sha256.lower():
-            raise IntegrityError(
-                f"data sha256 is {digest}, expected {sha256}", op="put", key=key, backend=self.uri
-            )
+            raise self._mismatch(key, f"data sha256 is {digest}, expected {sha256}")
 
         def write(out: Any) -> str:
             out.write(data)
