@@ -206,6 +206,12 @@ class FaultProxy:
                 return
             if fault.mode == "delay":
                 await asyncio.sleep(fault.delay)
+                if writer.is_closing():
+                    # dropped while it waited: as on a real network, what the client
+                    # sent on a connection that is gone never reaches the server (else
+                    # a stale CreateMultipartUpload could start an upload after the
+                    # client's retry had finished and cleaned up)
+                    return
             await self._splice(reader, writer, fault.cuts[0] if fault.mode == "cut" else 0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
