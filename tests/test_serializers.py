@@ -320,8 +320,27 @@ def test_dataframe_unsupported_extension_lists_the_allowed(spool: Spool) -> None
         np.array(["ab", "cde"]),
         np.zeros((0, 3), dtype=np.float32),
         np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        # over 1 MiB: each page is read before the write (see array._touch_pages)
+        np.eye(1000),
+        np.asfortranarray(np.arange(400_000, dtype=np.int32).reshape(500, 800)),
+        np.zeros((700, 300)),  # never written: not mapped until read
+        np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)[:, ::3],  # strided
+        np.zeros(200_000, dtype=[("a", "i4"), ("b", "f8")]),
     ],
-    ids=["eye", "int3d", "bool", "0d", "str", "empty", "structured"],
+    ids=[
+        "eye",
+        "int3d",
+        "bool",
+        "0d",
+        "str",
+        "empty",
+        "structured",
+        "big_eye",
+        "big_fortran",
+        "big_zeros",
+        "big_strided",
+        "big_structured",
+    ],
 )
 def test_numpy_npz_round_trips(spool: Spool, arr: np.ndarray) -> None:
     snap, _, back = roundtrip(arr, spool)
