@@ -1,6 +1,7 @@
 """What reporting costs a training loop: no reporting, the plain write inline, artisync.
 
     python bench/training_loop.py [--reps 3] [--steps 300] [--every 20] [--only DataFrame] [--fs xfs]
+        [--file-mib 16]
 
 A stand-in training loop (numpy matrix work plus pure-Python work, ~3 ms a step)
 reports one artifact every ``--every`` steps. Each run is a fresh process (so the
@@ -26,6 +27,9 @@ trainer's loop however little the trainer itself does.
 Files: ``file`` reports the same 16 MiB file each time (its stored copy is kept
 once: the spool's copy is written over a recycled one), ``checkpoint`` rewrites
 its first 8 bytes before each report (in every mode), so that each report is new.
+``--file-mib`` sets their size: 16 MiB every 60 ms is 267 MB/s of files, far more
+than the DataFrame row's 0.8 MB; where a copy is the snapshot (ext4), its cost is
+proportional to the size.
 
 ``--fs xfs`` runs spool and files on an XFS made for the run (reflinks: a file's
 snapshot shares its extents instead of copying them); root and xfsprogs needed.
@@ -55,6 +59,7 @@ KINDS = ("DataFrame", "ndarray", "image", "dict", "file", "checkpoint")
 TRAINER = r"""
 import json, os, sys, time
 kind, mode, steps, every, scratch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+file_bytes = int(sys.argv[6])
 import numpy as np
 
 def make():
@@ -71,7 +76,7 @@ def make():
         return {f"key{i}": [i, i * 0.5, str(i)] for i in range(2000)}
     path = os.path.join(scratch, "weights.bin")
     with open(path, "wb") as f:
-        f.write(os.urandom(16 << 20))
+        f.write(os.urandom(file_bytes))
     return path
 
 def plain(obj, i):
@@ -144,7 +149,7 @@ def run_trainer(w: World, kind: str, mode: str, args: argparse.Namespace, cpu: i
     scratch.mkdir(exist_ok=True)
     cmd = [sys.executable, "-c", TRAINER, kind, mode, str(args.steps), str(args.every)]
     out = subprocess.run(
-        [*cmd, str(scratch)],
+        [*cmd, str(scratch), str(int(args.file_mib * 2**20))],
         env=w.environ(),
         capture_output=True,
         text=True,
@@ -253,12 +258,15 @@ def main() -> int:
     p.add_argument("--only", choices=KINDS, action="append")
     p.add_argument("--placement", choices=("shared", "pinned"), action="append")
     p.add_argument("--fs", choices=FILESYSTEMS, default="host", help="where spool and files live")
+    p.add_argument("--file-mib", type=float, default=16, help="size of file and checkpoint")
     args = p.parse_args()
     rows = []
     for kind in args.only or KINDS:
         for placement in args.placement or ("shared", "pinned"):
             rows += measure(kind, placement, args)
     where = "" if args.fs == "host" else f", spool and files on {args.fs}"
+    if args.file_mib != 16 and {"file", "checkpoint"} & set(args.only or KINDS):
+        where += f", files of {args.file_mib:g} MiB"
     print(
         f"training loop, {args.steps} steps, one artifact every {args.every} ({machine()}{where})"
     )
