@@ -452,6 +452,41 @@ def test_image_every_extension(spool: Spool, ext: str, fmt: str, lossless: bool)
         assert back.tobytes() == img.tobytes()
 
 
+@pytest.mark.parametrize("recycled", [False, True], ids=["new_file", "over_recycled"])
+@pytest.mark.parametrize(
+    ("mode", "ext"),
+    [("RGB", None), ("RGBA", None), ("L", None), ("P", None), ("1", None), ("LA", None)]
+    + [("I;16", None), ("I", ".tif"), ("F", ".tif"), ("CMYK", ".tif")],
+)
+def test_big_image_pixels_go_into_the_raw_file_exactly(
+    spool: Spool, mode: str, ext: str | None, recycled: bool
+) -> None:
+    """Over 64 KiB, Pillow's raw encoder writes the pixels straight into the raw file
+    (a new one, or a bigger recycled one full of other bytes, cut to size)."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (600, 900, 3), dtype=np.uint8)).convert(mode)
+    if mode == "P":
+        img.info["transparency"] = 7
+    size = len(img.tobytes())
+    assert size > 64 * 1024
+    if recycled:
+        spool.recycle = True
+        old = spool.free / f"{size * 3 // 2:013d}.{new_id()}"
+        old.write_bytes(b"\xff" * (size * 3 // 2))
+        old.chmod(spool.file_mode)
+    snap = snapshot(img, spool, extension_name=ext)
+    raw = snap.record["raw"]
+    assert ("reused" in raw) == recycled and raw["size"] == size
+    assert snap.raw_path.stat().st_size == size
+    assert snap.raw_path.read_bytes() == img.tobytes()
+    payload = write(snap, spool)
+    back = load("image", snap.format, spool.blob_path(payload.sha256))
+    assert back.size == img.size
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(img))
+    if mode == "P":
+        assert back.getpalette() == img.getpalette() and back.info["transparency"] == 7
+
+
 def test_image_lazily_opened_file_is_captured_at_snapshot(spool: Spool, tmp_path: Path) -> None:
     src = tmp_path / "pic.png"
     make_image().save(src)

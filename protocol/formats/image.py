@@ -1,7 +1,8 @@
 """PIL Images: .png by default; .jpg/.jpeg, .webp, .bmp, .tif/.tiff, .gif on request.
 
-The caller pays for the pixels only (``Image.tobytes``, about a copy): the raw
-snapshot holds them, and the record's ``raw`` their mode, size, palette and
+The caller pays for the pixels only (what ``Image.tobytes`` returns, written
+straight into the file by Pillow's raw encoder: about a copy): the raw snapshot
+holds them, and the record's ``raw`` their mode, size, palette and
 the ``info`` entries an encoder reads (transparency, ICC profile, dpi...). The
 daemon's ``pixels`` codec rebuilds the image and encodes it (PNG's zlib is
 where the time goes). PIL is imported only once an image is seen (its class
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from artisync.protocol import Spool
 
 from ._base import (
+    INLINE_MAX,
     Captured,
     Codec,
     Format,
@@ -46,7 +48,6 @@ def snapshot(img: Any, req: Request) -> Captured | None:
     pil_format = pick(ext, table, "a PIL Image")
     try:
         img.load()  # a lazily opened image is decoded here
-        pixels = img.tobytes()
     except Exception as exc:
         raise SerializationError(f"cannot read the image's pixels: {exc}") from exc
     try:  # encode one pixel now, so that a mode the format cannot hold fails here
@@ -56,8 +57,17 @@ def snapshot(img: Any, req: Request) -> Captured | None:
             f"{pil_format} cannot store this mode {img.mode} image ({exc}); convert it "
             "first, e.g. img.convert('RGB'), or use .png"
         ) from exc
+    size = _raw_size(img)
+    if req.room is not None and size > INLINE_MAX:
+        req.room(size)  # exact, where the caller could only estimate it
+    try:
+        pixels = req.raw_written("pixels", lambda f: _write_pixels(img, f), size)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the spool's disk (full, failing), not the image: as for any format
+        raise SerializationError(f"cannot read the image's pixels: {exc}") from exc
     raw: dict[str, Any] = {
-        **req.raw_bytes("pixels", pixels),
+        **pixels,
         "mode": img.mode,
         "width": img.width,
         "height": img.height,
@@ -68,6 +78,36 @@ def snapshot(img: Any, req: Request) -> Captured | None:
         raw["palette"] = bytes(img.getpalette(img.palette.mode) or b"")
     pv = req.preview or f"PIL Image mode={img.mode} size={img.width}x{img.height}"
     return Captured("image", pil_format.lower(), ext or ".png", raw, pv)
+
+
+def _raw_size(img: Any) -> int:
+    """How many bytes ``img.tobytes()`` returns, without making them: rows of packed
+    pixels, each row rounded up to a byte (mode "1" holds 8 pixels a byte)."""
+    from PIL import ImageMode
+
+    try:
+        mode = ImageMode.getmode(img.mode)
+        bits = 1 if img.mode == "1" else int(mode.typestr[2:]) * 8 * len(mode.bands)
+    except (AttributeError, KeyError, ValueError):  # a mode unknown to ImageMode
+        bits = 32  # a guess: it only sizes the file picked to write into
+    return int(img.height * ((img.width * bits + 7) // 8))
+
+
+def _write_pixels(img: Any, f: BinaryIO) -> None:
+    """Write the bytes ``img.tobytes()`` returns into ``f``. Pillow's raw encoder
+    writes them to the file's descriptor from C, with no bytes object in between:
+    786 KB of RGB over a cached file in 0.13 ms, against 0.69 for ``tobytes`` and a
+    write. ``ImageFile._save`` is the helper Pillow's own format plugins write with.
+    Where it is missing, ``tobytes`` is used."""
+    from PIL import ImageFile
+
+    save = getattr(ImageFile, "_save", None)
+    if save is None:
+        f.write(img.tobytes())
+        return
+    args = ("raw", (0, 0, *img.size), 0, (img.mode, 0, 1))
+    tile_type = getattr(ImageFile, "_Tile", None)  # Pillow 11+; a plain tuple before
+    save(img, f, [tile_type(*args) if tile_type is not None else args])
 
 
 def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
