@@ -24,7 +24,7 @@ from typing import Any
 
 from artisync.protocol import Spool, check_folder, load_settings
 
-from . import prune
+from . import priority, prune
 from .config import DaemonConfig, load_config
 from .destinations import Destinations
 from .encoder import Encoder
@@ -350,6 +350,7 @@ class Daemon:
             "warm": self.warm,
             "backlog": {"records": backlog[0], "bytes": backlog[1]},
             "in_flight": len(self.uploader.in_flight),
+            "boosted": priority.BOOST.handed if priority.BOOST else 0,  # see .priority
             "encoding": {
                 "records": counts[State.ENCODING][0],
                 "bytes": counts[State.ENCODING][1],

@@ -50,7 +50,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     from .app import Daemon, SpoolLocked
     from .config import load_config
-    from .priority import with_work_priority
+    from .priority import start_boost, with_work_priority
     from .prune import schedule_of
 
     _setup_logging(args.log_level)
@@ -63,7 +63,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"artisyncd: configuration error: {exc}", file=sys.stderr)
         return 2
-    if config.nice:  # nothing of the trainers' waits on the daemon's CPU any more
+    start_boost()  # its threads keep this priority (see daemon.priority)
+    if config.nice:  # the trainers wait on the daemon's CPU only in a flush: boosted
         with contextlib.suppress(OSError):
             os.nice(config.nice)
     try:

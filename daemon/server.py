@@ -32,6 +32,7 @@ from .admission import check_record
 from .journal import Incoming, Journal, State
 from .metrics import METRICS
 from .peers import Peer, peer_credentials, send_with_fds
+from .priority import client_waits
 
 log = logging.getLogger("artisync.daemon")
 _ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -194,8 +195,9 @@ class Server:
             ingested = await app.ingest_now()
             await asyncio.to_thread(app.spool.sync_raw)
             return ok(rid, ingested=ingested)
-        if op == "record":
-            return await self._record(rid, req["record_id"], req.get("wait"), peer)
+        if op == "record":  # get() of an artifact being encoded waits: boosted meanwhile
+            with client_waits() if req.get("wait") else contextlib.nullcontext():
+                return await self._record(rid, req["record_id"], req.get("wait"), peer)
         if op == "query_task":
             await app.ingest_now()  # read-your-writes: what a client put in the outbox
             tasks = await app.journal.find_task(
@@ -210,7 +212,8 @@ class Server:
             # its older versions compacted out of the journal: the client merges storage's
             compacted = bool(tasks) and await app.journal.is_compacted(tasks[0]["task_id"])
             return ok(rid, tasks=tasks[:20], artifacts=arts, compacted=compacted)
-        return await self._wait(rid, req, writer)
+        with client_waits():  # flush(wait_for_uploads=True), wait_on_upload
+            return await self._wait(rid, req, writer)
 
     async def _owns(self, peer: Peer, task_id: str) -> bool:
         owner = await self.app.journal.task_owner(task_id)

@@ -58,6 +58,8 @@ from ._messages import (
     validate_request,
 )
 from ._outbox_log import LogRead, iter_logs, pid_alive, read_log, writer_pid
+from ._pieces import Runner, run_steps, set_runner
+from ._pieces import run as run_piece
 from ._put import PutRecord, new_put_record, put_target
 from ._records import (
     MAX_METADATA_BYTES,
@@ -151,6 +153,10 @@ __all__ = [
     "CRC_SPAN",
     "recycle",
     "hash_file_spans",
+    "run_piece",
+    "run_steps",
+    "set_runner",
+    "Runner",
     "remember_spans",
     "SpanCrcs",
     "spans_of",

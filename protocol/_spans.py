@@ -23,6 +23,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ._pieces import run_steps
+
 CRC_SPAN = 8 * 1024 * 1024  # the default S3 part size: a span is a part
 _KEEP = 256  # blobs whose spans are remembered (8 KiB of CRCs for a 64 GiB blob)
 _READ = 4 * 1024 * 1024
@@ -63,10 +65,20 @@ def hash_file_spans(path: Path) -> tuple[str, int]:
     size = 0
     with open(path, "rb") as f, ThreadPoolExecutor(1) as crcs:  # one worker: in order
         taken = []
-        while chunk := f.read(_READ):
+
+        def step() -> bool:  # see protocol._pieces
+            nonlocal size
+            chunk = f.read(_READ)
+            if not chunk:
+                return False
+            # the CRC thread is made by the first submit: at the priority of the
+            # thread that runs this step then
             taken.append(crcs.submit(spans.update, chunk))
             h.update(chunk)
             size += len(chunk)
+            return True
+
+        run_steps(step)
         for done in taken:
             done.result()  # re-raised here, if any failed
     sha = h.hexdigest()

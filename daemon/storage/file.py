@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from artisync.protocol import SpanCrcs, spans_of
+from artisync.protocol import SpanCrcs, run_piece, run_steps, spans_of
 
 from .base import (
     AccessDenied,
@@ -42,6 +43,7 @@ from .base import (
 )
 
 CHUNK = 1024 * 1024
+PIECE = 8 * CHUNK  # copied or read per piece of work (see protocol._pieces)
 # copy_file_range between these two cannot be done by the kernel: copied here instead
 _NO_KERNEL_COPY = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 T = TypeVar("T")
@@ -124,8 +126,8 @@ class FileStorage:
                 with os.fdopen(fd, "wb") as out:
                     digest = fill(out)
                     out.flush()
-                    if self.fsync:
-                        os.fsync(out.fileno())
+                    if self.fsync:  # its writeback: a piece of work (protocol._pieces)
+                        run_piece(functools.partial(os.fsync, out.fileno()))
                 os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -147,10 +149,16 @@ class FileStorage:
             h = hashlib.sha256()
             n = 0
             with open(src, "rb") as f:
-                while chunk := f.read(CHUNK):
+
+                def step() -> bool:  # see protocol._pieces
+                    nonlocal n
+                    chunk = f.read(CHUNK)
                     h.update(chunk)
                     out.write(chunk)
                     n += len(chunk)
+                    return bool(chunk)
+
+                run_steps(step)
             digest = h.hexdigest()
             if digest != sha256 or n != size:
                 raise self._mismatch(key, f"source does not match: sha256 {digest}, size {n}")
@@ -168,22 +176,31 @@ class FileStorage:
     ) -> bool:
         """Copy ``src`` into ``out`` in the kernel, then check the copy's spans against
         ``spans``; False, nothing written, where the kernel cannot copy between them."""
+        copied = 0
         with open(src, "rb") as f:
-            done = 0
-            while done < size:
-                try:
-                    n = os.copy_file_range(f.fileno(), out, size - done)
-                except OSError as exc:
-                    if done or exc.errno not in _NO_KERNEL_COPY:
-                        raise
-                    return False
-                if n == 0:
-                    break  # shorter than hashed: the check below says so
-                done += n
+
+            def copy() -> bool:  # a step of PIECE bytes: see protocol._pieces
+                nonlocal copied
+                n = os.copy_file_range(f.fileno(), out, min(PIECE, size - copied))
+                copied += n
+                return n > 0 and copied < size  # n == 0: shorter than hashed (see below)
+
+            try:
+                run_steps(copy)
+            except OSError as exc:
+                if copied or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                return False
         crcs, buf, got = SpanCrcs(), bytearray(CHUNK * 4), 0
-        while n := os.preadv(out, [buf], got):
+
+        def check() -> bool:  # read back, a step at a time
+            nonlocal got
+            n = os.preadv(out, [buf], got)
             crcs.update(memoryview(buf)[:n])
             got += n
+            return n > 0
+
+        run_steps(check)
         if got != size:
             raise self._mismatch(key, f"source does not match: {got} bytes, expected {size}")
         for i, (crc, want) in enumerate(zip(crcs.crcs(), spans, strict=True)):

@@ -13,6 +13,7 @@ its content address; the codec's ``load`` reads the raw snapshot back meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib
@@ -34,6 +35,7 @@ from artisync.protocol import (
     hash_file_spans,
     recycle,
     remember_spans,
+    run_piece,
 )
 
 PREVIEW_MAX = 2000
@@ -321,8 +323,8 @@ def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
             sha, size = hash_file(raw)
             os.fsync(fd)
         else:  # the disk writes a big file back while the CPU hashes it (1 GiB: ~0.5 s each)
-            with ThreadPoolExecutor(1) as pool:
-                synced = pool.submit(os.fsync, fd)
+            with ThreadPoolExecutor(1) as pool:  # its writeback a piece (protocol._pieces)
+                synced = pool.submit(run_piece, functools.partial(os.fsync, fd))
                 sha, size = hash_file_spans(raw)  # and its parts' CRC-32s, for S3
                 synced.result()
     finally:
