@@ -87,7 +87,10 @@ class Boost:
     runner (``protocol.set_runner``) by :func:`start_boost`."""
 
     def __init__(self, threads: int = 2) -> None:
-        self.nice = _nice_of_this_thread()  # the boost threads inherit it
+        try:
+            self.nice = _nice_of_this_thread()  # the boost threads inherit it
+        except OSError:  # not allowed to ask (a seccomp profile...): never boost
+            self.nice = 40
         self.waiting = 0  # clients waiting on the work (changed on the event loop)
         self.handed = 0  # jobs and loops run on boost threads since the start (in status)
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]
