@@ -24,7 +24,7 @@ with open("f.bin", "wb") as f:
     f.write(os.urandom(200_000))
 task.upload_artifact("frame", pd.DataFrame({"a": range(1000)}))
 task.upload_artifact("file", "f.bin")
-task.flush(wait_for_uploads=True)
+task.flush()  # in the spool: nobody waits on the work (that would boost it, see below)
 """
 
 
@@ -49,6 +49,7 @@ def test_bulk_work_runs_at_work_nice_and_the_loop_at_nice(env: Env, work_nice: s
     d = DaemonProc(env, **extra).wait_ready()
     try:
         run_py(env, REPORT)
+        wait_committed(env, 3)
         threads = _threads(d.proc.pid)
         workers = {kid: _threads(kid) for kid in _encode_workers(d.proc.pid)}
     finally:
