@@ -18,12 +18,13 @@ Linux gives each thread its own niceness: a thread created inherits its
 creator's, and :func:`lower_this_thread` changes only the calling one. A thread
 may lower its priority but never raise it again (without CAP_SYS_NICE), so while
 a client waits on the work (``flush(wait_for_uploads=True)``, ``wait_on_upload``,
-``get()`` of an artifact being encoded), :class:`Boost` runs its next pieces on
-threads made before the daemon lowered its priority to ``nice``: at a trainer's
-own priority, as if the trainer did that work itself (see ``protocol._pieces``). On two
-cores kept busy by other processes, a 64 MiB file's upload and flush took 6.3 s
-at ``work_nice = 19`` and 0.42 s at 5 before. The encode worker processes are not
-boosted: a process cannot hand its work over as a thread can.
+``get()`` of an artifact being encoded), :class:`Boost` runs that work on threads
+made before the daemon lowered its priority to ``nice``: at a trainer's own
+priority, as if the trainer did that work itself (see ``protocol._pieces``). With
+a process spinning on each of 2 cores, a 64 MiB file's upload and flush took 6.3 s
+at ``work_nice = 19`` without it, 0.24 s with it (0.26 s at ``work_nice = 5``:
+``bench/flush_busy.py``). The encode worker processes are not boosted: a process
+cannot hand its work over as a thread can.
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def _nice_of_this_thread() -> int:
 
 
 class Boost:
-    """Runs a piece of the bulk work on one of its threads, made at the creating
-    thread's priority, when a client waits on the work and the calling thread runs at
-    a lower priority; else on the calling thread. Installed as the process's piece
-    runner (``protocol.set_runner``) by :func:`start_boost`."""
+    """Threads made at the creating thread's priority, that run the bulk work while a
+    client waits on it: the jobs submitted meanwhile (:class:`WorkExecutor`), and the
+    rest of any loop under way on a thread of lower priority (installed as the
+    process's runner of loops, ``protocol.set_runner``, by :func:`start_boost`)."""
 
     def __init__(self, threads: int = 2) -> None:
         try:
@@ -156,7 +157,9 @@ def start_boost() -> Boost:
     thread, before it lowers its own to ``nice``: boosted work then runs as a
     trainer's own would), and run the process's pieces through them."""
     global BOOST
-    BOOST = Boost(max(2, min(4, os.cpu_count() or 2)))
+    # as many as the work executor has (ThreadPoolExecutor's default): its jobs
+    # (a folder's files written and fsynced) move to them while a client waits
+    BOOST = Boost(min(32, (os.cpu_count() or 1) + 4))
     set_runner(BOOST)
     return BOOST
 
