@@ -44,12 +44,15 @@ from artisync.protocol import set_runner
 T = TypeVar("T")
 
 
+def _nice_of_this_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 def lower_this_thread(nice: int) -> None:
     """Make the calling thread at least this nice (never less nice than it is)."""
-    tid = threading.get_native_id()
     try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        if _nice_of_this_thread() < nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except OSError:
         pass  # not allowed here (a seccomp profile...): the work runs at the daemon's
 
@@ -72,22 +75,13 @@ class WorkExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def work_executor(nice: int) -> ThreadPoolExecutor:
-    """The threads the daemon's bulk work runs on (``asyncio.to_thread``)."""
-    return WorkExecutor(nice)
-
-
-def _nice_of_this_thread() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
 class Boost:
     """Threads made at the creating thread's priority, that run the bulk work while a
     client waits on it: the jobs submitted meanwhile (:class:`WorkExecutor`), and the
     rest of any loop under way on a thread of lower priority (installed as the
     process's runner of loops, ``protocol.set_runner``, by :func:`start_boost`)."""
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int) -> None:
         try:
             self.nice = _nice_of_this_thread()  # the boost threads inherit it
         except OSError:  # not allowed to ask (a seccomp profile...): never boost
@@ -171,5 +165,5 @@ def client_waits() -> contextlib.AbstractContextManager[None]:
 
 async def with_work_priority(coro: Coroutine[Any, Any, T], nice: int) -> T:
     """Run ``coro`` with the loop's default executor at ``nice`` (see above)."""
-    asyncio.get_running_loop().set_default_executor(work_executor(nice))
+    asyncio.get_running_loop().set_default_executor(WorkExecutor(nice))
     return await coro
