@@ -22,7 +22,7 @@ a client waits on the work (``flush(wait_for_uploads=True)``, ``wait_on_upload``
 made before the daemon lowered its priority to ``nice``: at a trainer's own
 priority, as if the trainer did that work itself (see ``protocol._pieces``). With
 a process spinning on each of 2 cores, a 64 MiB file's upload and flush took 6.3 s
-at ``work_nice = 19`` without it, 0.24 s with it (0.26 s at ``work_nice = 5``:
+at ``work_nice = 19`` without it, 0.26 s with it (0.27 s at ``work_nice = 5``:
 ``bench/flush_busy.py``). The encode worker processes are not boosted: a process
 cannot hand its work over as a thread can.
 """
