@@ -14,12 +14,18 @@ modes of one artifact type run interleaved, rep after rep. Two placements:
 The table prints each mode's best loop time of the reps and its slowdown against
 no reporting measured in the same run (on a shared machine, noise only ever adds
 time: the best of several reps is the closest to what the mode itself costs; the
-median is printed too), the CPU time the trainer process used in its loop (all
-its threads: what reporting takes from the trainer, whatever its neighbours do),
-reporting's own time (the calls' blocking time plus the CPU of any artisync thread
-in the trainer, against the loop without reporting: what reporting itself costs
-the loop, which run-to-run noise of the loop hides in the differences), the
-per-step p99, and the first call's blocking time. With ``pinned``, it also prints
+median is printed too), the slowdown of the CPU time the trainer process used in
+its loop (all its threads: what reporting takes from the trainer, whatever its
+neighbours do), reporting's own time (the calls' blocking time plus the CPU of
+any artisync thread in the trainer, against the loop without reporting: what
+reporting itself costs the loop, which run-to-run noise of the loop hides in the
+differences), how much slower the steps without a call ran (median over the reps
+of their mean, against no reporting: what the reporting's aftermath costs the
+loop, such as the daemon's work on the other core or caches the call emptied), the
+per-step p99, and the first call's blocking time. A slowdown is about the own time
+plus the steps' change; one process runs its loop a few percent faster or slower
+than the next (where its memory lands), which the best of a few reps does not
+average out: the medians of more reps (``--reps 9``) do. With ``pinned``, it also prints
 how much a busy core 1 slows a loop on core 0 on the machine at hand: on virtual
 cores that share a physical one, CPU the daemon spends on its core shows in the
 trainer's loop however little the trainer itself does.
@@ -132,11 +138,13 @@ for t in threading.enumerate():
             pass
 if task is not None:
     task.close()
+between = [t for i, t in enumerate(step_times) if i % every]  # steps without a call
 step_times.sort()
 print(json.dumps({
     "loop": loop,
     "cpu": cpu,
     "p99": step_times[int(0.99 * (len(step_times) - 1))],
+    "between": sum(between) / len(between),
     "first_call": call_times[0] if call_times else 0.0,
     "calls": sum(call_times),
     "background": background,
@@ -178,11 +186,13 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
     base = min(r["loop"] for r in runs["none"])
     base_median = statistics.median(r["loop"] for r in runs["none"])
     base_cpu = min(r["cpu"] for r in runs["none"])
+    base_between = statistics.median(r["between"] for r in runs["none"])
     rows = []
     for mode in MODES:
         loop = min(r["loop"] for r in runs[mode])
         median = statistics.median(r["loop"] for r in runs[mode])
         cpu = min(r["cpu"] for r in runs[mode])
+        between = statistics.median(r["between"] for r in runs[mode])
         p99 = statistics.median(r["p99"] for r in runs[mode])
         first = statistics.median(r["first_call"] for r in runs[mode])
         own = statistics.median(r["calls"] + r["background"] for r in runs[mode])
@@ -194,9 +204,9 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
                 f"{loop * 1000:.0f}",
                 f"{(loop / base - 1) * 100:+.1f}",
                 f"{(median / base_median - 1) * 100:+.1f}",
-                f"{cpu * 1000:.0f}",
                 f"{(cpu / base_cpu - 1) * 100:+.1f}",
                 "-" if mode == "none" else f"{own / base_median * 100:.1f}",
+                f"{(between / base_between - 1) * 100:+.1f}",
                 f"{p99 * 1000:.1f}",
                 "-" if mode == "none" else f"{first * 1000:.1f}",
             ]
@@ -271,8 +281,8 @@ def main() -> int:
         f"training loop, {args.steps} steps, one artifact every {args.every} ({machine()}{where})"
     )
     headers = ["artifact", "cores", "reporting", f"loop ms (best of {args.reps})", "slowdown %"]
-    headers += ["slowdown % (medians)", "trainer CPU ms", "CPU slowdown %"]
-    headers += ["own time % of loop", "p99 step ms"]
+    headers += ["slowdown % (medians)", "CPU slowdown %", "own time % of loop"]
+    headers += ["steps between calls %", "p99 step ms"]
     print(table([*headers, "first call ms"], rows))
     if "pinned" in (args.placement or ("pinned",)) and (os.cpu_count() or 1) > 1:
         print(neighbour_cost(args))

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from artisync.protocol import Spool, hash_file, object_key
+from artisync.protocol import DROP_MIN, Spool, drop_cached_file, hash_file, object_key
 from artisync.protocol.formats import in_pack, pack_name, read_listing, read_member
 
 from .destinations import Destination
@@ -243,6 +243,8 @@ class ObjectSender:
         try:
             if member is None:
                 await storage.put(okey, path, size=size, sha256=sha)
+                if size >= DROP_MIN:  # sent: its pages leave the cache (protocol._page_cache)
+                    await asyncio.to_thread(drop_cached_file, path)
             else:  # small: read whole, checked against its name where it lands (by the
                 # server, or hashed); just hashed, it is in the page cache: up to 256 KiB,
                 # reading it costs the loop less than handing the read to a thread and back

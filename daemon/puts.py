@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from artisync.protocol import Spool, put_target
+from artisync.protocol import DROP_MIN, Spool, drop_cached_file, put_target
 
 from .destinations import Destination
 from .journal import Journal, Row
@@ -70,6 +70,8 @@ class PutSender:
             await destination.abort_incomplete(key, self.started, size)
         started = time.monotonic()
         await storage.put(key, path, size=size, sha256=sha)
+        if size >= DROP_MIN:  # sent: its pages leave the cache (protocol._page_cache)
+            await asyncio.to_thread(drop_cached_file, path)
         METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
         METRICS.uploaded.labels(storage.scheme).inc(size)
         if storage.take_retried(key):

@@ -58,6 +58,7 @@ from ._messages import (
     validate_request,
 )
 from ._outbox_log import LogRead, iter_logs, pid_alive, read_log, writer_pid
+from ._page_cache import DROP_MIN, drop_cached, drop_cached_file
 from ._pieces import Runner, run_steps, set_runner
 from ._pieces import run as run_piece
 from ._put import PutRecord, new_put_record, put_target
@@ -78,7 +79,7 @@ from ._records import (
 )
 from ._settings import REUSE_WINDOW, Settings, load_settings
 from ._sizes import format_size, parse_duration, parse_size
-from ._spans import CRC_SPAN, SpanCrcs, hash_file_spans, spans_of
+from ._spans import CRC_SPAN, SpanCrcs, crc32, hash_file_spans, spans_of
 from ._spans import remember as remember_spans
 from ._spool import (
     Spool,
@@ -105,6 +106,9 @@ __all__ = [
     "pid_alive",
     "read_log",
     "writer_pid",
+    "DROP_MIN",
+    "drop_cached",
+    "drop_cached_file",
     "PutRecord",
     "new_put_record",
     "put_target",
@@ -159,6 +163,7 @@ __all__ = [
     "Runner",
     "remember_spans",
     "SpanCrcs",
+    "crc32",
     "spans_of",
     "index_keys",
     "PROJECTS_PREFIX",

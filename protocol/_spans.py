@@ -16,10 +16,12 @@ finds none (a restarted daemon, another part size) hashes as it reads, as before
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +35,20 @@ _lock = threading.Lock()
 _known: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
 
+@functools.cache
+def _crc32() -> Callable[[bytes | memoryview, int], int]:
+    try:  # ISA-L's: 0.3 ms for 16 MiB against zlib's 2.5 (same values)
+        from isal.isal_zlib import crc32
+    except ImportError:  # installed without isal: zlib's, slower
+        return zlib.crc32
+    return crc32
+
+
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """``zlib.crc32``'s value, by the fastest implementation installed."""
+    return _crc32()(data, value)
+
+
 class SpanCrcs:
     """The CRC-32 of each :data:`CRC_SPAN` of a stream fed in pieces of any size."""
 
@@ -43,9 +59,10 @@ class SpanCrcs:
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
+        update = _crc32()
         while view:
             piece = view[: CRC_SPAN - self._filled]
-            self._crc = zlib.crc32(piece, self._crc)
+            self._crc = update(piece, self._crc)
             self._filled += len(piece)
             if self._filled == CRC_SPAN:
                 self._done.append(self._crc)

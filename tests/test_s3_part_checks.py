@@ -103,3 +103,16 @@ def test_an_encoded_blob_remembers_the_spans_of_the_bytes_it_wrote(tmp_path: Pat
     assert size == len(blob) == 150 * len(chunk)
     expected = tuple(zlib.crc32(blob[i : i + CRC_SPAN]) for i in range(0, size, CRC_SPAN))
     assert spans_of(sha, size) == expected
+
+
+def test_the_fast_crc32_gives_zlibs_values() -> None:
+    import os
+    import zlib
+
+    from artisync.protocol import crc32
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    view = memoryview(data)
+    assert crc32(data) == zlib.crc32(data)
+    assert crc32(view[5:], crc32(view[:5])) == zlib.crc32(data)  # continued, in pieces
+    assert crc32(b"") == 0 and crc32(b"", 1234) == 1234

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,6 +383,18 @@ def test_numpy_mutated_after_snapshot_stores_the_snapshot(spool: Spool) -> None:
     np.testing.assert_array_equal(
         load("numpy", "npz", spool.blob_path(payload.sha256)), np.zeros((50, 50))
     )
+
+
+def test_stored_npz_is_one_deflated_member_whose_crc_checks(spool: Spool) -> None:
+    # random floats: the deflater's output differs from zlib's here, and its blocks
+    # are stored ones; every reader checks the member's CRC against what it inflates
+    arr = np.random.default_rng(0).standard_normal(300_000)
+    _, payload, _ = roundtrip(arr, spool)
+    with zipfile.ZipFile(spool.blob_path(payload.sha256)) as zf:
+        (info,) = zf.infolist()
+        assert (info.filename, info.compress_type) == ("array.npy", zipfile.ZIP_DEFLATED)
+        assert zf.testzip() is None
+        assert info.file_size > arr.nbytes and info.compress_size <= info.file_size + 1024
 
 
 def test_same_array_twice_dedups_to_one_sha(spool: Spool) -> None:

@@ -255,7 +255,7 @@ def load_models(session: Any) -> None:
 
 
 def crc32_b64(crc: int) -> str:
-    """A CRC-32 (``zlib.crc32``'s: about 1 ms for an 8 MiB part) as S3's
+    """A CRC-32 (``zlib.crc32``'s value: 0.1-1 ms for an 8 MiB part) as S3's
     ``x-amz-checksum-crc32`` wants it: 4 bytes, big-endian, base64."""
     return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
 

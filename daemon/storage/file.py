@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from artisync.protocol import SpanCrcs, run_piece, run_steps, spans_of
+from artisync.protocol import SpanCrcs, drop_cached, run_piece, run_steps, spans_of
 
 from .base import (
     AccessDenied,
@@ -128,6 +128,7 @@ class FileStorage:
                     out.flush()
                     if self.fsync:  # its writeback: a piece of work (protocol._pieces)
                         run_piece(functools.partial(os.fsync, out.fileno()))
+                        drop_cached(out.fileno())  # see protocol._page_cache
                 os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):

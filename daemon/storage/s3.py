@@ -23,7 +23,6 @@ import asyncio
 import logging
 import os
 import time
-import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -42,7 +41,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from artisync.protocol import CRC_SPAN, spans_of
+from artisync.protocol import CRC_SPAN, crc32, spans_of
 
 from ._common import (
     AtomicDownload,
@@ -235,7 +234,7 @@ class S3Storage(CloudStorage):
         spans = spans_of(sha256, size) if self.part_size_for(size) == CRC_SPAN else None
 
         async def send(number: int, data: memoryview) -> None:
-            crc = zlib.crc32(data)  # ~1 ms a part: on the loop, no thread hop
+            crc = crc32(data)  # ~0.1 ms a part (ISA-L's; zlib's ~1): on the loop
             if spans is not None and crc != spans[number - 1]:
                 raise self._integrity(f"part {number} changed since the file was hashed", key)
             checksum = crc32_b64(crc)
