@@ -19,13 +19,18 @@ its loop (all its threads: what reporting takes from the trainer, whatever its
 neighbours do), reporting's own time (the calls' blocking time plus the CPU of
 any artisync thread in the trainer, against the loop without reporting: what
 reporting itself costs the loop, which run-to-run noise of the loop hides in the
-differences), how much slower the steps without a call ran (median over the reps
-of their mean, against no reporting: what the reporting's aftermath costs the
-loop, such as the daemon's work on the other core or caches the call emptied), the
-per-step p99, and the first call's blocking time. A slowdown is about the own time
-plus the steps' change; one process runs its loop a few percent faster or slower
-than the next (where its memory lands), which the best of a few reps does not
-average out: the medians of more reps (``--reps 9``) do. With ``pinned``, it also prints
+differences), the slowdown measured within one process (median over the reps),
+the per-step p99, and the first call's blocking time.
+
+One process runs the same loop a few percent faster or slower than the next
+(where its memory lands), which the best of a few reps does not average out. So
+each trainer, after its first loop (the one the other columns time, first call
+included), runs three more: without reporting, with it, without it again; the
+"same process" slowdown is the reporting loop against the mean of the two around
+it. It includes everything reporting costs the loop (the calls, the daemon's work
+on the other core, caches the calls emptied) and nothing of the process's luck;
+in the ``none`` rows all three loops are quiet, and what it shows is the noise.
+With ``pinned``, it also prints
 how much a busy core 1 slows a loop on core 0 on the machine at hand: on virtual
 cores that share a physical one, CPU the daemon spends on its core shows in the
 trainer's loop however little the trainer itself does.
@@ -106,28 +111,40 @@ if mode == "artisync":
     from artisync import Task
     task = Task.init(project_name="bench", task_name=f"loop-{kind}")
 a = np.random.default_rng(1).standard_normal((120, 120))
-step_times, call_times = [], []
+
+# The first loop is the one the table times (first call included). Then, in the same
+# process: quiet, reporting, quiet; against the mean of the quiet two, the reporting
+# loop's slowdown owes nothing to where this process's memory landed (in the "none"
+# runs all three are quiet: what is left is noise). The loops run at the top level,
+# as a script's do (a function's locals would make their Python part twice as fast).
+loops = []
 cpu0 = time.process_time()
-start = time.perf_counter()
-for step in range(steps):
-    t0 = time.perf_counter()
-    b = a @ a.T                      # the "GPU" part
-    s = 0
-    for j in range(30_000):          # the Python part: data loading, logging...
-        s += j * j % 7
-    if step % every == 0 and kind == "checkpoint":  # new bytes (every mode: same cost)
-        with open(obj, "r+b") as f:
-            f.write(step.to_bytes(8, "little"))
-    if step % every == 0 and mode != "none":
-        c0 = time.perf_counter()
-        if mode == "inline":
-            plain(obj, step)
-        else:
-            task.upload_artifact(f"{kind}-{step}", obj)
-        call_times.append(time.perf_counter() - c0)
-    step_times.append(time.perf_counter() - t0)
-loop = time.perf_counter() - start
-cpu = time.process_time() - cpu0
+for label, report in (("first", mode != "none"), ("", False), ("again", mode != "none"), ("", False)):
+    step_times, call_times = [], []
+    start = time.perf_counter()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        b = a @ a.T                      # the "GPU" part
+        s = 0
+        for j in range(30_000):          # the Python part: data loading, logging...
+            s += j * j % 7
+        if step % every == 0 and kind == "checkpoint":  # new bytes (every mode: same cost)
+            with open(obj, "r+b") as f:
+                f.write(step.to_bytes(8, "little"))
+        if step % every == 0 and report:
+            c0 = time.perf_counter()
+            if mode == "inline":
+                plain(obj, f"{label}-{step}")  # a new file each call
+            else:
+                task.upload_artifact(f"{kind}-{label}-{step}", obj)
+            call_times.append(time.perf_counter() - c0)
+        step_times.append(time.perf_counter() - t0)
+    loops.append(time.perf_counter() - start)
+    if label == "first":
+        cpu = time.process_time() - cpu0
+        first_steps, first_calls = step_times, call_times
+loop, quiet1, again, quiet2 = loops
+step_times, call_times = first_steps, first_calls
 import threading
 background = 0.0  # CPU of artisync's own threads in this process, if it started any
 for t in threading.enumerate():
@@ -138,13 +155,12 @@ for t in threading.enumerate():
             pass
 if task is not None:
     task.close()
-between = [t for i, t in enumerate(step_times) if i % every]  # steps without a call
 step_times.sort()
 print(json.dumps({
     "loop": loop,
     "cpu": cpu,
     "p99": step_times[int(0.99 * (len(step_times) - 1))],
-    "between": sum(between) / len(between),
+    "paired": again / ((quiet1 + quiet2) / 2) - 1,
     "first_call": call_times[0] if call_times else 0.0,
     "calls": sum(call_times),
     "background": background,
@@ -186,13 +202,12 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
     base = min(r["loop"] for r in runs["none"])
     base_median = statistics.median(r["loop"] for r in runs["none"])
     base_cpu = min(r["cpu"] for r in runs["none"])
-    base_between = statistics.median(r["between"] for r in runs["none"])
     rows = []
     for mode in MODES:
         loop = min(r["loop"] for r in runs[mode])
         median = statistics.median(r["loop"] for r in runs[mode])
         cpu = min(r["cpu"] for r in runs[mode])
-        between = statistics.median(r["between"] for r in runs[mode])
+        paired = statistics.median(r["paired"] for r in runs[mode])
         p99 = statistics.median(r["p99"] for r in runs[mode])
         first = statistics.median(r["first_call"] for r in runs[mode])
         own = statistics.median(r["calls"] + r["background"] for r in runs[mode])
@@ -206,7 +221,7 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
                 f"{(median / base_median - 1) * 100:+.1f}",
                 f"{(cpu / base_cpu - 1) * 100:+.1f}",
                 "-" if mode == "none" else f"{own / base_median * 100:.1f}",
-                f"{(between / base_between - 1) * 100:+.1f}",
+                f"{paired * 100:+.1f}",
                 f"{p99 * 1000:.1f}",
                 "-" if mode == "none" else f"{first * 1000:.1f}",
             ]
@@ -282,7 +297,7 @@ def main() -> int:
     )
     headers = ["artifact", "cores", "reporting", f"loop ms (best of {args.reps})", "slowdown %"]
     headers += ["slowdown % (medians)", "CPU slowdown %", "own time % of loop"]
-    headers += ["steps between calls %", "p99 step ms"]
+    headers += ["slowdown % (same process)", "p99 step ms"]
     print(table([*headers, "first call ms"], rows))
     if "pinned" in (args.placement or ("pinned",)) and (os.cpu_count() or 1) > 1:
         print(neighbour_cost(args))
