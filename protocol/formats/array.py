@@ -3,7 +3,8 @@
 The caller pays for an .npy file only (``np.save``: header and bytes); the
 daemon's ``npy`` codec maps it and encodes it in chunks. Output is
 deterministic (npz with fixed zip timestamps, gzip with mtime 0 and no name),
-so the same array uploaded twice is one blob. Object arrays and
+so the same array uploaded twice is one blob (by daemons with the same deflater:
+ISA-L's bytes differ from zlib's, see ``_deflate_with_isal``). Object arrays and
 ndarray subclasses (masked arrays, ...) carry state .npz would drop: they are
 pickled when ``auto_pickle``. numpy is imported only once an array is seen or read.
 """
