@@ -37,6 +37,16 @@ _READ_ON_LOOP = 256 * 1024  # pack members read without a thread hop, up to this
 _WRITTEN_KEPT = 65536  # recent uploads remembered, so that racing records send once
 
 
+async def put_from_spool(
+    storage: RetryingStorage, key: str, path: Path, *, size: int, sha256: str
+) -> None:
+    """Send the spool file at ``path`` as ``key``; sent, its pages leave the page cache
+    (``protocol._page_cache``)."""
+    await storage.put(key, path, size=size, sha256=sha256)
+    if size >= DROP_MIN:  # a smaller one would be only looked at: no thread hop for it
+        await asyncio.to_thread(drop_cached_file, path)
+
+
 class ObjectSender:
     def __init__(
         self,
@@ -242,9 +252,7 @@ class ObjectSender:
         written = time.time()  # before the put: S3 dates a multipart object by its start
         try:
             if member is None:
-                await storage.put(okey, path, size=size, sha256=sha)
-                if size >= DROP_MIN:  # sent: its pages leave the cache (protocol._page_cache)
-                    await asyncio.to_thread(drop_cached_file, path)
+                await put_from_spool(storage, okey, path, size=size, sha256=sha)
             else:  # small: read whole, checked against its name where it lands (by the
                 # server, or hashed); just hashed, it is in the page cache: up to 256 KiB,
                 # reading it costs the loop less than handing the read to a thread and back

@@ -23,11 +23,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from artisync.protocol import DROP_MIN, Spool, drop_cached_file, put_target
+from artisync.protocol import Spool, put_target
 
 from .destinations import Destination
 from .journal import Journal, Row
 from .metrics import METRICS
+from .objects import put_from_spool
 from .storage.base import IntegrityError, PermanentStorageError
 
 log = logging.getLogger("artisync.daemon")
@@ -69,9 +70,7 @@ class PutSender:
         if suspect:  # a killed daemon's (or a failed attempt's) unfinished upload
             await destination.abort_incomplete(key, self.started, size)
         started = time.monotonic()
-        await storage.put(key, path, size=size, sha256=sha)
-        if size >= DROP_MIN:  # sent: its pages leave the cache (protocol._page_cache)
-            await asyncio.to_thread(drop_cached_file, path)
+        await put_from_spool(storage, key, path, size=size, sha256=sha)
         METRICS.upload_seconds.labels(storage.scheme).observe(time.monotonic() - started)
         METRICS.uploaded.labels(storage.scheme).inc(size)
         if storage.take_retried(key):
