@@ -19,6 +19,7 @@ from typing import Any
 from artisync.protocol import InvalidMessage, Spool, fsync_file, is_raw, recycle
 
 from .journal import Journal
+from .leases import Leases
 from .peers import destination_allowed
 from .publish import check_publishable
 from .storage.base import parse_uri
@@ -32,6 +33,7 @@ async def check_record(
     config: Any = None,
     *,
     granted: bool = False,
+    leases: Leases | None = None,
 ) -> str | None:
     """Why a (validated) record must be refused, or None: it names a bad destination
     (or, ``config`` given, one it does not allow), belongs to another user's task,
@@ -39,7 +41,7 @@ async def check_record(
     its raw file is one this daemon made and handed to ``uid``)."""
     try:
         problem, missing = await asyncio.to_thread(
-            check_static, spool, rec, uid, config, granted=granted
+            check_static, spool, rec, uid, config, granted=granted, leases=leases
         )
     except InvalidMessage as exc:
         return str(exc)
@@ -47,11 +49,19 @@ async def check_record(
 
 
 def check_static(
-    spool: Spool, rec: dict[str, Any], uid: int | None, config: Any, *, granted: bool = False
+    spool: Spool,
+    rec: dict[str, Any],
+    uid: int | None,
+    config: Any,
+    *,
+    granted: bool = False,
+    leases: Leases | None = None,
 ) -> tuple[str | None, list[str]]:
     """What can be checked without the journal (no awaiting: the outbox checks a
     whole batch in one thread hop): (why it is refused or None, the payloads it
-    names that are not in the spool, which must be at the destination)."""
+    names that are not in the spool, which must be at the destination). A record
+    whose file the daemon copies under a lease waits here for that copy (``leases``:
+    this daemon's, if it takes any)."""
     try:
         parse_uri(rec["dest"])
     except ValueError as exc:
@@ -69,6 +79,12 @@ def check_static(
     if problem or rec["kind"] == "task":
         return problem, []
     if is_raw(rec):
+        if rec["raw"].get("leased") is not None:
+            if leases is None or granted or uid != os.getuid():
+                return "a leased file is copied only by its own user's daemon", []
+            problem = leases.settle(rec)
+            if problem:
+                return problem, []
         return _check_raw_file(spool, rec, None if granted else uid), []
     return None, _local_blobs(spool, rec)
 

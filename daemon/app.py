@@ -36,6 +36,7 @@ from .ingest import (
     outbox_loop,
 )
 from .journal import OUTSTANDING, Journal, State
+from .leases import Leases
 from .peers import Grants, Membership
 from .server import Committer, Server
 from .storage import load_backend
@@ -74,6 +75,7 @@ class Daemon:
         self.spool = Spool(settings.spool, link_raw=not self.group_mode)
         self.journal = Journal(self.spool.journal_path, 0o600)
         self.grants = Grants(self.spool.raw)
+        self.leases = None if self.group_mode else Leases(self.spool)  # see .leases
         self.members = Membership(config.gid) if config.gid is not None else None
         self.destinations = Destinations(config)
         self.warm = False  # the default destination's backend loaded, client opened
@@ -351,6 +353,7 @@ class Daemon:
             "backlog": {"records": backlog[0], "bytes": backlog[1]},
             "in_flight": len(self.uploader.in_flight),
             "boosted": priority.BOOST.handed if priority.BOOST else 0,  # see .priority
+            "leases": self.leases.taken if self.leases else 0,  # files copied for clients
             "encoding": {
                 "records": counts[State.ENCODING][0],
                 "bytes": counts[State.ENCODING][1],
@@ -358,10 +361,7 @@ class Daemon:
                 "workers": self.encoder.workers,
             },
             "bytes_in_flight": self.uploader.objects.bytes_in_flight,
-            "committed": {
-                "records": counts[State.COMMITTED][0],
-                "bytes": counts[State.COMMITTED][1],
-            },
+            "committed": dict(zip(("records", "bytes"), counts[State.COMMITTED], strict=True)),
             "oldest_waiting": stats["oldest_waiting"],
             "uploaded_objects": stats["objects_uploaded"],
             "uploaded_bytes": stats["bytes_uploaded"],

@@ -167,7 +167,7 @@ def _read_and_check(app: Any, paths: list[Path]) -> tuple[list[_Admitted], list[
         try:
             data, owner = _read(path)
             rec = validate_record(unpack_body(data))
-            problem, missing = check_static(app.spool, rec, owner, app.config)
+            problem, missing = check_static(app.spool, rec, owner, app.config, leases=app.leases)
         except FileNotFoundError:
             continue  # another pass took it
         except OSError as exc:

@@ -166,7 +166,7 @@ def _check(app: Any, got: LogRead, owner: int) -> _Checked:
         except ProtocolError as exc:
             refused.append((_stem(body), body, str(exc)))
             continue
-        problem, missing = check_static(app.spool, rec, owner, app.config)
+        problem, missing = check_static(app.spool, rec, owner, app.config, leases=app.leases)
         if problem:
             refused.append((rec["record_id"], body, problem))
         else:

@@ -30,6 +30,7 @@ from artisync.protocol import (
 
 from .admission import check_record
 from .journal import Incoming, Journal, State
+from .leases import Leases
 from .metrics import METRICS
 from .peers import Peer, peer_credentials, send_with_fds
 from .priority import client_waits
@@ -195,6 +196,8 @@ class Server:
             ingested = await app.ingest_now()
             await asyncio.to_thread(app.spool.sync_raw)
             return ok(rid, ingested=ingested)
+        if op == "lease":  # a big file: copied here, under a read lease (see .leases)
+            return ok(rid, leased=self._lease(req, peer))
         if op == "record":  # get() of an artifact being encoded waits: boosted meanwhile
             with client_waits() if req.get("wait") else contextlib.nullcontext():
                 return await self._record(rid, req["record_id"], req.get("wait"), peer)
@@ -214,6 +217,15 @@ class Server:
             return ok(rid, tasks=tasks[:20], artifacts=arts, compacted=compacted)
         with client_waits():  # flush(wait_for_uploads=True), wait_on_upload
             return await self._wait(rid, req, writer)
+
+    def _lease(self, req: dict[str, Any], peer: Peer) -> dict[str, Any] | str:
+        """The file's identity once leased, or why this daemon does not lease it."""
+        leases: Leases | None = self.app.leases
+        if leases is None or not self.app.config.settings.file_lease or peer.uid != os.getuid():
+            return "this daemon does not lease its clients' files"
+        if not _ID.match(req["record_id"]) or not self.app.accepting:
+            return "not now"
+        return leases.take(req["record_id"], req["path"], req["dev"], req["ino"])
 
     async def _owns(self, peer: Peer, task_id: str) -> bool:
         owner = await self.app.journal.task_owner(task_id)
@@ -263,7 +275,7 @@ class Server:
                     "you (or the daemon restarted since): hand it over again",
                 )
         problem = await check_record(
-            app.spool, app.journal, rec, peer.uid, app.config, granted=granted
+            app.spool, app.journal, rec, peer.uid, app.config, granted=granted, leases=app.leases
         )
         if problem:
             METRICS.refused.inc()

@@ -313,10 +313,35 @@ def _check_raw(raw: dict[str, Any]) -> None:
         raise InvalidMessage("artifact record: inline raw data must be bytes of its size")
     if not isinstance(raw.get("reused", ""), str):
         raise InvalidMessage("artifact record: raw 'reused' must be a boot id")
+    leased = raw.get("leased")
+    if leased is not None:
+        _check_leased(leased, codec, size)
     if codec == "pack":
         files = raw.get("files")
         if not isinstance(files, list) or len(files) > MAX_BLOBS:
             raise InvalidMessage("artifact record: a raw pack lists 0..200000 files")
+
+
+_LEASED: Spec = {
+    "path": (str, True),
+    "dev": (int, True),
+    "ino": (int, True),
+    "size": (int, True),
+    "mtime_ns": (int, True),
+    "ctime_ns": (int, True),
+}
+
+
+def _check_leased(leased: Any, codec: Any, size: int) -> None:
+    """A file the daemon copies under its read lease: what identifies it (see
+    ``daemon.leases``)."""
+    if not isinstance(leased, dict):
+        raise InvalidMessage("artifact record: raw 'leased' must be a map")
+    check_fields(leased, _LEASED, "raw 'leased'")
+    if codec != "stored" or leased["size"] != size:
+        raise InvalidMessage("artifact record: only a stored file of the raw size is leased")
+    if not leased["path"].startswith("/") or "\0" in leased["path"]:
+        raise InvalidMessage("artifact record: a leased file's path must be absolute")
 
 
 def _checked_name(name: str, what: str) -> None:

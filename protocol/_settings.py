@@ -51,6 +51,9 @@ class Settings:
     # writer and pruner of one bucket must agree on it (see README: Retention).
     reuse_window: float = REUSE_WINDOW
     cache_limit: int = 10 * 1024**3  # bytes the local object cache may hold (0: no limit)
+    # a big file reported to this user's own daemon is copied by the daemon, under a
+    # read lease it takes on the file, instead of by the caller (see README: leases)
+    file_lease: bool = True
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -147,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         handover=state / "artisync" / "handover",
         reuse_window=reuse,
         cache_limit=cache_limit,
+        file_lease=_flag(pick("ARTISYNC_FILE_LEASE", "file_lease", True)),
     )
 
 

@@ -75,6 +75,7 @@ class DaemonClient:
         self.spool: Path | None = None  # told by the daemon's hello
         self.shared = False  # a shared daemon (system service): its spool is not ours
         self.output_uri: str | None = None  # the destination a shared daemon offers
+        self.quiet_until = 0.0  # asks that may go unanswered wait until then (see _lease)
         self.path = self.paths[0]
         daemon = user_id(settings.daemon_user)
         # the uids whose daemon may get our data: ours, root, the configured daemon user
@@ -97,8 +98,9 @@ class DaemonClient:
             finally:
                 self._sock = None
 
-    def connect(self, timeout: float = 2.0) -> None:
-        """Connect to the first socket that answers.
+    def connect(self, timeout: float = 2.0, hello_timeout: float | None = None) -> None:
+        """Connect to the first socket that answers (its hello within ``hello_timeout``:
+        by default ``ack_timeout``, for a socket-activated daemon to start).
 
         :raises DaemonUnavailable: none does.
         :raises NotAllowed: a socket refused this user.
@@ -109,14 +111,14 @@ class DaemonClient:
         failures = []
         for path in self.paths:
             try:
-                self._connect(path, timeout)
+                self._connect(path, timeout, hello_timeout)
                 self.path = path
                 return
             except DaemonUnavailable as exc:
                 failures.append(str(exc))
         raise DaemonUnavailable("; ".join(failures))
 
-    def _connect(self, path: Path, timeout: float) -> None:
+    def _connect(self, path: Path, timeout: float, hello_timeout: float | None) -> None:
         check_folder(path.parent, self.trusted, "socket folder")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -146,7 +148,7 @@ class DaemonClient:
                     "version": PROTOCOL_VERSION,
                     "client": f"artisync-sdk pid {os.getpid()}",
                 },
-                max(timeout, self.settings.ack_timeout),
+                hello_timeout or max(timeout, self.settings.ack_timeout),
             )
         except DaemonError as exc:
             self.close()

@@ -88,6 +88,8 @@ def _store(session: Session, call: str, src: Path, dest: str, key: str) -> str:
     """Snapshot one file and write its record, as an artifact's; its record id."""
     from artisync.protocol.formats import snapshot
 
+    from ._lease import leasing
+
     what = f"upload to {dest}/{key}"
     session.reserve_space(src, what)  # may raise SpoolFull
     spool = session.spool
@@ -99,6 +101,7 @@ def _store(session: Session, call: str, src: Path, dest: str, key: str) -> str:
             spool,
             record_id,
             opener=None if holder is None else holder.open,
+            lease=leasing(session, record_id),
             auto_pickle=False,  # a file, or nothing
             room=lambda n: session.quota.check_disk(spool, n, what),
         )

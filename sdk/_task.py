@@ -191,6 +191,8 @@ class Task(ClearMLSurface, Lookups, metaclass=_TaskType):
         """
         from artisync.protocol.formats import snapshot
 
+        from ._lease import leasing
+
         name = checked_name(name)
         meta = checked_metadata(metadata)
         session = Session.get()
@@ -203,6 +205,7 @@ class Task(ClearMLSurface, Lookups, metaclass=_TaskType):
                 spool,
                 record_id,
                 opener=opener,
+                lease=leasing(session, record_id),
                 auto_pickle=auto_pickle,
                 extension_name=extension_name,
                 serialization_function=serialization_function,

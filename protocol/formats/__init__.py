@@ -49,11 +49,14 @@ from artisync.protocol import Spool
 from . import array, binary, dataframe, files, image, text, trees
 from ._base import (
     INLINE_MAX,
+    LEASE_UNKNOWN,
+    NOT_LEASED,
     PREVIEW_MAX,
     SMALL_PAYLOAD,
     Captured,
     Codec,
     Format,
+    Leasing,
     PickleInstead,
     Request,
     SerializationError,
@@ -65,6 +68,7 @@ from ._base import (
 )
 from ._packed import in_pack, listing_of, pack_name, read_member
 from ._paths import copy_fd, is_pathlike, resolve_path
+from .files import LEASE_MIN
 from .trees import materialize_pack, materialize_tree, read_listing
 
 # Asked in order: the first whose snapshot() takes the object stores it, the first
@@ -92,10 +96,12 @@ def snapshot(
     preview: Any = None,
     room: Callable[[int], None] | None = None,
     opener: Callable[[], int] | None = None,
+    lease: Leasing | None = None,
 ) -> Captured:
     """Write the raw snapshot of ``obj`` to ``spool.raw_path(record_id)`` now
     (``room(n)`` raises when ``n`` more bytes must not go into the spool; ``opener``,
-    when given, makes the raw file instead: a shared daemon's, as a descriptor).
+    when given, makes the raw file instead: a shared daemon's, as a descriptor;
+    ``lease``: see ``Request.lease``).
 
     Nothing is left behind when this raises.
 
@@ -107,7 +113,16 @@ def snapshot(
     target = resolve_path(obj) if isinstance(obj, str) or is_pathlike(obj) else None
     pool = spool.free if spool.recycle and opener is None else None
     req = Request(
-        spool.raw_path(record_id), spool.file_mode, ext, auto_pickle, pv, target, room, opener, pool
+        spool.raw_path(record_id),
+        spool.file_mode,
+        ext,
+        auto_pickle,
+        pv,
+        target,
+        room,
+        opener,
+        pool,
+        None if opener is not None else lease,
     )
     if serialization_function is not None:
         return binary.snapshot_custom(obj, serialization_function, req)
@@ -224,8 +239,12 @@ def load(
 __all__ = [
     "copy_fd",
     "CODECS",
+    "LEASE_MIN",
     "FORMATS",
     "INLINE_MAX",
+    "LEASE_UNKNOWN",
+    "NOT_LEASED",
+    "Leasing",
     "SMALL_PAYLOAD",
     "PREVIEW_MAX",
     "RAW_CODECS",

@@ -93,6 +93,14 @@ class Codec:
 # ------------------------------------------------------------------------ the registry
 
 
+# What ``Request.lease`` answers: the file's identity once the daemon holds its lease
+# (the daemon copies it into the raw snapshot), NOT_LEASED (copy it here), or
+# LEASE_UNKNOWN (no answer in time: the daemon may still copy it into the raw snapshot,
+# so a copy made here must not take the place of one made meanwhile).
+NOT_LEASED, LEASE_UNKNOWN = "no", "unknown"
+Leasing = Callable[[str, os.stat_result], dict[str, Any] | str]
+
+
 class PathTarget(NamedTuple):
     """What a ``str`` or path-like object names, resolved once by the registry."""
 
@@ -118,6 +126,9 @@ class Request:
     opener: Callable[[], int] | None = None
     # the spool's pool of recycled raw files (see protocol._recycle), when it may be used
     pool: Path | None = None
+    # asks this user's own daemon to copy a big file itself, under a read lease it takes
+    # on it: ``lease(absolute path, its stat)`` (see :data:`Leasing`)
+    lease: Leasing | None = None
 
     def create(self) -> int:
         """A descriptor of the new raw snapshot file, open for writing."""

@@ -7,20 +7,35 @@ Where the copy is not a reflink (ext4), it goes over a recycled raw file when
 one fits (see ``protocol._recycle``): 16 MiB in ~2 ms instead of ~4.
 The copy is the stored form: the daemon hashes it and links it into ``blobs/``.
 Which ``str`` is a path is decided in ``_paths``.
+
+A file of ``LEASE_MIN`` or more reported to this user's own daemon is not copied
+here: the daemon takes a read lease on it and copies it itself (``daemon.leases``),
+so the caller pays one round trip (~0.2 ms) instead of the copy (16 MiB: ~2.5 ms).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from artisync.protocol import format_size, recycle
 
-from ._base import INLINE_MAX, Captured, Format, Request, SerializationError
+from ._base import (
+    INLINE_MAX,
+    LEASE_UNKNOWN,
+    NOT_LEASED,
+    Captured,
+    Format,
+    Request,
+    SerializationError,
+)
 from ._paths import FILE_SUFFIX, copy_fd, spool_full
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+# below this, copying here costs less than asking the daemon (1 MiB: ~0.15 ms)
+LEASE_MIN = 4 * 1024 * 1024
 
 
 def snapshot(obj: Any, req: Request) -> Captured | None:
@@ -54,18 +69,32 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
     except OSError as exc:
         raise SerializationError(f"cannot copy {src}: {exc}") from exc
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
+        # where a copy is a reflink (XFS, btrfs), it shares extents: nothing to save
+        copies = recycle.fs_type(req.raw.parent) in recycle.PREALLOCATED
+        answer: dict[str, Any] | str = NOT_LEASED
+        if size >= LEASE_MIN and req.lease is not None and stat.S_ISREG(st.st_mode):
+            if copies or st.st_dev != os.stat(req.raw.parent).st_dev:  # not a reflink
+                answer = req.lease(os.path.abspath(src), st)
+            if isinstance(answer, dict):  # the daemon copies it, under its lease
+                return {"codec": "stored", "size": answer["size"], "leased": answer}
         if 0 < size <= INLINE_MAX:  # st_size 0 may be a pseudo-file: copied, not read
             data = _read_all(fd, src)
             if len(data) <= INLINE_MAX:
                 return req.raw_bytes("stored", data)
             os.lseek(fd, 0, os.SEEK_SET)
-        # where a copy is a reflink (XFS, btrfs), it shares extents: nothing to save
-        copies = recycle.fs_type(req.raw.parent) in recycle.PREALLOCATED
-        out = req.recycled(size) if copies else None
+        # a recycled file is renamed over the raw snapshot: not over the daemon's copy
+        out = req.recycled(size) if copies and answer == NOT_LEASED else None
         reused = out is not None
         if out is None:
-            out = req.create()
+            try:
+                out = req.create()
+            except FileExistsError:
+                if answer != LEASE_UNKNOWN:
+                    raise
+                # the daemon answered too late, but made the copy: that is the snapshot
+                return {"codec": "stored", "size": os.stat(req.raw).st_size}
         try:
             sized = reused or (
                 req.opener is None and recycle.preallocate(out, req.raw.parent, size)
