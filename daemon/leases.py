@@ -2,9 +2,13 @@
 
 Copying a 16 MiB file into the spool costs a trainer ~2.5 ms on ext4 (no reflinks),
 4 % of a loop that reports one every 60 ms. So the SDK asks this daemon instead
-(``lease``: the file's path and the device and inode it has open), and the daemon:
+(``lease``: the file's path, and the number of the descriptor it has open on it),
+and the daemon:
 
-1. opens the file and takes a read lease on it (``F_SETLEASE F_RDLCK``). The kernel
+1. opens the caller's descriptor (``/proc/<pid>/fd/<n>``, the pid from SO_PEERCRED:
+   the kernel lets it only where it would let a debugger of the same user look; no
+   path is looked up, so only a file the caller could open is read), notes the lease
+   in its ledger, and takes a read lease on it (``F_SETLEASE F_RDLCK``). The kernel
    grants it only while no one has the file open for writing, and from then on makes
    anyone who opens it for writing (or truncates it) wait until the daemon lets go,
    up to ``/proc/sys/fs/lease-break-time`` (45 s by default). Renaming a new file
@@ -21,9 +25,11 @@ under way already, and nothing else would change.
 
 What this changes in the durability point: the snapshot is the file itself until the
 copy is done (milliseconds). A trainer killed meanwhile loses nothing. If the daemon
-dies before the copy, its next start copies the file from its path if its identity
-still matches, ctime included; if the file was written, replaced or even renamed
-meanwhile, the record is refused, saying so, and the caller's next call raises it. ``file_lease = false`` turns
+dies before the copy, its next start copies the file from its path if its ledger
+names that lease and the identity still matches, ctime included; if the file was
+written, replaced or even renamed meanwhile, the record is refused, saying so, and
+the caller's next call raises it. With ``MAX_PENDING`` copies waiting already, or a
+spool disk short of room, the daemon declines and the caller copies. ``file_lease = false`` turns
 leases off (the SDK copies every file itself).
 
 Only a daemon of the caller's own user leases: a shared daemon would open files with
@@ -52,7 +58,11 @@ from artisync.protocol.formats import copy_fd
 log = logging.getLogger("artisync.daemon")
 
 COPIERS = 2  # threads copying leased files
+MAX_PENDING = 8  # copies waiting or under way beyond which the caller copies instead
 FORGET_AFTER = 3600.0  # seconds a copy no record claimed is remembered
+LEDGER, LEDGER_MAX = "leases.log", 1 << 20  # see Ledger
+_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+Answer = dict[str, Any] | str
 
 
 class Changed(Exception):
@@ -102,15 +112,14 @@ def _untouched(fd: int, since: float, ident: dict[str, Any]) -> bool:
     """After copying under a lease taken at ``since``: could nothing have written the
     file meanwhile? The lease still held says so, and so does a copy shorter than the
     time the kernel makes a writer wait (the writer waits still). Past that, a writer
-    may have gone ahead: its size and mtime say whether one did (not its ctime: a
-    rename over the file or an unlink moves that, and leave the bytes as they were)."""
+    may have gone ahead, and only an unchanged identity, ctime included, says none did
+    (a rename over the file then refuses it too: rare, and never silent)."""
     with contextlib.suppress(OSError):
         if fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK:
             return True
     if time.monotonic() - since < _break_time() - 1:
         return True
-    st = os.fstat(fd)
-    return (st.st_size, st.st_mtime_ns) == (ident["size"], ident["mtime_ns"])
+    return _same(os.fstat(fd), ident)
 
 
 class Leases:
@@ -118,52 +127,70 @@ class Leases:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._copies: dict[str, tuple[Future[None], float]] = {}
+        self._copies: dict[str, tuple[Future[None], float, int]] = {}  # (copy, since, size)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._ledger = Ledger(spool.root / LEDGER)
         self.taken = 0  # leases taken since the start (in status)
         # a lease's holder is sent SIGIO when a writer arrives; its default action
         # would end the daemon (see the module's docstring)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGIO, signal.SIG_IGN)
 
-    def take(self, record_id: str, path: str, dev: int, ino: int) -> dict[str, Any] | str:
-        """Lease the file and start copying it into ``record_id``'s raw snapshot: its
-        identity, or why not (the caller then copies it itself). On the event loop:
-        an open and two fcntl calls, answered at once."""
-        if not os.path.isabs(path):
-            return "not an absolute path"
+    def take(self, record_id: str, path: str, peer_pid: int | None, fd_number: int) -> Answer:
+        """Lease the file the peer has open as ``fd_number`` (named ``path`` there) and
+        start copying it into ``record_id``'s raw snapshot: its identity, or why not
+        (the caller then copies it itself). On the event loop: an open of the peer's
+        descriptor (the kernel checks that this daemon may, as it checks a debugger's
+        look at the process), an fstat and two fcntl calls; no path is looked up."""
+        if signal.getsignal(signal.SIGIO) != signal.SIG_IGN:
+            return "this daemon cannot take leases (SIGIO is not ignored)"
+        if not os.path.isabs(path) or not peer_pid:
+            return "no absolute path, or the caller's process is not known"
+        busy = self._pending()
+        if len(busy) >= MAX_PENDING:  # the lease's break time runs while a copy waits
+            return "busy copying other files"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            fd = os.open(f"/proc/{peer_pid}/fd/{fd_number}", _OPEN)
         except OSError as exc:
-            return f"cannot open it: {exc.strerror}"
+            return f"cannot open the caller's descriptor: {exc.strerror}"
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
-                raise Changed("not the file the caller has open")
             # EAGAIN: open for writing; EACCES: another user's; EINVAL: no leases here
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
             st = os.fstat(fd)  # no one writes it now until the copy lets the lease go
-        except (OSError, Changed) as exc:
+            if not stat.S_ISREG(st.st_mode):
+                raise Changed("not a regular file")
+            if not _room(self.spool, st.st_size + sum(busy)):
+                raise Changed("the spool's disk is nearly full")  # the caller's copy says so
+            ident = identity(path, st)
+            self._ledger.add(record_id, ident)  # what a restarted daemon may copy again
+            if self._pool is None:  # made on the loop's thread: its threads get its nice
+                self._pool = ThreadPoolExecutor(COPIERS, thread_name_prefix="artisync-lease")
+            now = time.monotonic()
+            copy = self._pool.submit(self._copy, record_id, fd, ident, now)
+        except (OSError, Changed, RuntimeError) as exc:
             os.close(fd)
             return str(exc.strerror if isinstance(exc, OSError) else exc)
-        ident = identity(path, st)
-        if not _room(self.spool, st.st_size):  # the caller's copy raises SpoolFull instead
-            os.close(fd)
-            return "the spool's disk is nearly full"
-        if self._pool is None:  # made by the loop's thread: its threads get the loop's nice
-            self._pool = ThreadPoolExecutor(COPIERS, thread_name_prefix="artisync-lease")
-        now = time.monotonic()
-        copy = self._pool.submit(self._copy, record_id, fd, ident, now)
         with self._lock:
-            self._copies[record_id] = (copy, now)
-            if len(self._copies) > 1000:  # copies whose record never came (see settle)
-                self._copies = {k: v for k, v in self._copies.items() if now - v[1] < FORGET_AFTER}
+            self._copies[record_id] = (copy, now, st.st_size)
+            if len(self._copies) > 256:  # copies done whose record never came (see settle)
+                self._copies = {
+                    k: v
+                    for k, v in self._copies.items()
+                    if not v[0].done() or now - v[1] < FORGET_AFTER
+                }
         self.taken += 1
         return ident
 
+    def _pending(self) -> list[int]:
+        """The sizes of the copies not done yet."""
+        with self._lock:
+            return [size for copy, _, size in self._copies.values() if not copy.done()]
+
     def _copy(self, record_id: str, fd: int, ident: dict[str, Any], since: float) -> None:
         try:
+            if self.spool.raw_path(record_id).exists():
+                raise FileExistsError(record_id)  # the caller copied it: it gave up on us
             copy_into_raw(self.spool, record_id, fd, ident, lambda: _untouched(fd, since, ident))
         finally:
             with contextlib.suppress(OSError):
@@ -175,7 +202,7 @@ class Leases:
         once this returns None; else why it cannot be."""
         record_id, ident = rec["record_id"], rec["raw"]["leased"]
         with self._lock:
-            copy, _ = self._copies.pop(record_id, (None, 0.0))
+            copy = self._copies.pop(record_id, (None, 0.0, 0))[0]
         if copy is not None:
             try:
                 copy.result()
@@ -186,7 +213,43 @@ class Leases:
             return None
         if self.spool.raw_path(record_id).exists():
             return None  # copied before this daemon restarted
+        if not self._ledger.granted(record_id, ident):  # a record's path is its writer's word
+            return _lost(ident, Changed("this daemon never leased it"))
         return recover(self.spool, record_id, ident)
+
+
+class Ledger:
+    """The leases this daemon took (record id and identity, a line each, not fsynced:
+    a daemon killed keeps them in the page cache): after a restart, only a file named
+    here is copied again from its path. Two generations of at most ``LEDGER_MAX``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def add(self, record_id: str, ident: dict[str, Any]) -> None:
+        if self._fd is not None and os.fstat(self._fd).st_size > LEDGER_MAX:
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self.path, self.path.with_suffix(".old"))
+        if self._fd is None:
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        os.write(self._fd, _line(record_id, ident))
+
+    def granted(self, record_id: str, ident: dict[str, Any]) -> bool:
+        line = _line(record_id, ident)
+        for path in (self.path, self.path.with_suffix(".old")):
+            with contextlib.suppress(FileNotFoundError):
+                if line in path.read_bytes():
+                    return True
+        return False
+
+
+def _line(record_id: str, ident: dict[str, Any]) -> bytes:
+    fields = (ident[k] for k in ("dev", "ino", "size", "mtime_ns", "ctime_ns"))
+    return f"{record_id} {' '.join(map(str, fields))}\n".encode()
 
 
 def copy_into_raw(
@@ -218,7 +281,7 @@ def recover(spool: Spool, record_id: str, ident: dict[str, Any]) -> str | None:
     """A daemon started after another took the lease and died before its copy: copy
     the file now if it is still the one leased; else why it is lost."""
     try:
-        fd = os.open(ident["path"], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(ident["path"], _OPEN)
     except OSError as exc:
         return _lost(ident, Changed(f"{_STOPPED}, and it cannot be opened now ({exc.strerror})"))
     try:

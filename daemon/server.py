@@ -225,7 +225,7 @@ class Server:
             return "this daemon does not lease its clients' files"
         if not _ID.match(req["record_id"]) or not self.app.accepting:
             return "not now"
-        return leases.take(req["record_id"], req["path"], req["dev"], req["ino"])
+        return leases.take(req["record_id"], req["path"], peer.pid, req["fd"])
 
     async def _owns(self, peer: Peer, task_id: str) -> bool:
         owner = await self.app.journal.task_owner(task_id)

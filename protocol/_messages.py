@@ -38,14 +38,10 @@ _REQUESTS: dict[str, Spec] = {
     # a shared daemon: create the raw snapshot file of a new record in its own spool and
     # hand the caller a descriptor of it (SCM_RIGHTS); "known": journaled already
     "open_raw": {"record_id": (str, True)},
-    # this user's own daemon: take a read lease on the file at ``path`` (the one the
-    # caller has open: ``dev`` and ``ino``) and copy it into the record's raw snapshot
-    "lease": {
-        "record_id": (str, True),
-        "path": (str, True),
-        "dev": (int, True),
-        "ino": (int, True),
-    },
+    # this user's own daemon: take a read lease on the file the caller has open as its
+    # descriptor ``fd`` (``path``: its name there) and copy it into the record's raw
+    # snapshot; ``leased``: the file's identity, or why not
+    "lease": {"record_id": (str, True), "path": (str, True), "fd": (int, True)},
     # one record as the journal holds it; ``wait``: until it is encoded (or failed)
     "record": {
         "record_id": (str, True),

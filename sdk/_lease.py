@@ -4,10 +4,10 @@ instead of the copy. Whenever the daemon cannot, the file is copied here as befo
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
+from artisync.protocol import ArtisyncError
 from artisync.protocol.formats import LEASE_UNKNOWN, NOT_LEASED, Leasing
 
 from ._client import DaemonError, DaemonUnavailable
@@ -25,18 +25,18 @@ def leasing(session: Session, record_id: str) -> Leasing | None:
         return None
     client = session.client
 
-    def lease(path: str, st: os.stat_result) -> dict[str, Any] | str:
+    def lease(path: str, fd: int) -> dict[str, Any] | str:
         if time.monotonic() < client.quiet_until:
             return NOT_LEASED
         with client.lock:
-            try:
+            try:  # any failure to reach this user's daemon: the file is copied here
                 client.connect(timeout=ANSWER_WAIT, hello_timeout=ANSWER_WAIT)
-            except DaemonUnavailable:
+            except ArtisyncError:
                 client.quiet_until = time.monotonic() + QUIET
                 return NOT_LEASED
-            msg = {"op": "lease", "record_id": record_id, "path": path}
+            msg = {"op": "lease", "record_id": record_id, "path": path, "fd": fd}
             try:
-                reply = client.request({**msg, "dev": st.st_dev, "ino": st.st_ino}, ANSWER_WAIT)
+                reply = client.request(msg, ANSWER_WAIT)
             except DaemonUnavailable:  # asked, but no answer: it may copy it all the same
                 client.quiet_until = time.monotonic() + QUIET
                 return LEASE_UNKNOWN

@@ -5,8 +5,12 @@ Real daemons, real files, real leases (the kernel's), real SIGKILLs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -175,3 +179,110 @@ def test_a_leased_record_names_an_absolute_path_of_a_stored_file() -> None:
     for raw in bad:
         with pytest.raises(InvalidMessage):
             validate_record(raw_record(raw))
+
+
+def test_a_stopped_daemon_costs_one_short_wait_and_the_caller_copies(env: Env) -> None:
+    """No answer within half a second: the SDK copies the file itself; the daemon,
+    let go later, finds the caller's copy there and leaves it."""
+    src = env.root / "checkpoint.pt"
+    old = write_random(src, 2 * LEASE_MIN, seed=12)
+    d = DaemonProc(env).wait_ready()
+    try:
+        task = Task.init(project_name="leases", task_name="stopped")
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            task.upload_artifact("ckpt", str(src))
+            waited = time.monotonic() - t0
+            overwrite(src, seed=13)  # no lease holds it: the caller's copy is the snapshot
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        task.flush(wait_for_uploads=True, timeout=120)
+        task.close()
+    finally:
+        d.stop()
+    assert waited < 5  # the half-second wait for the answer, not ack_timeout's 10 s
+    assert stored_objects(env.storage) == {old: 2 * LEASE_MIN}
+
+
+@contextlib.contextmanager
+def lease_break_time(seconds: int) -> Iterator[None]:
+    knob = Path("/proc/sys/fs/lease-break-time")
+    before = knob.read_text()
+    knob.write_text(str(seconds))
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets /proc/sys/fs/lease-break-time: root only")
+def test_a_writer_the_kernel_let_through_after_the_break_time_is_refused_by_name(
+    env: Env,
+) -> None:
+    """The daemon stopped mid-copy (SIGSTOP) for longer than the kernel's
+    lease-break-time: the writer goes ahead, and the copy, torn, is refused."""
+    from artisync import UploadFailed
+
+    src = env.root / "big.bin"
+    write_random(src, 256 * MIB, seed=14)
+    d = DaemonProc(env).wait_ready()
+    with lease_break_time(1):
+        try:
+            task = report("big", src)
+            os.kill(d.proc.pid, signal.SIGSTOP)  # as the call returns: the copy under way
+            try:
+                t0 = time.monotonic()
+                overwrite(src, seed=15)  # waits for the kernel to break the lease
+                waited = time.monotonic() - t0
+            finally:
+                os.kill(d.proc.pid, signal.SIGCONT)
+            with pytest.raises(UploadFailed, match=r"big\.bin was not copied.*written"):
+                task.flush(wait_for_uploads=True, timeout=120)
+            task.close()
+        finally:
+            d.stop()
+    assert waited > 0.5  # the lease held the writer until the kernel broke it
+    assert stored_objects(env.storage) == {}
+
+
+def test_a_record_naming_a_file_the_daemon_never_leased_is_refused(env: Env) -> None:
+    """A record's path is its writer's word: a daemon started later copies a file from
+    its path only if it leased that very file (its ledger says so)."""
+    from artisync._versions import origin
+    from artisync.daemon.leases import identity
+    from artisync.protocol import new_artifact_record
+
+    secret = env.root / "secret.bin"
+    write_random(secret, 2 * LEASE_MIN, seed=16)
+    task = Task.init(project_name="leases", task_name="forged")  # no daemon: the outbox
+    rec = new_artifact_record(
+        task_id=task.id,
+        dest=task.output_uri,
+        name="forged",
+        type="file",
+        format="file",
+        extension=".bin",
+        metadata=None,
+        delete_after=None,
+        origin=origin(),
+    )
+    size = secret.stat().st_size
+    rec["raw"] = {"codec": "stored", "size": size, "leased": identity(str(secret), secret.stat())}
+    spool = Spool(env.spool)
+    spool.append_outbox(dict(rec))
+    spool.close_outbox_log()
+    task.close()
+    d = DaemonProc(env).wait_ready()
+    try:
+        deadline = time.monotonic() + 30
+        while not (items := daemon_status(env)["rejected"]["items"]):
+            assert time.monotonic() < deadline, "the forged record was neither refused nor stored"
+            time.sleep(0.1)
+    finally:
+        d.stop()
+    assert [i["reason"] for i in items] == [
+        f"the file {secret} was not copied into the spool under the daemon's read lease: "
+        "this daemon never leased it. This version is lost; report the file again"
+    ]
+    assert stored_objects(env.storage) == {}

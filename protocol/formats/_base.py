@@ -98,7 +98,7 @@ class Codec:
 # LEASE_UNKNOWN (no answer in time: the daemon may still copy it into the raw snapshot,
 # so a copy made here must not take the place of one made meanwhile).
 NOT_LEASED, LEASE_UNKNOWN = "no", "unknown"
-Leasing = Callable[[str, os.stat_result], dict[str, Any] | str]
+Leasing = Callable[[str, int], dict[str, Any] | str]
 
 
 class PathTarget(NamedTuple):
@@ -127,7 +127,7 @@ class Request:
     # the spool's pool of recycled raw files (see protocol._recycle), when it may be used
     pool: Path | None = None
     # asks this user's own daemon to copy a big file itself, under a read lease it takes
-    # on it: ``lease(absolute path, its stat)`` (see :data:`Leasing`)
+    # on it: ``lease(absolute path, the descriptor open on it)`` (see :data:`Leasing`)
     lease: Leasing | None = None
 
     def create(self) -> int:

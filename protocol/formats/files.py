@@ -73,12 +73,9 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
         size = st.st_size
         # where a copy is a reflink (XFS, btrfs), it shares extents: nothing to save
         copies = recycle.fs_type(req.raw.parent) in recycle.PREALLOCATED
-        answer: dict[str, Any] | str = NOT_LEASED
-        if size >= LEASE_MIN and req.lease is not None and stat.S_ISREG(st.st_mode):
-            if copies or st.st_dev != os.stat(req.raw.parent).st_dev:  # not a reflink
-                answer = req.lease(os.path.abspath(src), st)
-            if isinstance(answer, dict):  # the daemon copies it, under its lease
-                return {"codec": "stored", "size": answer["size"], "leased": answer}
+        answer = _ask_lease(src, fd, st, req, copies)
+        if isinstance(answer, dict):  # the daemon copies it, under its lease
+            return {"codec": "stored", "size": answer["size"], "leased": answer}
         if 0 < size <= INLINE_MAX:  # st_size 0 may be a pseudo-file: copied, not read
             data = _read_all(fd, src)
             if len(data) <= INLINE_MAX:
@@ -114,6 +111,22 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             os.close(out)
     finally:
         os.close(fd)
+
+
+def _ask_lease(
+    src: str, fd: int, st: os.stat_result, req: Request, copies: bool
+) -> dict[str, Any] | str:
+    """The daemon's answer to a lease of a big file (see ``Request.lease``), or
+    NOT_LEASED: small, not a regular file, no daemon to ask, or a reflink would copy it
+    for nothing (same filesystem as the spool, which makes them)."""
+    if st.st_size < LEASE_MIN or req.lease is None or not stat.S_ISREG(st.st_mode):
+        return NOT_LEASED
+    if not copies and st.st_dev == os.stat(req.raw.parent).st_dev:
+        return NOT_LEASED
+    answer = req.lease(os.path.abspath(src), fd)
+    if isinstance(answer, dict) and (answer["dev"], answer["ino"]) != (st.st_dev, st.st_ino):
+        raise SerializationError(f"cannot copy {src}: the daemon leased another file")
+    return answer
 
 
 def _read_all(fd: int, src: str) -> bytes:
