@@ -63,6 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FILESYSTEMS, Daemon, World, machine, table, world
 
 MODES = ("none", "inline", "artisync")
+# files: artisync with its read leases off too (ARTISYNC_FILE_LEASE=0): the caller copies
+NO_LEASE = "artisync, no lease"
 # "file": the same 16 MiB file each time; "checkpoint": the file with new bytes each time
 KINDS = ("DataFrame", "ndarray", "image", "dict", "file", "checkpoint")
 
@@ -169,12 +171,14 @@ print(json.dumps({
 
 
 def run_trainer(w: World, kind: str, mode: str, args: argparse.Namespace, cpu: int | None) -> Any:
-    scratch = w.scratch / f"{kind}-{mode}"
+    scratch = w.scratch / f"{kind}-{mode}".replace(" ", "").replace(",", "-")
     scratch.mkdir(exist_ok=True)
+    env = w.environ(ARTISYNC_FILE_LEASE="0") if mode == NO_LEASE else w.environ()
+    mode = "artisync" if mode == NO_LEASE else mode
     cmd = [sys.executable, "-c", TRAINER, kind, mode, str(args.steps), str(args.every)]
     out = subprocess.run(
         [*cmd, str(scratch), str(int(args.file_mib * 2**20))],
-        env=w.environ(),
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -191,10 +195,11 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
         daemon = Daemon(w).wait_ready()
         if pinned:
             os.sched_setaffinity(daemon.proc.pid, {1})
-        runs: dict[str, list[Any]] = {m: [] for m in MODES}
+        modes = (*MODES, NO_LEASE) if kind in ("file", "checkpoint") else MODES
+        runs: dict[str, list[Any]] = {m: [] for m in modes}
         try:
             for _ in range(args.reps):
-                for mode in MODES:
+                for mode in modes:
                     runs[mode].append(run_trainer(w, kind, mode, args, 0 if pinned else None))
                     daemon.wait_idle()
         finally:
@@ -203,7 +208,7 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
     base_median = statistics.median(r["loop"] for r in runs["none"])
     base_cpu = min(r["cpu"] for r in runs["none"])
     rows = []
-    for mode in MODES:
+    for mode in modes:
         loop = min(r["loop"] for r in runs[mode])
         median = statistics.median(r["loop"] for r in runs[mode])
         cpu = min(r["cpu"] for r in runs[mode])

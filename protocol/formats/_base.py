@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from artisync.protocol import (
     ArtisyncError,
@@ -98,7 +98,14 @@ class Codec:
 # LEASE_UNKNOWN (no answer in time: the daemon may still copy it into the raw snapshot,
 # so a copy made here must not take the place of one made meanwhile).
 NOT_LEASED, LEASE_UNKNOWN = "no", "unknown"
-Leasing = Callable[[str, int], dict[str, Any] | str]
+
+
+class Leasing(Protocol):
+    def __call__(self, path: str, fd: int, size: int) -> dict[str, Any] | str:
+        """Ask for a lease of the file open as ``fd`` (``size`` bytes): an answer above."""
+
+    def copied(self, size: int, seconds: float) -> None:
+        """A big file was copied here instead: that long (to choose the cheaper next time)."""
 
 
 class PathTarget(NamedTuple):
@@ -127,7 +134,7 @@ class Request:
     # the spool's pool of recycled raw files (see protocol._recycle), when it may be used
     pool: Path | None = None
     # asks this user's own daemon to copy a big file itself, under a read lease it takes
-    # on it: ``lease(absolute path, the descriptor open on it)`` (see :data:`Leasing`)
+    # on it: ``lease(absolute path, the descriptor open on it, its size)`` (see Leasing)
     lease: Leasing | None = None
 
     def create(self) -> int:

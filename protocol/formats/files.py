@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +94,15 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
                 # the daemon answered too late, but made the copy: that is the snapshot
                 return {"codec": "stored", "size": os.stat(req.raw).st_size}
         try:
+            began = time.perf_counter()
             sized = reused or (
                 req.opener is None and recycle.preallocate(out, req.raw.parent, size)
             )
             copied = copy_fd(fd, size, out)
             if sized and os.fstat(out).st_size != copied:  # cut what was there before
                 os.ftruncate(out, copied)
+            if copies and answer == NOT_LEASED and req.lease is not None and size >= LEASE_MIN:
+                req.lease.copied(size, time.perf_counter() - began)
             if reused:
                 return {"codec": "stored", "size": copied, "reused": recycle.boot_id()}
             return {"codec": "stored", "size": copied}
@@ -123,7 +127,7 @@ def _ask_lease(
         return NOT_LEASED
     if not copies and st.st_dev == os.stat(req.raw.parent).st_dev:
         return NOT_LEASED
-    answer = req.lease(os.path.abspath(src), fd)
+    answer = req.lease(os.path.abspath(src), fd, st.st_size)
     if isinstance(answer, dict) and (answer["dev"], answer["ino"]) != (st.st_dev, st.st_ino):
         raise SerializationError(f"cannot copy {src}: the daemon leased another file")
     return answer
