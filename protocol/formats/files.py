@@ -37,6 +37,8 @@ from ._paths import FILE_SUFFIX, copy_fd, spool_full
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 # below this, copying here costs less than asking the daemon (1 MiB: ~0.15 ms)
 LEASE_MIN = 4 * 1024 * 1024
+# network and user-space filesystems: no leases there (the kernel refuses them)
+_NO_LEASES = ("nfs", "cifs", "smb", "fuse", "9p", "ceph", "glusterfs", "lustre", "afs")
 
 
 def snapshot(obj: Any, req: Request) -> Captured | None:
@@ -127,6 +129,8 @@ def _ask_lease(
         return NOT_LEASED
     if not copies and st.st_dev == os.stat(req.raw.parent).st_dev:
         return NOT_LEASED
+    if recycle.fs_type(Path(src).parent).startswith(_NO_LEASES):
+        return NOT_LEASED  # no leases there, and opening it could stall the daemon's loop
     answer = req.lease(os.path.abspath(src), fd, st.st_size)
     if isinstance(answer, dict) and (answer["dev"], answer["ino"]) != (st.st_dev, st.st_ino):
         raise SerializationError(f"cannot copy {src}: the daemon leased another file")
