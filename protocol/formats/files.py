@@ -8,9 +8,11 @@ one fits (see ``protocol._recycle``): 16 MiB in ~2 ms instead of ~4.
 The copy is the stored form: the daemon hashes it and links it into ``blobs/``.
 Which ``str`` is a path is decided in ``_paths``.
 
-A file of ``LEASE_MIN`` or more reported to this user's own daemon is not copied
-here: the daemon takes a read lease on it and copies it itself (``daemon.leases``),
-so the caller pays one round trip (~0.2 ms) instead of the copy (16 MiB: ~2.5 ms).
+A file of ``LEASE_MIN`` or more reported to this user's own daemon may not be
+copied here: the daemon takes a read lease on it and copies it itself
+(``daemon.leases``), so the caller pays one round trip (~0.3 ms with a core to
+spare) instead of the copy (16 MiB: ~2.5 ms). The SDK asks only while that is the
+cheaper of the two for its process (``Request.lease``; see ``artisync._lease``).
 """
 
 from __future__ import annotations
