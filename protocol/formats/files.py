@@ -39,6 +39,8 @@ from ._paths import FILE_SUFFIX, copy_fd, spool_full
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 # below this, copying here costs less than asking the daemon (1 MiB: ~0.15 ms)
 LEASE_MIN = 4 * 1024 * 1024
+# where copy_file_range within one filesystem shares extents instead of copying
+_REFLINKS = ("xfs", "btrfs", "bcachefs", "ocfs2", "zfs")
 # network and user-space filesystems: no leases there (the kernel refuses them)
 _NO_LEASES = ("nfs", "cifs", "smb", "fuse", "9p", "ceph", "glusterfs", "lustre", "afs")
 
@@ -78,7 +80,7 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
         size = st.st_size
         # where a copy is a reflink (XFS, btrfs), it shares extents: nothing to save
         copies = recycle.fs_type(req.raw.parent) in recycle.PREALLOCATED
-        answer = _ask_lease(src, fd, st, req, copies)
+        answer = _ask_lease(src, fd, st, req)
         if isinstance(answer, dict):  # the daemon copies it, under its lease
             return {"codec": "stored", "size": answer["size"], "leased": answer}
         if 0 < size <= INLINE_MAX:  # st_size 0 may be a pseudo-file: copied, not read
@@ -87,7 +89,7 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
                 return req.raw_bytes("stored", data)
             os.lseek(fd, 0, os.SEEK_SET)
         # a recycled file is renamed over the raw snapshot: not over the daemon's copy
-        out = req.recycled(size) if copies and answer == NOT_LEASED else None
+        out = req.recycled(size) if copies and answer != LEASE_UNKNOWN else None
         reused = out is not None
         if out is None:
             try:
@@ -105,7 +107,7 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
             copied = copy_fd(fd, size, out)
             if sized and os.fstat(out).st_size != copied:  # cut what was there before
                 os.ftruncate(out, copied)
-            if copies and answer == NOT_LEASED and req.lease is not None and size >= LEASE_MIN:
+            if answer == NOT_LEASED and req.lease is not None:  # asked, or chose to copy
                 req.lease.copied(size, time.perf_counter() - began)
             if reused:
                 return {"codec": "stored", "size": copied, "reused": recycle.boot_id()}
@@ -121,18 +123,17 @@ def _copy_to_raw(src: str, req: Request) -> dict[str, Any]:
         os.close(fd)
 
 
-def _ask_lease(
-    src: str, fd: int, st: os.stat_result, req: Request, copies: bool
-) -> dict[str, Any] | str:
-    """The daemon's answer to a lease of a big file (see ``Request.lease``), or
-    NOT_LEASED: small, not a regular file, no daemon to ask, or a reflink would copy it
-    for nothing (same filesystem as the spool, which makes them)."""
+def _ask_lease(src: str, fd: int, st: os.stat_result, req: Request) -> dict[str, Any] | str | None:
+    """The answer to a lease of a big file (see ``Request.lease``), or None: not one to
+    ask about (small, not a regular file, no daemon to ask, a network filesystem's, or
+    one a reflink copies for nothing: on the spool's filesystem, which makes them)."""
     if st.st_size < LEASE_MIN or req.lease is None or not stat.S_ISREG(st.st_mode):
-        return NOT_LEASED
-    if not copies and st.st_dev == os.stat(req.raw.parent).st_dev:
-        return NOT_LEASED
+        return None
+    reflinks = recycle.fs_type(req.raw.parent) in _REFLINKS
+    if reflinks and st.st_dev == os.stat(req.raw.parent).st_dev:
+        return None
     if recycle.fs_type(Path(src).parent).startswith(_NO_LEASES):
-        return NOT_LEASED  # no leases there, and opening it could stall the daemon's loop
+        return None  # no leases there, and opening it could stall the daemon's loop
     answer = req.lease(os.path.abspath(src), fd, st.st_size)
     if isinstance(answer, dict) and (answer["dev"], answer["ino"]) != (st.st_dev, st.st_ino):
         raise SerializationError(f"cannot copy {src}: the daemon leased another file")
