@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from artisync.protocol import Spool
-from artisync.protocol.formats import copy_fd
+from artisync.protocol.formats import copy_fd, file_identity
 
 log = logging.getLogger("artisync.daemon")
 
@@ -69,22 +69,9 @@ class Changed(Exception):
     """The leased file is not what the record names any more."""
 
 
-def identity(path: str, st: os.stat_result) -> dict[str, Any]:
-    """What the record says of a leased file: enough to know it unchanged."""
-    return {
-        "path": path,
-        "dev": st.st_dev,
-        "ino": st.st_ino,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "ctime_ns": st.st_ctime_ns,
-    }
-
-
 def _same(st: os.stat_result, ident: dict[str, Any]) -> bool:
-    """Is it the file ``ident`` names, unchanged? Strict: ctime moves with any write,
-    truncation, chmod, rename or unlink, and no caller can set it back."""
-    return identity(ident["path"], st) == ident
+    """Is it the file ``ident`` names, unchanged? (see ``formats.file_identity``)"""
+    return file_identity(ident["path"], st) == ident
 
 
 ROOM = 256 * 1024 * 1024  # free bytes a leased file's copy must leave on the spool's disk
@@ -162,7 +149,7 @@ class Leases:
                 raise Changed("not a regular file")
             if not _room(self.spool, st.st_size + sum(busy)):
                 raise Changed("the spool's disk is nearly full")  # the caller's copy says so
-            ident = identity(path, st)
+            ident = file_identity(path, st)
             self._ledger.add(record_id, ident)  # what a restarted daemon may copy again
             if self._pool is None:  # made on the loop's thread: its threads get its nice
                 self._pool = ThreadPoolExecutor(COPIERS, thread_name_prefix="artisync-lease")

@@ -276,7 +276,7 @@ class Artifact:
 
     def _copy_of_raw(self, raw: Path) -> Path | None:
         """A file or folder made from the raw snapshot (no daemon has encoded it)."""
-        from artisync.protocol.formats import materialize_pack
+        from artisync.protocol.formats import copy_leased, materialize_pack
 
         rec = self._record
         folder = Path(tempfile.mkdtemp(prefix="artisync-"))
@@ -285,8 +285,11 @@ class Artifact:
                 return materialize_pack(rec, raw, folder / "tree")
             if rec["type"] == "file":
                 named = folder / f"artifact{rec.get('extension') or ''}"
-                data = rec["raw"].get("data")
-                if data is None:
+                data, leased = rec["raw"].get("data"), rec["raw"].get("leased")
+                if data is None and leased is not None and not raw.exists():
+                    if not copy_leased(leased, named):  # the daemon's copy never landed,
+                        raise FileNotFoundError(raw)  # and the file changed since
+                elif data is None:
                     _link_or_copy(raw, named)
                     if not raw.exists():  # encoded and recycled while copied
                         raise FileNotFoundError(raw)

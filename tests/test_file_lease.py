@@ -127,6 +127,8 @@ def test_a_daemon_killed_before_its_copy_copies_the_unchanged_file_at_its_next_s
     d.kill()
     d.wait_exit()
     assert list(Spool(env.spool).raw.iterdir()) == []  # the copy never landed
+    read = Path(task.artifacts["big"].get())  # no daemon: from the unchanged file
+    assert hashlib.sha256(read.read_bytes()).hexdigest() == old
     d = DaemonProc(env).wait_ready()
     try:
         task.flush(wait_for_uploads=True, timeout=120)
@@ -139,7 +141,7 @@ def test_a_daemon_killed_before_its_copy_copies_the_unchanged_file_at_its_next_s
 def test_a_file_written_after_the_daemon_died_before_its_copy_is_refused_by_name(
     env: Env,
 ) -> None:
-    from artisync import UploadFailed
+    from artisync import UploadFailed, UploadTimeout
 
     src = env.root / "big.bin"
     write_random(src, 256 * MIB, seed=9)
@@ -149,6 +151,8 @@ def test_a_file_written_after_the_daemon_died_before_its_copy_is_refused_by_name
     d.wait_exit()
     assert list(Spool(env.spool).raw.iterdir()) == []
     overwrite(src, seed=10)  # no lease holds it any more
+    with pytest.raises(UploadTimeout):  # never the new bytes
+        task.artifacts["big"].get()
     d = DaemonProc(env).wait_ready()
     try:
         with pytest.raises(UploadFailed, match=r"big\.bin was not copied.*lost"):
@@ -250,8 +254,8 @@ def test_a_record_naming_a_file_the_daemon_never_leased_is_refused(env: Env) -> 
     """A record's path is its writer's word: a daemon started later copies a file from
     its path only if it leased that very file (its ledger says so)."""
     from artisync._versions import origin
-    from artisync.daemon.leases import identity
     from artisync.protocol import new_artifact_record
+    from artisync.protocol.formats import file_identity
 
     secret = env.root / "secret.bin"
     write_random(secret, 2 * LEASE_MIN, seed=16)
@@ -268,7 +272,11 @@ def test_a_record_naming_a_file_the_daemon_never_leased_is_refused(env: Env) -> 
         origin=origin(),
     )
     size = secret.stat().st_size
-    rec["raw"] = {"codec": "stored", "size": size, "leased": identity(str(secret), secret.stat())}
+    rec["raw"] = {
+        "codec": "stored",
+        "size": size,
+        "leased": file_identity(str(secret), secret.stat()),
+    }
     spool = Spool(env.spool)
     spool.append_outbox(dict(rec))
     spool.close_outbox_log()

@@ -68,7 +68,7 @@ from ._base import (
 )
 from ._packed import in_pack, listing_of, pack_name, read_member
 from ._paths import copy_fd, is_pathlike, resolve_path
-from .files import LEASE_MIN
+from .files import LEASE_MIN, copy_leased, file_identity
 from .trees import materialize_pack, materialize_tree, read_listing
 
 # Asked in order: the first whose snapshot() takes the object stores it, the first
@@ -238,6 +238,8 @@ def load(
 
 __all__ = [
     "copy_fd",
+    "copy_leased",
+    "file_identity",
     "CODECS",
     "LEASE_MIN",
     "FORMATS",

@@ -140,6 +140,37 @@ def _ask_lease(src: str, fd: int, st: os.stat_result, req: Request) -> dict[str,
     return answer
 
 
+def file_identity(path: str, st: os.stat_result) -> dict[str, Any]:
+    """What a record says of a file the daemon copies under a lease: enough to know it
+    unchanged. Strict: ctime moves with any write, truncation, chmod, rename or unlink,
+    and no caller can set it back."""
+    return {
+        "path": path,
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def copy_leased(ident: dict[str, Any], out: Path) -> bool:
+    """Copy the file a leased record names into ``out``, if it is still the one leased
+    before and after the copy (``get()`` before any daemon copied it); False if not."""
+    try:
+        fd = os.open(ident["path"], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if file_identity(ident["path"], os.fstat(fd)) != ident:
+            return False
+        with open(out, "wb") as f:
+            copy_fd(fd, ident["size"], f.fileno())
+        return file_identity(ident["path"], os.fstat(fd)) == ident
+    finally:
+        os.close(fd)
+
+
 def _read_all(fd: int, src: str) -> bytes:
     chunks = []
     try:
