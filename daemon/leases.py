@@ -42,7 +42,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import signal
 import stat
 import threading
@@ -247,13 +246,10 @@ def copy_into_raw(
 
     :raises Changed: it is not the file ``ident`` names any more.
     :raises FileExistsError: the raw snapshot exists already (the caller's own copy)."""
-    tmp = spool.tmp / f"{os.getpid()}.{secrets.token_hex(8)}.part"
+    out, tmp = spool.open_temp()
     try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, spool.file_mode)
-        try:
-            copied = copy_fd(fd, ident["size"], out)
-        finally:
-            os.close(out)
+        with out:
+            copied = copy_fd(fd, ident["size"], out.fileno())
         if copied != ident["size"] or not untouched():
             raise Changed("it was written while the daemon copied it")
         os.link(tmp, spool.raw_path(record_id))
