@@ -117,16 +117,23 @@ def test_with_leases_off_the_caller_copies(env: Env, monkeypatch: pytest.MonkeyP
     assert stored_objects(env.storage) == {old: 2 * LEASE_MIN}
 
 
-def test_a_daemon_killed_before_its_copy_copies_the_unchanged_file_at_its_next_start(
-    env: Env,
-) -> None:
-    src = env.root / "big.bin"
-    old = write_random(src, 256 * MIB, seed=8)
+def reported_then_daemon_killed(env: Env, src: Path) -> Task:
+    """Report a big file and SIGKILL the daemon as the call returns, before its copy
+    (256 MiB: tens of milliseconds) landed."""
     d = DaemonProc(env).wait_ready()
     task = report("big", src)
     d.kill()
     d.wait_exit()
     assert list(Spool(env.spool).raw.iterdir()) == []  # the copy never landed
+    return task
+
+
+def test_a_daemon_killed_before_its_copy_copies_the_unchanged_file_at_its_next_start(
+    env: Env,
+) -> None:
+    src = env.root / "big.bin"
+    old = write_random(src, 256 * MIB, seed=8)
+    task = reported_then_daemon_killed(env, src)
     read = Path(task.artifacts["big"].get())  # no daemon: from the unchanged file
     assert hashlib.sha256(read.read_bytes()).hexdigest() == old
     d = DaemonProc(env).wait_ready()
@@ -145,11 +152,7 @@ def test_a_file_written_after_the_daemon_died_before_its_copy_is_refused_by_name
 
     src = env.root / "big.bin"
     write_random(src, 256 * MIB, seed=9)
-    d = DaemonProc(env).wait_ready()
-    task = report("big", src)
-    d.kill()
-    d.wait_exit()
-    assert list(Spool(env.spool).raw.iterdir()) == []
+    task = reported_then_daemon_killed(env, src)
     overwrite(src, seed=10)  # no lease holds it any more
     with pytest.raises(UploadTimeout):  # never the new bytes
         task.artifacts["big"].get()
