@@ -2,19 +2,23 @@
 lease it takes on the file (see ``artisync.daemon.leases``): one round trip here
 instead of the copy. Whenever the daemon cannot, the file is copied here as before.
 
-Which is cheaper depends on the cores. With one to spare, the round trip takes
-~0.3 ms against ~2.5 ms for copying 16 MiB. With every core busy (a loop whose BLAS
-threads spin on both of 2 cores), the daemon's event loop, at a lower priority,
-takes 5-15 ms to answer, and copying here is cheaper. So each process keeps the
-recent cost of both (a moving average: the round trip, and the copy per byte) and
-takes the cheaper for each file, trying the other every ``PROBE_EVERY`` files to
-notice when that changes.
+Which is cheaper depends on the cores. With one to spare, a call that asks took
+~1 ms against ~2.7 ms for one that copies 16 MiB (the daemon on its own core,
+2026-12-04). With every core busy (a loop whose BLAS threads spin on both of 2
+cores), the daemon's event loop, at a lower priority, takes 5-15 ms to answer, and
+copying here is cheaper. So each process keeps the recent cost of both (the median
+of the last ``SAMPLES`` round trips, and of copies per byte) and takes the cheaper
+for each file, trying the other every ``PROBE_EVERY`` files to notice a change. A
+median, not a mean: an answer now and then 100-150 ms late (seen with the daemon
+idle) must not turn a process away from asking for a hundred files.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 import weakref
+from collections import deque
 from typing import Any
 
 from artisync.protocol import ArtisyncError
@@ -27,7 +31,7 @@ ANSWER_WAIT = 0.5  # seconds for the daemon's answer; then the file is copied he
 QUIET = 10.0  # seconds without asking once the daemon did not answer
 PROBE_EVERY = 16  # files between two tries of the way that costs more now
 COPY_GUESS = 1 / 4e9  # seconds a byte costs to copy here, until measured
-WEIGHT = 0.3  # of the newest cost in the moving averages
+SAMPLES = 5  # recent costs whose median is taken
 
 
 class Leaser:
@@ -35,20 +39,20 @@ class Leaser:
 
     def __init__(self, client: DaemonClient) -> None:
         self.client = client
-        self.round_trip: float | None = None  # seconds; None: never asked yet
-        self.per_byte = COPY_GUESS
+        self.round_trips: deque[float] = deque(maxlen=SAMPLES)  # seconds
+        self.per_byte: deque[float] = deque([COPY_GUESS], maxlen=SAMPLES)  # of copies
         self.files = 0
 
     def cheaper_here(self, size: int) -> bool:
         """Copy this file here rather than ask? (Every PROBE_EVERY files, the other way.)"""
         self.files += 1
-        if self.round_trip is None:
+        if not self.round_trips:
             return False
-        here = self.round_trip > self.per_byte * size
+        here = statistics.median(self.round_trips) > statistics.median(self.per_byte) * size
         return here != (self.files % PROBE_EVERY == 0)
 
     def copied(self, size: int, seconds: float) -> None:
-        self.per_byte += WEIGHT * (seconds / size - self.per_byte)
+        self.per_byte.append(seconds / size)
 
     def ask(self, record_id: str, path: str, fd: int) -> dict[str, Any] | str:
         client = self.client
@@ -69,9 +73,7 @@ class Leaser:
                 return LEASE_UNKNOWN
             except DaemonError:
                 return NOT_LEASED
-            took = time.perf_counter() - began
-        self.round_trip = took if self.round_trip is None else self.round_trip
-        self.round_trip += WEIGHT * (took - self.round_trip)
+            self.round_trips.append(time.perf_counter() - began)
         leased = reply.get("leased")
         return leased if isinstance(leased, dict) else NOT_LEASED
 
