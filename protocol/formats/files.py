@@ -10,8 +10,8 @@ Which ``str`` is a path is decided in ``_paths``.
 
 A file of ``LEASE_MIN`` or more reported to this user's own daemon may not be
 copied here: the daemon takes a read lease on it and copies it itself
-(``daemon.leases``), so the caller pays one round trip (~0.3 ms with a core to
-spare) instead of the copy (16 MiB: ~2.5 ms). The SDK asks only while that is the
+(``daemon.leases``), so the caller pays one round trip instead of the copy
+(with a core to spare, a call that asks took ~1 ms, one that copies 16 MiB ~2.7). The SDK asks only while that is the
 cheaper of the two for its process (``Request.lease``; see ``artisync._lease``).
 """
 
