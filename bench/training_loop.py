@@ -20,7 +20,9 @@ neighbours do), reporting's own time (the calls' blocking time plus the CPU of
 any artisync thread in the trainer, against the loop without reporting: what
 reporting itself costs the loop, which run-to-run noise of the loop hides in the
 differences), the slowdown measured within one process (median over the reps),
-the per-step p99, and the first call's blocking time.
+the per-step p99, the first call's blocking time, and the CPU the daemon (with its
+encode workers) spent per report (median over the reps; it also answers the
+trainer's start and end).
 
 One process runs the same loop a few percent faster or slower than the next
 (where its memory lands), which the best of a few reps does not average out. So
@@ -60,7 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import FILESYSTEMS, Daemon, World, machine, table, world
+from _common import FILESYSTEMS, Daemon, Proc, World, machine, table, world
 
 MODES = ("none", "inline", "artisync")
 # files: artisync with its read leases off too (ARTISYNC_FILE_LEASE=0): the caller copies
@@ -120,6 +122,7 @@ a = np.random.default_rng(1).standard_normal((120, 120))
 # runs all three are quiet: what is left is noise). The loops run at the top level,
 # as a script's do (a function's locals would make their Python part twice as fast).
 loops = []
+reports = 0
 cpu0 = time.process_time()
 for label, report in (("first", mode != "none"), ("", False), ("again", mode != "none"), ("", False)):
     step_times, call_times = [], []
@@ -140,6 +143,7 @@ for label, report in (("first", mode != "none"), ("", False), ("again", mode != 
             else:
                 task.upload_artifact(f"{kind}-{label}-{step}", obj)
             call_times.append(time.perf_counter() - c0)
+            reports += 1
         step_times.append(time.perf_counter() - t0)
     loops.append(time.perf_counter() - start)
     if label == "first":
@@ -166,6 +170,7 @@ print(json.dumps({
     "first_call": call_times[0] if call_times else 0.0,
     "calls": sum(call_times),
     "background": background,
+    "reports": reports,
 }))
 """
 
@@ -200,8 +205,11 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
         try:
             for _ in range(args.reps):
                 for mode in modes:
-                    runs[mode].append(run_trainer(w, kind, mode, args, 0 if pinned else None))
+                    cpu0 = Proc.cpu(daemon.proc.pid)
+                    run = run_trainer(w, kind, mode, args, 0 if pinned else None)
                     daemon.wait_idle()
+                    run["daemon"] = (Proc.cpu(daemon.proc.pid) - cpu0) / max(1, run["reports"])
+                    runs[mode].append(run)
         finally:
             daemon.stop()
     base = min(r["loop"] for r in runs["none"])
@@ -216,6 +224,7 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
         p99 = statistics.median(r["p99"] for r in runs[mode])
         first = statistics.median(r["first_call"] for r in runs[mode])
         own = statistics.median(r["calls"] + r["background"] for r in runs[mode])
+        daemon_cpu = statistics.median(r["daemon"] for r in runs[mode])
         rows.append(
             [
                 kind,
@@ -229,6 +238,7 @@ def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[st
                 f"{paired * 100:+.1f}",
                 f"{p99 * 1000:.1f}",
                 "-" if mode == "none" else f"{first * 1000:.1f}",
+                "-" if mode in ("none", "inline") else f"{daemon_cpu * 1000:.1f}",
             ]
         )
     return rows
@@ -303,7 +313,8 @@ def main() -> int:
     headers = ["artifact", "cores", "reporting", f"loop ms (best of {args.reps})", "slowdown %"]
     headers += ["slowdown % (medians)", "CPU slowdown %", "own time % of loop"]
     headers += ["slowdown % (same process)", "p99 step ms"]
-    print(table([*headers, "first call ms"], rows))
+    headers += ["first call ms", "daemon CPU ms a report"]
+    print(table(headers, rows))
     if "pinned" in (args.placement or ("pinned",)) and (os.cpu_count() or 1) > 1:
         print(neighbour_cost(args))
     return 0

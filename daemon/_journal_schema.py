@@ -19,6 +19,8 @@ import msgpack
 
 from artisync.protocol import is_raw, put_target
 
+from .inline import encoded_at_ingest
+
 
 class State(enum.StrEnum):
     """Where a record is: ``[encoding ->] pending -> uploading -> uploaded -> committed``,
@@ -103,6 +105,9 @@ def configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")  # an ack means durable, power loss included
+    # a statement's undo journal in memory: one that rewrites a 64 KiB record spilled it
+    # into a temporary file (created, written, removed) in /var/tmp
+    db.execute("PRAGMA temp_store=MEMORY")
     # the WAL is checkpointed every 64 pages (256 KiB), not SQLite's 1,000: the log
     # must fit in the disk space the SDK leaves free, or a full disk would leave
     # the journal unable to record the very commits that free the space
@@ -262,25 +267,29 @@ def count_inserted(db: sqlite3.Connection, after: int) -> None:
 
 
 _INSERT_HEAD = _INSERT.split(" VALUES ")[0] + " VALUES "
-_COLUMNS = _INSERT.count("?")
-_ROW = f"({marks(list(range(_COLUMNS)))})"
 _ROWS_PER_STATEMENT = 512
 
 
-def _insert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+def _insert_rows(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], head: str = _INSERT_HEAD
+) -> int:
     """Insert ``rows`` (duplicates ignored), many in one statement; how many were new.
 
     Not ``executemany``: it releases the GIL around each row's step, and while the
     next batch of outbox frames is checked on another thread, every one of those
     reacquisitions waited for that thread (a convoy): the two sides ran one after
     the other. One statement of 512 rows releases it once."""
-    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS
+    if not rows:
+        return 0
+    width = len(rows[0])
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
     per = max(1, min(_ROWS_PER_STATEMENT, limit))
+    one = f"({marks(rows[0])})"
     new = 0
     for i in range(0, len(rows), per):
         chunk = rows[i : i + per]
         flat = [value for row in chunk for value in row]
-        new += db.execute(_INSERT_HEAD + ",".join([_ROW] * len(chunk)), flat).rowcount
+        new += db.execute(head + ",".join([one] * len(chunk)), flat).rowcount
     return new
 
 
@@ -290,6 +299,7 @@ def _last_seq(db: sqlite3.Connection) -> int:
 
 
 def insert_one(db: sqlite3.Connection, incoming: Incoming, now: float) -> bool:
+    incoming = encoded(incoming)
     cur = db.execute(_INSERT, _values(incoming, now))
     if cur.rowcount == 0:
         return False
@@ -320,16 +330,24 @@ def ingest_batch(
 
 
 def insert_all(db: sqlite3.Connection, batch: list[Incoming], now: float) -> None:
-    """Insert a batch (duplicates ignored): one statement for the records that name no
-    payloads (raw ones: a backlog of them is what must go fast), one each for the rest."""
-    plain = [inc for inc in batch if not _blobs(inc.record)]
-    if plain:
-        after = _last_seq(db)
-        if _insert_rows(db, [_values(inc, now) for inc in plain]):
-            count_inserted(db, after)  # those inserted (duplicates were ignored)
-    for inc in batch:
-        if _blobs(inc.record):
-            insert_one(db, inc, now)
+    """Insert a batch (duplicates ignored) in a few statements, and the payloads the new
+    ones name: a backlog of a rig's records is what must go fast."""
+    batch = [encoded(inc) for inc in batch]
+    after = _last_seq(db)
+    if not _insert_rows(db, [_values(inc, now) for inc in batch]):
+        return
+    count_inserted(db, after)  # those inserted (duplicates were ignored)
+    named = {inc.record["record_id"]: _blobs(inc.record) for inc in batch if _blobs(inc.record)}
+    if named:
+        new = db.execute("SELECT seq, record_id FROM records WHERE seq > ?", (after,))
+        refs = [(seq, sha, int(n)) for seq, rid in new for sha, n in named.get(rid, ())]
+        _insert_rows(db, refs, "INSERT OR IGNORE INTO refs VALUES ")
+
+
+def encoded(incoming: Incoming) -> Incoming:
+    """A record that carries its stored payload is journaled encoded (see :mod:`.inline`)."""
+    done = encoded_at_ingest(incoming.record)
+    return incoming if done is None else Incoming(done, incoming.peer_uid, incoming.peer_pid)
 
 
 def _name_column(rec: dict[str, Any]) -> str | None:

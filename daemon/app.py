@@ -13,11 +13,11 @@ import contextlib
 import fcntl
 import logging
 import os
-import resource
 import signal
 import socket
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ from .ingest import (
     ingest_outbox,
     outbox_loop,
 )
+from .inline import needs_encoding
 from .journal import OUTSTANDING, Journal, State
 from .leases import Leases
 from .peers import Grants, Membership
 from .server import Committer, Server
+from .service import raise_fd_limit, sd_notify
 from .storage import load_backend
 from .uploader import Uploader
 
@@ -51,18 +53,6 @@ class SpoolLocked(RuntimeError):
 
 class _ShutdownRequested(Exception):
     pass
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about readiness and state; a no-op elsewhere."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        with contextlib.suppress(OSError):
-            s.sendto(message.encode(), addr)
 
 
 class Daemon:
@@ -101,9 +91,13 @@ class Daemon:
         self._lock_fd: int | None = None
         self._signals = 0
 
-    def _on_commit(self) -> None:
-        self.encoder.poke()
-        self.uploader.poke()
+    def _on_commit(self, records: Sequence[dict[str, Any]] = ()) -> None:
+        """Wake whom the records just journaled concern (not told: both)."""
+        raw = [needs_encoding(r) for r in records] or [True, False]
+        if any(raw):
+            self.encoder.poke()
+        if not all(raw):
+            self.uploader.poke()
 
     async def ingest_now(self) -> int:
         """Journal what the outbox holds now (one pass at a time; a caller that waited
@@ -168,7 +162,7 @@ class Daemon:
                 os.close(self._lock_fd)
 
     async def _run_locked(self) -> int:
-        self._raise_fd_limit()
+        self.max_connections = raise_fd_limit(self.config.max_connections)
         reset = await self.journal.open()
         if reset:
             log.info("resuming %d uploads interrupted by the last stop", reset)
@@ -243,21 +237,6 @@ class Daemon:
             log.debug("not preloading the backend of %s: %s", uri, exc)
         finally:
             self.warm = True
-
-    def _raise_fd_limit(self) -> None:
-        """Every client connection holds a descriptor: raise the soft limit to the hard
-        one, and keep connections well below it so that uploads and the journal still
-        get descriptors when thousands of clients are connected."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            target = 65536 if hard == resource.RLIM_INFINITY else hard
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-        spare = max(64, min(1024, soft // 4))
-        if soft - spare < self.config.max_connections:
-            self.max_connections = max(1, soft - spare)
-            log.info("serving at most %d connections (descriptor limit %d)", soft - spare, soft)
 
     def _on_signal(self) -> None:
         self._signals += 1

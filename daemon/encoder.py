@@ -19,7 +19,6 @@ hashing and copying, which release the GIL: a thread.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ctypes
 import logging
@@ -36,6 +35,7 @@ from artisync.protocol import Spool, recycle, remember_spans, spans_of
 from artisync.protocol.formats import SMALL_PAYLOAD
 
 from .group_commit import GroupCommit
+from .inline import completed
 from .journal import Journal, Row, State
 from .priority import lower_this_thread
 
@@ -66,6 +66,7 @@ class Encoder:
         self.on_encoded = on_encoded
         self.early = early
         self.in_flight: set[int] = set()
+        self.full = False  # claims wait for an encoding to finish
         self.wakeup = asyncio.Event()
         self.unpaused = asyncio.Event()  # cleared while a long outbox backlog is journaled
         self.unpaused.set()
@@ -89,6 +90,7 @@ class Encoder:
         try:
             while self.accepting:
                 await self.unpaused.wait()
+                self.wakeup.clear()  # before the claim: a poke that comes during it counts
                 free = limit - len(self.in_flight)
                 rows: list[Row] = []
                 if free > 0:
@@ -103,7 +105,7 @@ class Encoder:
                     task = asyncio.create_task(self._encode(row))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                self.wakeup.clear()
+                self.full = len(self.in_flight) >= limit
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self.wakeup.wait()
@@ -139,7 +141,7 @@ class Encoder:
             if result["ok"]:
                 for sha, crcs in result.get("spans", {}).items():  # from a worker process
                     remember_spans(sha, tuple(crcs))
-                body = _completed(row.body, result)
+                body = completed(row.body, result)
                 await self._commit(row.seq, body)
                 await asyncio.to_thread(self._retire, row.record_id)
                 self.encoded += 1
@@ -163,7 +165,8 @@ class Encoder:
             self.in_flight.discard(row.seq)
             async with self.progress:
                 self.progress.notify_all()
-            self.poke()
+            if self.full:  # a slot for the next claim (else it waits for new records)
+                self.poke()
 
     def _retire(self, record_id: str) -> None:
         """An encoded record's raw file: into the pool to be written over, or deleted."""
@@ -195,20 +198,6 @@ class Encoder:
     async def _complete(self, batch: list[tuple[int, dict[str, Any]]]) -> list[None]:
         await self.journal.complete_encoding(batch)
         return [None] * len(batch)
-
-
-def _completed(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    out = {**body, "sha256": result["sha256"], "size": result["size"], "blobs": result["blobs"]}
-    data = body["raw"].get("data")
-    if data is None or len(data) > SMALL_PAYLOAD:  # in blobs/ now
-        out["raw"] = {k: v for k, v in body["raw"].items() if k != "data"}
-    if body["kind"] == "put":  # written at its own key: nothing inline, no preview
-        return out
-    if isinstance(result.get("inline"), bytes):
-        out["inline"] = base64.b64encode(result["inline"]).decode("ascii")
-    if not out.get("preview"):
-        out["preview"] = result.get("preview") or f"{body['type']} ({body['format']})"
-    return out
 
 
 def encode_record(

@@ -143,7 +143,7 @@ async def _ingest_batch(app: Any, paths: list[Path]) -> tuple[int, int]:
         if ready:
             await app.journal.ingest([Incoming(r, owner, None) for _, r, owner in ready])
             journaled = [path for path, _, _ in ready]
-            app.committer.on_commit()  # wake the encoder and the uploader
+            app.committer.on_commit([r for _, r, _ in ready])  # wake the encoder, the uploader
     except Exception as exc:  # journal not writable (disk full): the files stay for later
         log.error("%d outbox records not ingested yet: %s", len(ready), exc)
 

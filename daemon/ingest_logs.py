@@ -152,7 +152,7 @@ async def _journal(app: Any, name: str, got: LogRead, owner: int, checked: _Chec
         log.error("%d outbox records not ingested yet: %s", len(ready), exc)
         return None
     if ready:
-        app.committer.on_commit()  # wake the encoder and the uploader
+        app.committer.on_commit([inc.record for inc in ready])  # the encoder, the uploader
     return len(ready)
 
 

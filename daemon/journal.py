@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from . import _journal_claims as _claims
 from . import _journal_compact as _compact
 from . import _journal_reads as _reads
 from ._journal_schema import (
     DUE,
     OUTSTANDING,
-    ROW_COLUMNS,
     Incoming,
     Row,
     State,
@@ -40,7 +40,6 @@ from ._journal_schema import (
     make_room,
     marks,
     newest_event,
-    to_row,
     transaction,
 )
 from .group_commit import GroupCommit
@@ -73,6 +72,7 @@ class Journal:
         # (destination URI, seq) of records whose upload was interrupted by a crash or failed
         # before: their destination may hold an unfinished multipart upload or temp file
         self.suspects: set[tuple[str, int]] = set()
+        self._offsets: dict[str, int] | None = None  # see log_offsets
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -160,14 +160,22 @@ class Journal:
     async def ingest(self, batch: list[Incoming], log: tuple[str, int] | None = None) -> None:
         """Insert records from the outbox (see :func:`ingest_batch`)."""
         await self._run(lambda db: ingest_batch(db, batch, log))
+        if log is not None and self._offsets is not None:
+            self._offsets[log[0]] = log[1]
 
     async def log_offsets(self) -> dict[str, int]:
-        """How far each outbox log has been journaled."""
-        return dict(await self._run(lambda db: db.execute("SELECT * FROM outbox_logs").fetchall()))
+        """How far each outbox log has been journaled (read once: then kept up to date
+        by this process, the journal's only writer)."""
+        if self._offsets is None:
+            rows = await self._run(lambda db: db.execute("SELECT * FROM outbox_logs").fetchall())
+            self._offsets = dict(rows)
+        return dict(self._offsets)
 
     async def forget_log(self, name: str) -> None:
         """An outbox log read to its end and removed."""
         await self._write(lambda db: db.execute("DELETE FROM outbox_logs WHERE name=?", (name,)))
+        if self._offsets is not None:
+            self._offsets.pop(name, None)
 
     async def known_objects(
         self, destination_uri: str, shas: Sequence[str], since: float = 0.0
@@ -195,28 +203,7 @@ class Journal:
         """Move up to ``limit`` due pending records to ``uploading`` and return them
         (due ``uploaded`` ones too, as they are: only their publishing is left)."""
         skip = list(skip_destinations)
-
-        def q(db: sqlite3.Connection) -> list[Row]:
-            now = time.time()
-            # offline destinations are skipped in SQL: filtering afterwards let a long
-            # backlog for one offline destination hide every other destination's records
-            skip_sql = f"AND dest NOT IN ({marks(skip)}) " if skip else ""
-            found = db.execute(
-                f"SELECT {ROW_COLUMNS} FROM records WHERE state IN ({marks(DUE)}) "
-                f"AND next_try<=? {skip_sql}ORDER BY seq LIMIT ?",
-                (*DUE, now, *skip, limit + len(exclude)),
-            ).fetchall()
-            picked = [to_row(r) for r in [r for r in found if r["seq"] not in exclude][:limit]]
-            with transaction(db):
-                for row in picked:
-                    if row.state is State.PENDING:
-                        db.execute(
-                            "UPDATE records SET state=?, updated=? WHERE seq=?",
-                            (State.UPLOADING, now, row.seq),
-                        )
-            return picked
-
-        return await self._run(q)
+        return await self._run(lambda db: _claims.claim_due(db, limit, skip, exclude))
 
     async def set_state(
         self,
@@ -225,12 +212,16 @@ class Journal:
         reason: str | None = None,
         next_try: float = 0.0,
         bump: bool = False,
+        body: dict[str, Any] | None = None,  # the record's new body, if it changes
     ) -> None:
+        sql, args = "", [state, reason, next_try, int(bump), time.time()]
+        if body is not None:
+            sql, args = ", body=?", [*args, msgpack.packb(body, use_bin_type=True)]
         await self._write(
             lambda db: db.execute(
-                "UPDATE records SET state=?, reason=?, next_try=?, attempts=attempts+?, updated=? "
-                "WHERE seq=?",
-                (state, reason, next_try, int(bump), time.time(), seq),
+                "UPDATE records SET state=?, reason=?, next_try=?, attempts=attempts+?, "
+                f"updated=?{sql} WHERE seq=?",
+                (*args, seq),
             )
         )
 
@@ -258,13 +249,6 @@ class Journal:
                 ).rowcount
             )
         )
-
-    async def refs(self, seq: int) -> list[tuple[str, int]]:
-        def q(db: sqlite3.Connection) -> list[tuple[str, int]]:
-            sql = "SELECT sha256, size FROM refs WHERE seq=? ORDER BY sha256"
-            return [(r["sha256"], r["size"]) for r in db.execute(sql, (seq,))]
-
-        return await self._run(q)
 
     async def newer_put_committed(self, target: str, seq: int, created: float) -> bool:
         """A put of URL ``target`` made after this one (``seq``, ``created``) is committed."""
@@ -308,39 +292,11 @@ class Journal:
     async def claim_encoding(self, limit: int, exclude: Sequence[int]) -> list[Row]:
         """Up to ``limit`` records waiting to be encoded, oldest first, not in ``exclude``
         (those being encoded now: the claim is in memory, so a crash loses none)."""
-
-        def q(db: sqlite3.Connection) -> list[Row]:
-            found = db.execute(
-                f"SELECT {ROW_COLUMNS} FROM records WHERE state=? ORDER BY seq LIMIT ?",
-                (State.ENCODING, limit + len(exclude)),
-            ).fetchall()
-            return [to_row(r) for r in found if r["seq"] not in exclude][:limit]
-
-        return await self._run(q)
+        return await self._run(lambda db: _claims.waiting_encoding(db, limit, exclude))
 
     async def complete_encoding(self, done: Sequence[tuple[int, dict[str, Any]]]) -> None:
         """Encoded records (seq, completed body) become pending, in one transaction."""
-
-        def q(db: sqlite3.Connection) -> None:
-            now = time.time()
-            with transaction(db, "IMMEDIATE"):
-                for seq, body in done:
-                    blobs = [(seq, sha, int(size)) for sha, size in body["blobs"]]
-                    db.execute(
-                        "UPDATE records SET body=?, size=?, state=?, reason=NULL, updated=? "
-                        "WHERE seq=? AND state=?",
-                        (
-                            msgpack.packb(body, use_bin_type=True),
-                            sum(n for _, _, n in blobs),
-                            State.PENDING,
-                            now,
-                            seq,
-                            State.ENCODING,
-                        ),
-                    )
-                    db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?,?)", blobs)
-
-        await self._run(q)
+        await self._run(lambda db: _claims.complete_encoding(db, done))
 
     async def states_of(self, record_ids: Sequence[str]) -> dict[str, State]:
         """The state of each of these records that the journal holds."""

@@ -33,6 +33,7 @@ LARGE_OBJECT = 16 * 1024 * 1024  # sent in parts, each request a part of it
 LARGE_IN_FLIGHT = 2  # large objects uploading at once (each with its own parts in flight)
 # sha256 -> (pack, offset) of a folder's members kept in its pack (see protocol.formats)
 Packed = Mapping[str, tuple[Path, int]]
+Kept = Mapping[str, bytes]  # sha256 -> a payload its record holds (see .inline)
 _READ_ON_LOOP = 256 * 1024  # pack members read without a thread hop, up to this size
 _WRITTEN_KEPT = 65536  # recent uploads remembered, so that racing records send once
 
@@ -74,28 +75,33 @@ class ObjectSender:
         refs: list[tuple[str, int]],
         suspect: bool,
         packed: Packed | None = None,
+        kept: Kept | None = None,
     ) -> None:
         """Upload the objects of one record that the destination lacks, many at once (a
         folder is thousands): each takes a slot of the daemon's object limit; the first
-        error cancels the rest and is raised."""
+        error cancels the rest and is raised. ``kept``: payloads the record itself holds
+        (see :mod:`.inline`), sent from memory."""
         if not refs:
             return
         since = time.time() - self.reuse_window
-        known = (
-            set()
-            if suspect
-            else await self.journal.known_objects(destination.uri, [s for s, _ in refs], since)
-        )
+        known: set[str] = set()
+        if not suspect:  # sent lately by this daemon (a dict reported again, unchanged): no query
+            known = {s for s, _ in refs if self._written.get((destination.uri, s), 0.0) >= since}
+            unknown = [s for s, _ in refs if s not in known]
+            if unknown:
+                known |= await self.journal.known_objects(destination.uri, unknown, since)
         todo = [(sha, size) for sha, size in refs if sha not in known]
         there = [size for sha, size in refs if sha in known]
         METRICS.deduplicated(destination.storage.scheme, len(there), sum(there))
         if len(todo) == 1:
-            await self._ensure_object(destination, *todo[0], suspect, packed)
+            await self._ensure_object(destination, *todo[0], suspect, packed, kept)
             return
         try:
             async with asyncio.TaskGroup() as tg:
                 for sha, size in todo:
-                    tg.create_task(self._ensure_object(destination, sha, size, suspect, packed))
+                    tg.create_task(
+                        self._ensure_object(destination, sha, size, suspect, packed, kept)
+                    )
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
@@ -106,6 +112,7 @@ class ObjectSender:
         size: int,
         suspect: bool,
         packed: Packed | None = None,
+        kept: Kept | None = None,
     ) -> None:
         """Upload one object unless the destination has it; share concurrent uploads.
 
@@ -133,7 +140,7 @@ class ObjectSender:
                 # sent by another record since this one asked the journal: a dict
                 # lookup, not a journal query per object (a folder is thousands)
                 if self._written.get(key, 0.0) < time.time() - self.reuse_window:
-                    written = await self._upload(destination, sha, size, packed)
+                    written = await self._upload(destination, sha, size, packed, kept)
             if written is not None:  # journaled with the slot given back: a commit's
                 # fsync must not hold a request slot (a folder is thousands of commits)
                 await self.journal.add_object(destination.uri, sha, size, written)
@@ -195,7 +202,12 @@ class ObjectSender:
         return self._large if size >= LARGE_OBJECT else self._small
 
     async def _upload(
-        self, destination: Destination, sha: str, size: int, packed: Packed | None = None
+        self,
+        destination: Destination,
+        sha: str,
+        size: int,
+        packed: Packed | None = None,
+        kept: Kept | None = None,
     ) -> float:
         """Send the object unless storage has a fresh copy; returns when the copy there
         was written (now, or the one found, when fresh).
@@ -213,8 +225,11 @@ class ObjectSender:
                 if (info.modified or 0) >= time.time() - self.reuse_window:
                     METRICS.deduplicated(storage.scheme, 1, size)
                     return info.modified or 0.0
-                if not self._spooled(sha, packed):  # old, and no copy here: fetch it back
-                    await self._fetch_back(storage, sha, size)
+                held = kept is not None and sha in kept
+                if not held and not self._spooled(sha, packed):  # old, and no copy here:
+                    await self._fetch_back(storage, sha, size)  # fetch it back
+        if kept is not None and sha in kept:
+            return await self._send_kept(destination, okey, kept[sha], sha)
         member = None if packed is None else packed.get(sha)
         path = self.spool.blob_path(sha) if member is None else member[0]
         try:
@@ -269,6 +284,18 @@ class ObjectSender:
             # could not remove
             await destination.abort_incomplete(okey, self.started, size)
         return written
+
+    async def _send_kept(self, destination: Destination, okey: str, data: bytes, sha: str) -> float:
+        """Send a payload its record holds (small: no prune sweep outlasts it unseen)."""
+        while True:
+            clear_at = await destination.sweeps.clear()
+            written, started = time.time(), time.monotonic()
+            await destination.storage.put_bytes(okey, data, sha256=sha)
+            scheme = destination.storage.scheme
+            METRICS.upload_seconds.labels(scheme).observe(time.monotonic() - started)
+            METRICS.uploaded.labels(scheme).inc(len(data))
+            if destination.sweeps.covered(clear_at):
+                return written
 
     async def _fetch_back(self, storage: RetryingStorage, sha: str, size: int) -> None:
         """Copy an object from storage back into the spool, checked against its name, so

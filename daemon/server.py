@@ -72,7 +72,7 @@ class Committer:
             for (_, fut), new in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(new)
-            self.on_commit()
+            self.on_commit([inc.record for inc, _ in batch])
             for _ in batch:
                 self.queue.task_done()
 

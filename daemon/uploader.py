@@ -21,6 +21,7 @@ from artisync.protocol import REUSE_WINDOW, Spool
 
 from .delete_after import delete_original
 from .destinations import Destination, Destinations
+from .inline import committed_body, kept_payload
 from .journal import Journal, Row, State
 from .metrics import METRICS
 from .objects import ObjectSender
@@ -61,6 +62,8 @@ class Uploader:
         self.wakeup = asyncio.Event()
         self.progress = asyncio.Condition()  # notified whenever a record settles
         self.in_flight: dict[int, Row] = {}
+        self.full = False  # the feeder waits for a worker to finish
+        self._sent: set[int] = set()  # records whose objects are at their destination
         self._task_locks: dict[str, asyncio.Lock] = {}
         self.publisher = BatchingPublisher()
         self.accepting = True
@@ -77,6 +80,7 @@ class Uploader:
     async def feeder(self) -> None:
         last_sweep = time.monotonic()
         while self.accepting:
+            self.wakeup.clear()  # before the claim: a poke that comes during it counts
             free = self.concurrency - len(self.in_flight)
             rows: list[Row] = []
             try:
@@ -96,13 +100,14 @@ class Uploader:
             for row in rows:
                 self.in_flight[row.seq] = row
                 await self.queue.put(row)
-            if not rows or len(self.in_flight) >= self.concurrency:
-                self.wakeup.clear()
-                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
-                # that races with the event, and the daemon then hangs instead of stopping
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self.wakeup.wait()
+            # all that was due is claimed, or every slot is taken: until a poke says more
+            # is due (a new record, a free slot when full) or a second passes (retries)
+            self.full = len(self.in_flight) >= self.concurrency
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+            # that races with the event, and the daemon then hangs instead of stopping
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.wakeup.wait()
 
     async def _gate_probes(self, rows: list[Row]) -> list[Row]:
         """Let a single record through to each offline destination whose probe is due."""
@@ -123,7 +128,7 @@ class Uploader:
         return out
 
     async def _release(self, row: Row) -> None:
-        await self.journal.set_state(row.seq, _waiting(row), row.reason, time.time() + 1)
+        await self.journal.set_state(row.seq, self._waiting(row), row.reason, time.time() + 1)
 
     async def worker(self) -> None:
         self.live_workers += 1
@@ -140,9 +145,13 @@ class Uploader:
                     log.exception("record %s: upload interrupted, it goes again", row.record_id)
                 finally:
                     self.in_flight.pop(row.seq, None)
+                    self._sent.discard(row.seq)
                     async with self.progress:
                         self.progress.notify_all()
-                    self.poke()
+                    # slots for the feeder (else it waits for new records): a quarter of
+                    # them at a time, so that a backlog is claimed in batches, not by one
+                    if self.full and len(self.in_flight) <= self.concurrency * 3 // 4:
+                        self.poke()
         finally:
             self.live_workers -= 1
             async with self.progress:
@@ -219,8 +228,9 @@ class Uploader:
             return
         if not destination.online:
             await self.journal.make_due(destination.uri)  # the records that waited: now
+            self.poke()
         destination.succeeded()
-        await self.journal.set_state(row.seq, State.COMMITTED)
+        await self.journal.set_state(row.seq, State.COMMITTED, body=committed_body(row.body))
         METRICS.record_committed(destination.storage.scheme, row.kind)
         self.journal.suspects.discard((row.destination_uri, row.seq))
         await asyncio.to_thread(delete_original, row)
@@ -229,22 +239,23 @@ class Uploader:
         inline = inline_blob(row.body)  # travels in the record: no object of its own
         # also when only publishing is left: an object confirmed longer ago than the
         # reuse window may have been pruned since (known fresh ones cost no request)
-        refs = await self.journal.refs(row.seq)
+        refs = [(str(sha), int(size)) for sha, size in row.body.get("blobs") or []]  # = refs
         if inline is not None:
             refs = [ref for ref in refs if ref[0] != inline[0]]
         packed = None
         if refs and row.body.get("format") == "tree":  # its small files may be in its pack
             packed = await asyncio.to_thread(self.objects.packed, row.body)
+        kept = kept_payload(row.body) if refs else None  # sent from the journal's copy
         while True:
             checked = time.monotonic()
-            await self.objects.ensure(destination, refs, suspect, packed)
+            await self.objects.ensure(destination, refs, suspect, packed, kept)
             # the record is published within the reuse window of the look at its objects
             # (prune counts on it): after a long stall (a suspended machine, a queue
             # behind a prune sweep), they are looked at again
             if time.monotonic() - checked < self.objects.reuse_window / 2:
                 break
-        if refs and row.state is not State.UPLOADED:  # (no objects: no progress to keep)
-            await self.journal.set_state(row.seq, State.UPLOADED)
+        if refs:  # kept as the record's state only if publishing fails (see _waiting):
+            self._sent.add(row.seq)  # a crash before that just looks at them again
         if suspect:
             for key in record_keys(row.body):
                 await destination.abort_incomplete(key, self.started)
@@ -255,7 +266,9 @@ class Uploader:
     ) -> None:
         probe = destination.probing and destination.probe_seq == row.seq
         retry_at = destination.failed(exc, exc.retry_after, escalate=destination.online or probe)
-        await self.journal.set_state(row.seq, _waiting(row), str(exc)[:500], retry_at, bump=True)
+        await self.journal.set_state(
+            row.seq, self._waiting(row), str(exc)[:500], retry_at, bump=True
+        )
         # an S3 multipart upload whose abort failed too may be left over: the next
         # attempt cleans it up first
         self.journal.suspects.add((row.destination_uri, row.seq))
@@ -283,6 +296,11 @@ class Uploader:
         if not lock.locked():
             self._task_locks.pop(row.task_id, None)
 
+    def _waiting(self, row: Row) -> State:
+        """The state a record waits in: ``uploaded`` keeps its payloads' progress."""
+        sent = row.state is State.UPLOADED or row.seq in self._sent
+        return State.UPLOADED if sent else State.PENDING
+
     async def _read_inline(self, body: dict[str, Any], sha: str, size: int) -> bytes:
         """A small payload, from its record (the journal keeps it) or else the spool,
         checked against its name."""
@@ -301,8 +319,3 @@ class Uploader:
             return data
 
         return await asyncio.to_thread(read)
-
-
-def _waiting(row: Row) -> State:
-    """The state a record waits in: ``uploaded`` keeps its payloads' progress."""
-    return State.UPLOADED if row.state is State.UPLOADED else State.PENDING

@@ -56,7 +56,7 @@ def artifact_from(
     if wait is not None:
         locate = after(wait, locate)
     # small payloads inside their records (storage's, the journal's): never an object
-    inline: dict[str, str] = {}
+    inline: dict[str, str | bytes] = {}
     _note_inline(record, inline)
     if resolve is not None:  # the daemon's encoded record may be one of them
         resolve = _noting_inline(resolve, inline)
@@ -69,12 +69,17 @@ def artifact_from(
     )
 
 
-def _note_inline(record: dict[str, Any] | None, inline: dict[str, str]) -> None:
-    if record is not None and isinstance(record.get("inline"), str):
+def _note_inline(record: dict[str, Any] | None, inline: dict[str, str | bytes]) -> None:
+    if record is None:
+        return
+    if isinstance(record.get("inline"), str):
         inline[str(record.get("sha256"))] = record["inline"]
+    kept = (record.get("raw") or {}).get("data")  # the daemon keeps it until committed
+    if isinstance(kept, bytes) and len(kept) == record.get("size") and "sha256" in record:
+        inline[str(record["sha256"])] = kept
 
 
-def _noting_inline(resolve: Resolver, inline: dict[str, str]) -> Resolver:
+def _noting_inline(resolve: Resolver, inline: dict[str, str | bytes]) -> Resolver:
     def answer(record_id: str, wait: float) -> dict[str, Any] | None:
         done = resolve(record_id, wait)
         _note_inline(done, inline)
@@ -245,16 +250,18 @@ def versions(session: Session, task: dict[str, Any], name: str, rank: int | None
     ]
 
 
-def _with_inline(locate: Locator, inline: dict[str, str]) -> Locator:
-    """``locate``, but a payload in ``inline`` (sha256 -> base64) is read from there."""
+def _with_inline(locate: Locator, inline: dict[str, str | bytes]) -> Locator:
+    """``locate``, but a payload in ``inline`` (sha256 -> base64, or the bytes) is read
+    from there."""
 
     def find(sha: str) -> Any:
         if sha not in inline:
             return locate(sha)
         from ._reader import cache_inline
 
+        held = inline[sha]
         try:
-            data = base64.b64decode(inline[sha], validate=True)
+            data = held if isinstance(held, bytes) else base64.b64decode(held, validate=True)
         except ValueError:
             data = b""  # fails the hash check below, with the reason
         return cache_inline(sha, data)
