@@ -26,7 +26,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # client libraries stay at WARNING even at DEBUG: their debug logs carry secrets
-    for noisy in ("watchdog", "botocore", "aiobotocore", "urllib3", "azure", "asyncio"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "azure", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -16,6 +16,7 @@ drain_timeout = 20         # seconds SIGTERM waits for uploads in flight
 retry_max_elapsed = 30     # seconds one operation retries before the destination goes offline
 offline_max_backoff = 300  # cap of the probe interval while offline
 gc_grace = 600             # seconds a committed blob stays in the spool
+ingest_window = 0.5        # while records stream in, the outbox is read at most this often
 journal_keep = 604800      # seconds committed history stays in the journal (0: forever)
 group = "artisync"         # system mode: serve this group's members (socket 0660, spool private)
 allowed_destinations = ["s3://team-artifacts/runs", "/mnt/nfs/artifacts"]  # system mode:
@@ -66,6 +67,7 @@ class DaemonConfig:
     offline_max_backoff: float = 300.0
     gc_grace: float = 600.0
     gc_interval: float = 30.0
+    ingest_window: float = 0.5  # see daemon.ingest.outbox_loop
     orphan_grace: float = 86400.0
     journal_keep: float = 7 * 86400.0  # committed history kept in the journal (0: forever)
     idle_exit: float = 0.0  # 0: serve forever
@@ -162,6 +164,7 @@ def load_config(settings: Settings | None = None, **overrides: Any) -> DaemonCon
         ),
         gc_grace=_num(daemon, "gc_grace", 600.0, "ARTISYNC_GC_GRACE"),
         gc_interval=_num(daemon, "gc_interval", 30.0, "ARTISYNC_GC_INTERVAL"),
+        ingest_window=max(0.0, _num(daemon, "ingest_window", 0.5, "ARTISYNC_INGEST_WINDOW")),
         journal_keep=_num(daemon, "journal_keep", 7 * 86400.0, "ARTISYNC_JOURNAL_KEEP"),
         group=group,
         allowed_destinations=allowed,

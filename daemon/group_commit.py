@@ -1,8 +1,9 @@
 """Group commit: the one way the daemon turns many small writes into few.
 
-Whoever arrives while no commit runs commits at once, alone; those that arrive
+Whoever arrives while no commit runs commits after one turn of the event loop,
+with whatever the tasks woken with it submitted meanwhile; those that arrive
 while one runs gather and go together in the next. A lone write waits for
-nothing, a burst costs one commit per group: one journal transaction (one
+nothing but that turn, a burst costs one commit per group: one journal transaction (one
 fsync), one batch object. The journal's writes, the encoder's completions and
 the publisher's artifact versions all go through it.
 """
@@ -52,6 +53,9 @@ class GroupCommit(Generic[T, R]):
                 raise
 
     async def _run(self, mine: asyncio.Future[R]) -> None:
+        # one turn of the loop first: the tasks woken with this one (the records of one
+        # claim, the versions of one published batch) submit theirs, and go with it
+        await asyncio.sleep(0)
         batch, self._pending = self._pending, []
         try:
             results: Sequence[R | Exception] = await self._commit([item for item, _ in batch])

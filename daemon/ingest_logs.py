@@ -45,10 +45,21 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _Checked = tuple[list[tuple[dict[str, Any], list[str], bytes]], list[tuple[str, bytes, str]]]
 
 
-async def ingest_logs(app: Any) -> int:
-    """Journal what every outbox log holds beyond its offset. Returns how many."""
+def list_outbox(folder: Path) -> tuple[bool, list[tuple[Path, int]]]:
+    """(whether record files wait in the outbox, its logs oldest first with their sizes)."""
+    logs = list(iter_logs(folder))
+    try:
+        with os.scandir(folder) as it:
+            files = any(e.name.endswith(".rec") and not e.name.startswith(".") for e in it)
+    except FileNotFoundError:
+        files = False
+    return files, [(p, _size(p)) for p in logs]
+
+
+async def ingest_logs(app: Any, logs: list[tuple[Path, int]]) -> int:
+    """Journal what every outbox log (``logs``: as :func:`list_outbox` lists them)
+    holds beyond its offset. Returns how many."""
     offsets = await app.journal.log_offsets()
-    logs = await asyncio.to_thread(lambda: [(p, _size(p)) for p in iter_logs(app.spool.outbox)])
     for name in set(offsets) - {p.name for p, _ in logs}:
         await app.journal.forget_log(name)  # removed after its offset was kept
     waiting = sum(size - offsets.get(p.name, 0) for p, size in logs)

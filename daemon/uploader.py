@@ -233,7 +233,8 @@ class Uploader:
         await self.journal.set_state(row.seq, State.COMMITTED, body=committed_body(row.body))
         METRICS.record_committed(destination.storage.scheme, row.kind)
         self.journal.suspects.discard((row.destination_uri, row.seq))
-        await asyncio.to_thread(delete_original, row)
+        if row.body.get("delete_after"):  # (a thread only for what it asked)
+            await asyncio.to_thread(delete_original, row)
 
     async def _send_and_publish(self, destination: Destination, row: Row, suspect: bool) -> None:
         inline = inline_blob(row.body)  # travels in the record: no object of its own

@@ -182,3 +182,36 @@ def test_the_counters_count_a_batch_that_comes_again_once(tmp_path: Path) -> Non
     raw = [i for i in range(1600) if i % 3 != 0]
     assert (n, size) == (len(raw), sum(10 + i for i in raw))
     db.close()
+
+
+def test_a_stream_of_records_is_journaled_in_passes_a_lone_one_at_once(env: Env) -> None:
+    """``ingest_window``: while records stream in, the outbox is read at most that often
+    (here 2 s), so a stream is journaled a few records per pass; a record after a quiet
+    spell is journaled at once, and a flush does not wait for the window."""
+    d = DaemonProc(env, ARTISYNC_INGEST_WINDOW="2").wait_ready()
+    try:
+        time.sleep(2.5)  # quiet for longer than the window
+        code = """
+            import time
+            from artisync import Task
+            t = Task.init(project_name="stream", task_name="n")
+            for i in range(8):
+                t.upload_artifact(f"d{i}", {"i": i})
+                time.sleep(0.1)
+            t.upload_artifact("last", {"i": 8})
+            t.flush()  # journaled now, not at the end of the window
+            print(time.time())
+        """
+        flushed = float(run_py(env, code).stdout.split()[-1])
+        with sqlite3.connect(env.spool / "journal.db", timeout=30) as db:
+            rows = db.execute("SELECT body, received FROM records WHERE kind='artifact'")
+            got = {msgpack.unpackb(b, raw=False)["name"]: (rec, b) for b, rec in rows}
+        assert sorted(got) == [*(f"d{i}" for i in range(8)), "last"]
+        created = {name: msgpack.unpackb(b, raw=False)["created"] for name, (_, b) in got.items()}
+        received = {name: rec for name, (rec, _) in got.items()}
+        assert received["d0"] - created["d0"] < 1.0  # the first of the stream: at once
+        passes = {round(received[f"d{i}"], 3) for i in range(8)}
+        assert len(passes) <= 2, passes  # the rest of the stream: one pass, or two
+        assert received["last"] <= flushed  # flush() did not wait for the window
+    finally:
+        d.stop()
