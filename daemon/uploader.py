@@ -17,7 +17,7 @@ import sqlite3
 import time
 from typing import Any
 
-from artisync.protocol import REUSE_WINDOW, Spool
+from artisync.protocol import REUSE_WINDOW, Spool, batch_prefix
 
 from .delete_after import delete_original
 from .destinations import Destination, Destinations
@@ -257,8 +257,9 @@ class Uploader:
                 break
         if refs:  # kept as the record's state only if publishing fails (see _waiting):
             self._sent.add(row.seq)  # a crash before that just looks at them again
-        if suspect:
-            for key in record_keys(row.body):
+        if suspect:  # its own keys, and the batches of its task (named at random)
+            keys = record_keys(row.body)
+            for key in [*keys, batch_prefix(row.task_id)] if row.kind == "artifact" else keys:
                 await destination.abort_incomplete(key, self.started)
         await self._publish(destination, row, inline)
 

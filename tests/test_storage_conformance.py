@@ -665,3 +665,28 @@ def test_azure_takes_connection_string_from_the_environment(
             await s.aclose()
 
     run(go())
+
+
+def test_a_killed_batch_write_is_found_by_its_folder(tmp_path: Path) -> None:
+    """A batch of versions is named at random, so a daemon killed while writing one
+    leaves a temp file that no record's key names: a retried record of its task
+    clears the task's batch folder of temp files older than this daemon's start
+    (a younger one may be a live writer's), and touches nothing else."""
+
+    from artisync.daemon.storage import open_storage
+    from artisync.protocol import batch_key, batch_prefix
+
+    task = "a" * 32
+    st = open_storage(str(tmp_path / "store"), {})
+    folder = tmp_path / "store" / batch_prefix(task)
+    folder.mkdir(parents=True)
+    name = Path(batch_key(task, 1.0, "0123456789abcdef")).name
+    old, young, done = folder / f".{name}.4c2b.tmp", folder / f".{name}.77aa.tmp", folder / name
+    for p in (old, young, done):
+        p.write_bytes(b"{}")
+    started = time.time()
+    os.utime(old, (started - 60, started - 60))
+    os.utime(done, (started - 60, started - 60))
+    os.utime(young, (started + 1, started + 1))
+    assert asyncio.run(st.abort_incomplete(batch_prefix(task), size=None, started=started)) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted([young.name, done.name])

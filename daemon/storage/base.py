@@ -136,7 +136,9 @@ class Storage(Protocol):
         another, live writer (a temp file on a shared folder) is kept unless older.
         ``size`` is the object's size, None for a small object written whole
         (:meth:`put_bytes`): what goes up in one request leaves nothing behind
-        where the service makes a whole object visible or nothing.
+        where the service makes a whole object visible or nothing. A ``key`` ending
+        in ``/`` is a folder: what interrupted small uploads left anywhere in it
+        (a batch of versions is named at random: its temp file can only be found so).
 
         :raises PermanentStorageError: e.g. no permission to list unfinished uploads.
         :raises TransientStorageError: not retried here; the caller tries again later."""

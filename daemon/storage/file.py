@@ -305,14 +305,16 @@ class FileStorage:
         """Remove the temp files of ``key`` older than ``started`` (those of a writer
         killed before its rename); a younger one may be another node's, still growing
         on a shared folder. An unreachable folder removes nothing: the upload says why."""
-        path = self._path(key)
+        folder = key.endswith("/")
+        path = self._path(key.rstrip("/"))
+        stem = "." if folder else f".{path.name}."  # a folder: every temp file in it
 
         def remove() -> int:
             removed = 0
             try:
-                with os.scandir(path.parent) as entries:
+                with os.scandir(path if folder else path.parent) as entries:
                     for entry in entries:
-                        if entry.name.startswith(f".{path.name}.") and entry.name.endswith(".tmp"):
+                        if entry.name.startswith(stem) and entry.name.endswith(".tmp"):
                             with contextlib.suppress(FileNotFoundError):
                                 if entry.stat(follow_symlinks=False).st_mtime < started:
                                     os.unlink(entry.path)
