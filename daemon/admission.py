@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from pathlib import Path
 from typing import Any
 
 from artisync.protocol import InvalidMessage, Spool, fsync_file, is_raw, recycle
@@ -85,6 +86,8 @@ def check_static(
             problem = leases.settle(rec)
             if problem:
                 return problem, []
+            blob = leases.vouched(rec["record_id"])
+            return _check_raw_file(spool, rec, uid, spool.blob_path(blob) if blob else None), []
         return _check_raw_file(spool, rec, None if granted else uid), []
     return None, _local_blobs(spool, rec)
 
@@ -104,7 +107,11 @@ async def check_journal(
     return None
 
 
-def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str | None:
+def _check_raw_file(
+    spool: Spool, rec: dict[str, Any], uid: int | None, blob: Path | None = None
+) -> str | None:
+    """The raw snapshot is a regular file of the record's size, the submitter's, and
+    no other file's name (a name of ``blob``: the daemon linked it, see .leases)."""
     if rec["raw"].get("data") is not None:
         return None  # inside the record (checked with it)
     path = spool.raw_path(rec["record_id"])
@@ -112,7 +119,7 @@ def _check_raw_file(spool: Spool, rec: dict[str, Any], uid: int | None) -> str |
         st = os.lstat(path)
     except FileNotFoundError:
         return f"raw snapshot of record {rec['record_id'][:12]} is not in the spool"
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    if not stat.S_ISREG(st.st_mode) or (st.st_nlink != 1 and not _same_file(st, blob)):
         return f"raw snapshot of record {rec['record_id'][:12]} is not a regular file"
     if st.st_size != rec["raw"]["size"]:
         return f"raw snapshot has {st.st_size} bytes, record says {rec['raw']['size']}"
@@ -147,3 +154,10 @@ def _local_blobs(spool: Spool, rec: dict[str, Any]) -> list[str]:
         if st.st_size != size:
             raise InvalidMessage(f"payload {sha[:12]} has {st.st_size} bytes, record says {size}")
     return missing
+
+
+def _same_file(st: os.stat_result, other: Path | None) -> bool:
+    try:
+        return other is not None and os.path.samestat(st, os.stat(other))
+    except OSError:
+        return False

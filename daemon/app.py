@@ -80,7 +80,7 @@ class Daemon:
         recycle = None if self.group_mode else settings.spool_limit  # see protocol._recycle
         poke, early = self.uploader.poke, self.uploader.send_early
         workers = (config.encode_workers, config.work_nice)
-        self.encoder = Encoder(self.journal, self.spool, workers, poke, early, recycle)
+        self.encoder = Encoder(self.journal, self.spool, workers, poke, early, recycle, self.leases)
         self.committer = Committer(self.journal, self._on_commit)
         self._ingest_lock = asyncio.Lock()
         self.server = Server(self)
@@ -333,6 +333,8 @@ class Daemon:
             "in_flight": len(self.uploader.in_flight),
             "boosted": priority.BOOST.handed if priority.BOOST else 0,  # see .priority
             "leases": self.leases.taken if self.leases else 0,  # files copied for clients
+            # of which unchanged since a lease before: its blob linked, no copy, no hash
+            "leases_unchanged": self.leases.linked if self.leases else 0,
             "encoding": {
                 "records": counts[State.ENCODING][0],
                 "bytes": counts[State.ENCODING][1],

@@ -37,6 +37,7 @@ from artisync.protocol.formats import SMALL_PAYLOAD
 from .group_commit import GroupCommit
 from .inline import completed
 from .journal import Journal, Row, State
+from .leases import Leases
 from .priority import lower_this_thread
 
 log = logging.getLogger("artisync.daemon")
@@ -56,8 +57,10 @@ class Encoder:
         on_encoded: Callable[[], None],
         early: EarlySend | None = None,
         recycle: int | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.journal = journal
+        self.leases = leases  # told of a leased file's hash; vouch for files unchanged
         # encoded raw files go to the spool's pool to be written over (None: deleted;
         # an int: the spool_limit that bounds the pool), see protocol._recycle
         self.recycle = recycle
@@ -142,6 +145,8 @@ class Encoder:
                 for sha, crcs in result.get("spans", {}).items():  # from a worker process
                     remember_spans(sha, tuple(crcs))
                 body = completed(row.body, result)
+                if self.leases is not None and row.body["raw"].get("leased") is not None:
+                    self.leases.learned(row.record_id, result["sha256"])
                 await self._commit(row.seq, body)
                 await asyncio.to_thread(self._retire, row.record_id)
                 self.encoded += 1
@@ -188,7 +193,10 @@ class Encoder:
             finally:
                 sink.flush()
         if codec in _IN_THREAD:
-            return await asyncio.to_thread(encode_record, *args)
+            linked = None
+            if self.leases is not None and row.body["raw"].get("leased") is not None:
+                linked = self.leases.vouched(row.record_id)
+            return await asyncio.to_thread(encode_record, *args, linked=linked)
         return await loop.run_in_executor(self._pool_for(), encode_record, *args)
 
     async def _commit(self, seq: int, body: dict[str, Any]) -> None:
@@ -206,6 +214,7 @@ def encode_record(
     body: dict[str, Any],
     link_raw: bool = True,
     on_blob: Callable[[str, int], None] | None = None,
+    linked: str | None = None,
 ) -> dict[str, Any]:
     """Encode one record's raw snapshot (in a worker process or a thread).
 
@@ -217,7 +226,7 @@ def encode_record(
     spool = Spool(root, file_mode=mode, link_raw=link_raw)
     spool.on_blob = on_blob
     try:
-        payload, preview = encode(spool, body)
+        payload, preview = encode(spool, body, linked)
     except FileNotFoundError as exc:  # the raw snapshot is gone: encoding again cannot help
         return {"ok": False, "transient": False, "reason": f"raw snapshot missing: {exc}"}
     except OSError as exc:

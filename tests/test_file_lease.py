@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from artisync import Task
+from artisync.daemon.leases import SETTLED
 from artisync.protocol import InvalidMessage, Spool, validate_record
 from artisync.protocol.formats import LEASE_MIN
 from tests.harness import DaemonProc, Env, daemon_status, stored_objects
@@ -81,6 +82,46 @@ def test_a_file_replaced_or_removed_right_after_is_stored_as_reported(env: Env, 
     finally:
         d.stop()
     assert stored_objects(env.storage) == {old: 2 * LEASE_MIN}
+
+
+def read_back(task_id: str, name: str) -> str:
+    """The SHA-256 of an artifact file as ``get()`` gives it back."""
+    return hashlib.sha256(
+        Path(Task.get_task(task_id=task_id).artifacts[name].get()).read_bytes()
+    ).hexdigest()
+
+
+def test_a_file_leased_again_unchanged_is_its_stored_blob_and_a_changed_one_is_copied(
+    env: Env,
+) -> None:
+    """The daemon remembers the hash of a file it copied under a lease; leased again
+    with the same identity (ctime included, old enough), its blob stands for it: no
+    copy, no hash. New bytes written in place with the mtime set back still change
+    the ctime: that file is copied and stored as it now is."""
+    src = env.root / "weights.bin"
+    first = write_random(src, 64 * MIB, seed=11)  # an ask beats its copy, even when slow
+    time.sleep(SETTLED + 0.2)  # only an identity this old vouches for its bytes
+    d = DaemonProc(env).wait_ready()
+    try:
+        task = Task.init(project_name="leases", task_name="unchanged")
+        task.upload_artifact("w1", str(src))
+        task.flush(wait_for_uploads=True, timeout=120)  # encoded: its hash is known
+        task.upload_artifact("w2", str(src))  # unchanged: its blob is the snapshot
+        st = src.stat()
+        second = overwrite(src, seed=12)  # right after the call: the blob is not written
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime back, ctime moves on
+        task.upload_artifact("w3", str(src))  # its ctime too new to vouch for anything
+        time.sleep(SETTLED + 0.2)
+        task.upload_artifact("w4", str(src))  # old enough now, but not the ctime w1 had
+        task.flush(wait_for_uploads=True, timeout=120)
+        status = daemon_status(env)
+        assert (status["leases"], status["leases_unchanged"]) == (4, 1)
+        assert read_back(task.id, "w2") == first
+        assert read_back(task.id, "w3") == read_back(task.id, "w4") == second != first
+        task.close()
+    finally:
+        d.stop()
+    assert stored_objects(env.storage) == {first: 64 * MIB, second: 64 * MIB}
 
 
 def test_a_file_open_for_writing_is_copied_by_the_caller(env: Env) -> None:

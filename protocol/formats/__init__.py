@@ -63,6 +63,7 @@ from ._base import (
     StoredPayload,
     UnpicklingRefused,
     commit_raw,
+    linked_blob,
     single_blob,
     write_raw_bytes,
 )
@@ -155,10 +156,13 @@ CODECS: dict[str, Codec] = {
 RAW_CODECS = ("stored", *CODECS)
 
 
-def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | None]:
+def encode(
+    spool: Spool, record: dict[str, Any], linked: str | None = None
+) -> tuple[StoredPayload, str | None]:
     """The daemon's step: turn the record's raw snapshot into its stored form, committed
     in ``spool.blobs``; returns the payload and, when the record has none, a preview.
     The raw snapshot is left in place (the daemon removes it once the record is journaled).
+    ``linked``: the blob the daemon made the raw snapshot a name of (see ``linked_blob``).
 
     :raises SerializationError: the raw snapshot is not what its record says.
     :raises OSError: the spool cannot be read or written (e.g. its disk is full).
@@ -179,7 +183,8 @@ def encode(spool: Spool, record: dict[str, Any]) -> tuple[StoredPayload, str | N
     if data is not None and not raw.exists():
         write_raw_bytes(raw, data, spool.file_mode)
     if codec == "stored":
-        return single_blob(*commit_raw(spool, raw)), None
+        known = linked_blob(spool, raw, linked) if linked else None
+        return single_blob(*(known or commit_raw(spool, raw))), None
     return CODECS[codec].encode(spool, record, raw)
 
 

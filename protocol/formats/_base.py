@@ -356,6 +356,20 @@ def commit_raw(spool: Spool, raw: Path) -> tuple[str, int]:
     return sha, size
 
 
+def linked_blob(spool: Spool, raw: Path, sha: str) -> tuple[str, int] | None:
+    """A raw snapshot the daemon made a name of the blob ``sha`` (a file leased again
+    unchanged, see ``daemon.leases``): that blob, not hashed again, if the two are one
+    file still (a blob is hashed, fsynced and never written to again); else None."""
+    try:
+        st, blob = os.stat(raw), spool.blob_path(sha)
+        if not os.path.samestat(st, os.stat(blob)):
+            return None
+        os.utime(blob)  # as commit_raw does for a blob found there
+    except OSError:
+        return None
+    return sha, st.st_size
+
+
 def single_blob(sha: str, size: int) -> StoredPayload:
     return StoredPayload(sha, size, [(sha, size)])
 
