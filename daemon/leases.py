@@ -24,9 +24,10 @@ A file leased again unchanged is not copied again: once the daemon has hashed a 
 made under a lease, it remembers the file's identity with the hash, and a later lease
 on the same identity links that blob in as the record's raw snapshot (a 16 MiB file:
 ~20 ms of the daemon's CPU per report, copying and hashing, down to well under one).
-Only an identity whose ctime was ``SETTLED`` seconds old when it was leased: a write
-within the same tick of the kernel's clock as the one before may leave ctime as it
-was, but not a write that many seconds later (git trusts its index the same way).
+Only an identity whose ctime was old enough when it was leased (:func:`_settled_key`):
+the kernel stamps ctime from a clock that ticks every 1-10 ms (and a filesystem may
+keep whole seconds only), so a write within the same tick as the one before may
+leave ctime as it was, but not a write a tick later (git trusts its index the same way).
 
 The SIGIO the kernel sends the holder when a writer arrives is ignored: the copy is
 under way already, and nothing else would change.
@@ -71,7 +72,10 @@ FORGET_AFTER = 3600.0  # seconds a copy no record claimed is remembered
 LEDGER, LEDGER_MAX = "leases.log", 1 << 20  # see Ledger
 _OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 Answer = dict[str, Any] | str
-SETTLED = 2.0  # seconds a file's ctime must be behind its lease for its hash to be reused
+# seconds a file's ctime must be behind its lease for its hash to be reused: ten of the
+# kernel's coarsest ticks (HZ=100); two whole seconds where ctime has no fraction (ext4
+# with 128-byte inodes, FAT keep whole or even seconds)
+SETTLED, SETTLED_WHOLE = 0.1, 2.0
 KNOWN_MAX = 256  # identities remembered with the hash of their bytes
 Key = tuple[int, int, int, int, int]
 
@@ -101,7 +105,8 @@ def _room(spool: Spool, size: int) -> bool:
 def _settled_key(ident: dict[str, Any]) -> Key | None:
     """The identity as a key, if it is old enough to vouch for the bytes (see the
     module's docstring); None if not."""
-    if time.time_ns() - ident["ctime_ns"] < SETTLED * 1e9:
+    ctime = ident["ctime_ns"]
+    if time.time_ns() - ctime < (SETTLED_WHOLE if ctime % 10**9 == 0 else SETTLED) * 1e9:
         return None
     return (ident["dev"], ident["ino"], ident["size"], ident["mtime_ns"], ident["ctime_ns"])
 
