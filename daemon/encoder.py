@@ -13,7 +13,8 @@ processes at a lower priority: in a thread they would hold the GIL and delay
 the daemon's acknowledgements, and they must yield to the trainers on the same
 cores. ``stored`` snapshots (files, and every put) and ``pack`` ones (folders:
 each member hashed, the big ones copied into a blob of their own) only need
-hashing and copying, which release the GIL: a thread.
+hashing and copying, which release the GIL: a thread, but for a big file (see
+``CPU_BOUND``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .group_commit import GroupCommit
 from .inline import completed
 from .journal import Journal, Row, State
 from .leases import Leases
-from .priority import lower_this_thread
+from .priority import client_waiting, lower_this_thread
 
 log = logging.getLogger("artisync.daemon")
 
@@ -46,6 +47,12 @@ ENCODING_IN_FLIGHT = 64  # records claimed for encoding at once
 
 
 _IN_THREAD = ("stored", "pack")  # codecs that only hash and copy
+# A stored snapshot this big is hashed in a worker process, unless a client waits on
+# the work (then on a boost thread, see .priority). In a thread at ``work_nice`` it held
+# the GIL between its reads and hand-offs, and while the threads copying leased files
+# at the daemon's own priority kept the core, the kernel let it run so rarely that the
+# event loop waited for the GIL: a client's lease waited 100-650 ms for its answer.
+CPU_BOUND = 1024 * 1024
 
 
 class Encoder:
@@ -196,6 +203,9 @@ class Encoder:
             linked = None
             if self.leases is not None and row.body["raw"].get("leased") is not None:
                 linked = self.leases.vouched(row.record_id)
+            big = codec == "stored" and row.body["raw"].get("size", 0) >= CPU_BOUND
+            if big and linked is None and not client_waiting():  # see CPU_BOUND
+                return await loop.run_in_executor(self._pool_for(), encode_record, *args)
             return await asyncio.to_thread(encode_record, *args, linked=linked)
         return await loop.run_in_executor(self._pool_for(), encode_record, *args)
 

@@ -146,6 +146,11 @@ class Boost:
 BOOST: Boost | None = None  # this daemon's, once :func:`start_boost` made it
 
 
+def client_waiting() -> bool:
+    """Does a client wait on the daemon's work now (its jobs then run on boost threads)?"""
+    return BOOST is not None and BOOST.waiting > 0
+
+
 def start_boost() -> Boost:
     """Make the boost threads, at the calling thread's priority (the daemon's main
     thread, before it lowers its own to ``nice``: boosted work then runs as a

@@ -10,7 +10,10 @@ copying here is cheaper. So each process keeps the recent cost of both (the medi
 of the last ``SAMPLES`` round trips, and of copies per byte) and takes the cheaper
 for each file, trying the other every ``PROBE_EVERY`` files to notice a change. A
 median, not a mean: an answer now and then 100-150 ms late (seen with the daemon
-idle) must not turn a process away from asking for a hundred files.
+idle) must not turn a process away from asking for a hundred files. And an answer
+faster than a copy is asked again at once: a few slow answers in a row (the daemon
+journaling a burst of records) turned a process to copying, and with the median
+alone it came back only after three probes, 48 files later.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class Leaser:
         self.files += 1
         if not self.round_trips:
             return False
-        here = _median(self.round_trips) > _median(self.per_byte) * size
+        copy = _median(self.per_byte) * size
+        here = min(_median(self.round_trips), self.round_trips[-1]) > copy
         return here != (self.files % PROBE_EVERY == 0)
 
     def copied(self, size: int, seconds: float) -> None:
