@@ -39,7 +39,7 @@ from .group_commit import GroupCommit
 from .inline import completed
 from .journal import Journal, Row, State
 from .leases import Leases
-from .priority import client_waiting, lower_this_thread
+from .priority import client_waiting, lower_this_thread, until_client_waits
 
 log = logging.getLogger("artisync.daemon")
 
@@ -205,9 +205,29 @@ class Encoder:
                 linked = self.leases.vouched(row.record_id)
             big = codec == "stored" and row.body["raw"].get("size", 0) >= CPU_BOUND
             if big and linked is None and not client_waiting():  # see CPU_BOUND
-                return await loop.run_in_executor(self._pool_for(), encode_record, *args)
+                return await self._hash_aside(args)
             return await asyncio.to_thread(encode_record, *args, linked=linked)
         return await loop.run_in_executor(self._pool_for(), encode_record, *args)
+
+    async def _hash_aside(self, args: tuple[Any, ...]) -> dict[str, Any]:
+        """A big file hashed in a worker process (see ``CPU_BOUND``). Should a client
+        start waiting on the work meanwhile, it is hashed on a boost thread as well, at
+        a trainer's priority, and the first to finish stands (both commit the same
+        blob, whose name is its hash; the other's result is dropped)."""
+        loop = asyncio.get_running_loop()
+        aside = loop.run_in_executor(self._pool_for(), encode_record, *args)
+        waited = asyncio.ensure_future(until_client_waits())
+        try:
+            await asyncio.wait((aside, waited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waited.cancel()
+        if aside.done():
+            return aside.result()
+        here = asyncio.ensure_future(asyncio.to_thread(encode_record, *args))
+        done, left = await asyncio.wait((aside, here), return_when=asyncio.FIRST_COMPLETED)
+        for other in left:  # its outcome, even an error, is not wanted
+            other.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return done.pop().result()
 
     async def _commit(self, seq: int, body: dict[str, Any]) -> None:
         """Journal one encoded record, group-committed with those finished meanwhile."""

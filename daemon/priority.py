@@ -87,6 +87,7 @@ class Boost:
         except OSError:  # not allowed to ask (a seccomp profile...): never boost
             self.nice = 40
         self.waiting = 0  # clients waiting on the work (changed on the event loop)
+        self.waited_on = asyncio.Event()  # set while any does
         self.handed = 0  # jobs and loops run on boost threads since the start (in status)
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]
         self._queue = queue.SimpleQueue()
@@ -137,10 +138,13 @@ class Boost:
     def waiter(self) -> Iterator[None]:
         """While a client waits on the work (on the event loop's thread)."""
         self.waiting += 1
+        self.waited_on.set()
         try:
             yield
         finally:
             self.waiting -= 1
+            if not self.waiting:
+                self.waited_on.clear()
 
 
 BOOST: Boost | None = None  # this daemon's, once :func:`start_boost` made it
@@ -149,6 +153,14 @@ BOOST: Boost | None = None  # this daemon's, once :func:`start_boost` made it
 def client_waiting() -> bool:
     """Does a client wait on the daemon's work now (its jobs then run on boost threads)?"""
     return BOOST is not None and BOOST.waiting > 0
+
+
+async def until_client_waits() -> None:
+    """Return once a client waits on the daemon's work (never, without boost threads)."""
+    if BOOST is None:
+        await asyncio.Event().wait()
+    else:
+        await BOOST.waited_on.wait()
 
 
 def start_boost() -> Boost:
