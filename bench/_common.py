@@ -109,7 +109,10 @@ def _xfs_mounted_at(root: Path, size: str = "16G") -> Iterator[None]:
 class Daemon:
     """A real ``python -m artisync.daemon`` process serving the world's spool."""
 
-    def __init__(self, w: World, **extra: str) -> None:
+    def __init__(self, w: World, cpus: set[int] | None = None, **extra: str) -> None:
+        """``cpus``: the cores the daemon runs on, every thread and process of it (set
+        at its start: a thread inherits its maker's cores, and one made before a later
+        ``sched_setaffinity`` of the main thread would run anywhere)."""
         self.world = w
         self.log = w.root / "daemon.log"
         self._logf = open(self.log, "wb")
@@ -118,6 +121,7 @@ class Daemon:
             env=w.environ(**extra),
             stdout=self._logf,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
         )
 
     def wait_ready(self, timeout: float = 30.0) -> Daemon:

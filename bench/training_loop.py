@@ -9,7 +9,7 @@ first call in a process is included), the daemon is a real one, and the three
 modes of one artifact type run interleaved, rep after rep. Two placements:
 
 - ``shared``: trainer and daemon float over both cores (the daemon competes);
-- ``pinned``: the trainer on core 0, the daemon on core 1 (``sched_setaffinity``).
+- ``pinned``: the trainer on core 0, the daemon on core 1, every thread and process of it from its start (``sched_setaffinity``).
 
 The table prints each mode's best loop time of the reps and its slowdown against
 no reporting measured in the same run (on a shared machine, noise only ever adds
@@ -197,9 +197,7 @@ def run_trainer(w: World, kind: str, mode: str, args: argparse.Namespace, cpu: i
 def measure(kind: str, placement: str, args: argparse.Namespace) -> list[list[str]]:
     pinned = placement == "pinned" and (os.cpu_count() or 1) > 1
     with world(args.fs) as w:
-        daemon = Daemon(w).wait_ready()
-        if pinned:
-            os.sched_setaffinity(daemon.proc.pid, {1})
+        daemon = Daemon(w, cpus={1} if pinned else None).wait_ready()
         modes = (*MODES, NO_LEASE) if kind in ("file", "checkpoint") else MODES
         runs: dict[str, list[Any]] = {m: [] for m in modes}
         try:
