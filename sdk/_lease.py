@@ -8,12 +8,20 @@ Which is cheaper depends on the cores. With one to spare, a call that asks took
 cores), the daemon's event loop, at a lower priority, takes 5-15 ms to answer, and
 copying here is cheaper. So each process keeps the recent cost of both (the median
 of the last ``SAMPLES`` round trips, and of copies per byte) and takes the cheaper
-for each file, trying the other every ``PROBE_EVERY`` files to notice a change. A
-median, not a mean: an answer now and then 100-150 ms late (seen with the daemon
-idle) must not turn a process away from asking for a hundred files. And an answer
-faster than a copy is asked again at once: a few slow answers in a row (the daemon
-journaling a burst of records) turned a process to copying, and with the median
-alone it came back only after three probes, 48 files later.
+for each file. A median, not a mean: an answer now and then 100-150 ms late (seen
+with the daemon idle) must not turn a process away from asking for a hundred
+files. And an answer faster than a copy is asked again at once: a few slow answers
+in a row (the daemon journaling a burst of records) turned a process to copying,
+and with the median alone it came back only after three probes, 48 files later.
+
+To notice a change, the other way is tried now and then: once the way taken has
+cost the caller ``PROBE_SHARE`` times what one try of the other is expected to
+cost. Trying costs at most a sixteenth of what reporting costs, whichever way is
+taken and whatever the file's size. A try every 16th file, as before, made a
+process that asks (~1 ms) copy a 16 MiB file every 16th one: 5 ms, and 44-111 ms
+where the spool's pages were new to this virtual machine; a 1 GiB checkpoint
+would block for a copy every 16th report. Copies cost per byte what they cost,
+give or take the page cache; answers are what changes, and each ask measures one.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from ._session import Session
 
 ANSWER_WAIT = 0.5  # seconds for the daemon's answer; then the file is copied here
 QUIET = 10.0  # seconds without asking once the daemon did not answer
-PROBE_EVERY = 16  # files between two tries of the way that costs more now
+PROBE_SHARE = 16  # the way taken costs this many tries of the other between two tries
 COPY_GUESS = 1 / 4e9  # seconds a byte costs to copy here, until measured
 SAMPLES = 5  # recent costs whose median is taken
 
@@ -43,19 +51,28 @@ class Leaser:
         self.client = client
         self.round_trips: deque[float] = deque(maxlen=SAMPLES)  # seconds
         self.per_byte: deque[float] = deque([COPY_GUESS], maxlen=SAMPLES)  # of copies
-        self.files = 0
+        self.spent = 0.0  # seconds the way taken has cost since the other was tried
 
     def cheaper_here(self, size: int) -> bool:
-        """Copy this file here rather than ask? (Every PROBE_EVERY files, the other way.)"""
-        self.files += 1
+        """Copy this file here rather than ask? (Now and then, the other way.)"""
         if not self.round_trips:
             return False
         copy = _median(self.per_byte) * size
-        here = min(_median(self.round_trips), self.round_trips[-1]) > copy
-        return here != (self.files % PROBE_EVERY == 0)
+        ask = min(_median(self.round_trips), self.round_trips[-1])
+        here = ask > copy
+        if self.spent >= PROBE_SHARE * (ask if here else copy):
+            self.spent = 0.0
+            return not here
+        return here
 
     def copied(self, size: int, seconds: float) -> None:
         self.per_byte.append(seconds / size)
+        self.spent += seconds
+
+    def answered(self, seconds: float) -> None:
+        """The daemon answered a lease request in ``seconds``."""
+        self.round_trips.append(seconds)
+        self.spent += seconds
 
     def ask(self, record_id: str, path: str, fd: int) -> dict[str, Any] | str:
         client = self.client
@@ -76,7 +93,7 @@ class Leaser:
                 return LEASE_UNKNOWN
             except DaemonError:
                 return NOT_LEASED
-            self.round_trips.append(time.perf_counter() - began)
+            self.answered(time.perf_counter() - began)
         leased = reply.get("leased")
         return leased if isinstance(leased, dict) else NOT_LEASED
 

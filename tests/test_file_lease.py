@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from artisync import Task
+from artisync._client import DaemonClient
+from artisync._lease import PROBE_SHARE, Leaser
 from artisync.daemon.leases import SETTLED_WHOLE
-from artisync.protocol import InvalidMessage, Spool, validate_record
+from artisync.protocol import InvalidMessage, Spool, load_settings, validate_record
 from artisync.protocol.formats import LEASE_MIN
 from tests.harness import DaemonProc, Env, daemon_status, stored_objects
 from tests.records import record_for_blob
@@ -337,3 +339,40 @@ def test_a_record_naming_a_file_the_daemon_never_leased_is_refused(env: Env) -> 
         "this daemon never leased it. This version is lost; report the file again"
     ]
     assert stored_objects(env.storage) == {}
+
+
+def ways_taken(leaser: Leaser, files: int, size: int, ask_s: float, copy_s: float) -> str:
+    """The way ``leaser`` takes for each of ``files`` files of ``size`` bytes, when
+    an answer takes ``ask_s`` and a copy ``copy_s``: "a" asked, "c" copied."""
+    ways = ""
+    for _ in range(files):
+        if leaser.cheaper_here(size):
+            leaser.copied(size, copy_s)
+            ways += "c"
+        else:
+            leaser.answered(ask_s)
+            ways += "a"
+    return ways
+
+
+@pytest.mark.parametrize(("ask_units", "copy_units"), [(1, 4), (8, 4)])
+def test_the_other_way_is_tried_once_the_way_taken_cost_sixteen_tries_of_it(
+    tmp_path: Path, ask_units: int, copy_units: int
+) -> None:
+    """Whichever way is cheaper is taken, and the other is tried only once the way
+    taken has cost PROBE_SHARE times what a try of it costs: a process that asks
+    for 16 MiB files does not copy one every 16th file. (Times in 1/1024 s: sums
+    of them are exact.)"""
+    client = DaemonClient(load_settings({"HOME": str(tmp_path)}))
+    leaser = Leaser(client)
+    size, ask_s, copy_s = 16 * MIB, ask_units / 1024, copy_units / 1024
+    for _ in range(3):  # what copies cost, measured before
+        leaser.copied(size, copy_s)
+    ways = ways_taken(leaser, 400, size, ask_s, copy_s)
+    cheap, dear = ("a", "c") if ask_units < copy_units else ("c", "a")
+    assert ways[0] == "a"  # the first file asks: no answer measured yet
+    assert ways.count(dear) >= 4, ways
+    # between two tries, the cheap way ran until, with the try, it had cost 16 tries
+    runs = [len(run) for run in ways[1:].split(dear)]
+    cheap_units, dear_units = sorted((ask_units, copy_units))
+    assert set(runs[1:-1]) == {(PROBE_SHARE - 1) * dear_units // cheap_units}, ways
