@@ -41,7 +41,7 @@ from pathlib import Path
 
 MIN_SIZE = 64 * 1024  # smaller raw snapshots travel inside their record
 MAX_SIZE = 64 * 1024 * 1024
-MAX_FILES = 8
+MAX_FILES = 32
 MAX_BYTES = 256 * 1024 * 1024
 IDLE = 600.0
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
