@@ -25,6 +25,7 @@ from artisync.protocol import (
     error,
     is_raw,
     ok,
+    page_of,
     validate_request,
 )
 
@@ -214,7 +215,10 @@ class Server:
                 arts = await app.journal.artifacts_of(tasks[0]["task_id"]) if tasks else []
             # its older versions compacted out of the journal: the client merges storage's
             compacted = bool(tasks) and await app.journal.is_compacted(tasks[0]["task_id"])
-            return ok(rid, tasks=tasks[:20], artifacts=arts, compacted=compacted)
+            page: dict[str, Any] = {}
+            if req.get("after") is not None:  # a page of them: see protocol.page_of
+                arts, page["next"] = page_of(arts, req["after"])
+            return ok(rid, tasks=tasks[:20], artifacts=arts, compacted=compacted, **page)
         with client_waits():  # flush(wait_for_uploads=True), wait_on_upload
             return await self._wait(rid, req, writer)
 

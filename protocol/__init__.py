@@ -52,9 +52,12 @@ from ._layout import (
     version_stamp,
 )
 from ._messages import (
+    PAGE_BYTES,
     PROTOCOL_VERSION,
+    all_pages,
     error,
     ok,
+    page_of,
     validate_request,
 )
 from ._outbox_log import LogRead, iter_logs, pid_alive, read_log, writer_pid
@@ -117,7 +120,10 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "MAGIC",
     "MAX_NAME_BYTES",
+    "PAGE_BYTES",
     "PROTOCOL_VERSION",
+    "all_pages",
+    "page_of",
     "TASK_STATUSES",
     "AccessDenied",
     "ArtisyncError",

@@ -4,16 +4,19 @@ acknowledged but not yet uploaded), then in storage (any machine)."""
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from artisync.protocol import ArtisyncError, Settings, Spool
+from artisync.protocol import ArtisyncError, Settings, Spool, TransientStorageError, all_pages
 
 from ._artifact import Artifact, Locator, Resolver
 from ._checks import resolve_destination
 from ._client import DaemonError, DaemonUnavailable
 from ._session import Session
+
+log = logging.getLogger("artisync")
 
 
 @dataclass(frozen=True)
@@ -141,17 +144,15 @@ def in_process(tasks: Iterable[dict[str, Any]], q: Query) -> dict[str, Any] | No
 
 
 def in_daemon(session: Session, q: Query) -> Found | None:
+    msg = {
+        "op": "query_task",
+        "task_id": q.task_id,
+        "project": q.project,
+        "name": q.name,
+        "statuses": q.statuses,
+    }
     try:
-        reply = session.request(
-            {
-                "op": "query_task",
-                "task_id": q.task_id,
-                "project": q.project,
-                "name": q.name,
-                "statuses": q.statuses,
-            },
-            timeout=5,
-        )
+        reply = all_pages(lambda m: session.request(m, timeout=5), msg)
     except (DaemonUnavailable, DaemonError):
         return None
     tasks = reply.get("tasks") or []
@@ -230,16 +231,23 @@ def versions(session: Session, task: dict[str, Any], name: str, rank: int | None
     found: dict[str, dict[str, Any]] = {}
     spool, wait = None, None
     try:
-        reply = session.request(
-            {"op": "query_task", "task_id": task["task_id"], "versions_of": name}, timeout=10
-        )
+        msg = {"op": "query_task", "task_id": task["task_id"], "versions_of": name}
+        reply = all_pages(lambda m: session.request(m, timeout=10), msg)
         found.update((r["record_id"], r) for r in reply.get("artifacts") or [])
         spool = session.spool  # the daemon's (or, with a shared daemon, wait for uploads)
         if session.shared:
             wait = lambda: session.wait_committed(task["task_id"], None)  # noqa: E731
     except (DaemonUnavailable, DaemonError):
         pass
-    stored = Reader(session.settings).artifact_versions(task["dest"], task["task_id"], name)
+    try:
+        stored = Reader(session.settings).artifact_versions(task["dest"], task["task_id"], name)
+    except TransientStorageError as exc:
+        if spool is None:  # nor did the daemon answer: nothing to show
+            raise
+        log.warning(
+            "artisync: %s; the versions of %r are those this node's daemon holds", exc, name
+        )
+        stored = []
     for rec in stored:
         found.setdefault(rec["record_id"], rec)
     recs = sorted(found.values(), key=lambda r: (r["created"], r["record_id"]))

@@ -194,6 +194,7 @@ def _in_daemon(session: Session, q: Query) -> list[dict[str, Any]]:
                 "project": q.project,
                 "name": q.name,
                 "statuses": q.statuses,
+                "after": 0,  # its artifacts in pages: only the tasks are read here
             },
             timeout=5,
         )

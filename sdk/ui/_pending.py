@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from artisync.protocol import Settings
+from artisync.protocol import Settings, all_pages
 
 from .._checks import resolve_destination
 from .._client import DaemonClient, DaemonError, DaemonUnavailable
@@ -49,7 +49,8 @@ class Pending:
         msg = {"op": "query_task", "task_id": None, "project": None, "name": None}
         try:
             with self.lock:
-                reply = self.client.request({**msg, **fields, "statuses": None}, ASK_TIMEOUT)
+                ask = {**msg, **fields, "statuses": None}
+                reply = all_pages(lambda m: self.client.request(m, ASK_TIMEOUT), ask)
         except (DaemonUnavailable, DaemonError, OSError, TimeoutError):
             return [], []
         tasks = [t for t in reply.get("tasks") or [] if self._ours(t)]
