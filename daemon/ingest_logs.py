@@ -22,7 +22,7 @@ from typing import Any
 from artisync.protocol import (
     LogRead,
     ProtocolError,
-    iter_logs,
+    logs_among,
     new_id,
     pid_alive,
     read_log,
@@ -47,13 +47,13 @@ _Checked = tuple[list[tuple[dict[str, Any], list[str], bytes]], list[tuple[str, 
 
 def list_outbox(folder: Path) -> tuple[bool, list[tuple[Path, int]]]:
     """(whether record files wait in the outbox, its logs oldest first with their sizes)."""
-    logs = list(iter_logs(folder))
     try:
         with os.scandir(folder) as it:
-            files = any(e.name.endswith(".rec") and not e.name.startswith(".") for e in it)
+            names = [e.name for e in it]  # once: a backlog's outbox may hold a million
     except FileNotFoundError:
-        files = False
-    return files, [(p, _size(p)) for p in logs]
+        return False, []
+    files = any(n.endswith(".rec") and not n.startswith(".") for n in names)
+    return files, [(p, _size(p)) for p in logs_among(folder, names)]
 
 
 async def ingest_logs(app: Any, logs: list[tuple[Path, int]]) -> int:

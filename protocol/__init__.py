@@ -60,7 +60,7 @@ from ._messages import (
     page_of,
     validate_request,
 )
-from ._outbox_log import LogRead, iter_logs, pid_alive, read_log, writer_pid
+from ._outbox_log import LogRead, iter_logs, logs_among, pid_alive, read_log, writer_pid
 from ._page_cache import DROP_MIN, drop_cached, drop_cached_file
 from ._pieces import Runner, run_steps, set_runner
 from ._pieces import run as run_piece
@@ -106,6 +106,7 @@ __all__ = [
     "new_id",
     "LogRead",
     "iter_logs",
+    "logs_among",
     "pid_alive",
     "read_log",
     "writer_pid",

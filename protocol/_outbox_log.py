@@ -25,7 +25,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,11 +162,17 @@ def _stop(frames: list[tuple[int, bytes]], at: int, rest: bytes, writer_alive: b
 def iter_logs(folder: Path) -> Iterator[Path]:
     """The logs in ``folder``, oldest first (their names begin with a time-ordered id)."""
     try:
-        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(LOG_SUFFIX))
+        with os.scandir(folder) as it:
+            names = [e.name for e in it]
     except FileNotFoundError:
         return
-    for name in names:
-        yield folder / name
+    yield from logs_among(folder, names)
+
+
+def logs_among(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Of the entries ``names`` of ``folder`` (listed once by a caller that needs
+    them for more than its logs), the logs, oldest first."""
+    return [folder / name for name in sorted(n for n in names if n.endswith(LOG_SUFFIX))]
 
 
 def writer_pid(path: Path) -> int | None:
